@@ -1,0 +1,197 @@
+"""COCO instance annotations -> semantic class-id masks (pycocotools), cached as PNGs.
+
+Label rules (see docs/data.md):
+- background (and every category not selected) -> 0, selected categories -> 1..K in the
+  order of `select_categories`;
+- pixels covered by instances of DIFFERENT selected classes -> 255 (ambiguous; torchvision's
+  reference marks every overlap, even of one class, we keep same-class overlaps labelled);
+- crowd regions (iscrowd=1) -> 255 where no ordinary instance covers them: the class is known
+  but the region mixes object and background pixels, so it is neither a clean positive nor
+  a clean negative.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import io
+import json
+import os
+import pathlib
+import warnings
+
+import numpy as np
+from tqdm import tqdm
+
+from model.data.image_io import read_label_png, write_png
+
+__all__ = ["VOC_CATEGORIES", "VOC_CATEGORY_IDS", "load_coco", "select_categories",
+           "semantic_mask", "render_masks", "find_annotation_file"]
+
+# The 20 PASCAL VOC classes as COCO category names, in VOC label order (aeroplane, bicycle,
+# ..., tvmonitor), the same selection and order as torchvision's references/segmentation
+# (CAT_LIST = [0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72]).
+VOC_CATEGORIES = (
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorcycle", "person", "potted plant", "sheep", "couch",
+    "train", "tv",
+)
+VOC_CATEGORY_IDS = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
+
+_CACHE_VERSION = 1  # bump when the label rules change, so old caches are not reused
+
+
+def load_coco(annotation_file: str | os.PathLike):
+    """A pycocotools COCO index, without its chatter; clear errors for missing/bad files."""
+    from pycocotools.coco import COCO
+
+    p = pathlib.Path(annotation_file)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: COCO annotation file not found")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(p))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{p}: not a valid COCO annotation JSON ({exc})") from None
+    except (KeyError, TypeError, AssertionError) as exc:
+        raise ValueError(f"{p}: not a COCO instances file ({type(exc).__name__}: {exc})") from None
+    for key in ("images", "annotations", "categories"):
+        if key not in coco.dataset:
+            raise ValueError(f"{p}: not a COCO instances file (no '{key}')")
+    return coco
+
+
+def select_categories(coco, names="all") -> tuple[list[int], list[str]]:
+    """(COCO category ids in label order, class names with 'background' first).
+
+    names: 'all' (every category, by id), 'voc' (the 20 VOC classes, VOC order), or a list
+    of COCO category names (labels 1..K follow the list's order).
+    """
+    by_name = {c["name"]: c["id"] for c in coco.dataset["categories"]}
+    if isinstance(names, str):
+        if names == "all":
+            cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+            return [c["id"] for c in cats], ["background"] + [c["name"] for c in cats]
+        if names == "voc":
+            names = list(VOC_CATEGORIES)
+        else:
+            names = [names]
+    names = list(names)
+    if not names:
+        raise ValueError("no categories selected")
+    if len(set(names)) != len(names):
+        raise ValueError(f"categories listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        hints = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, list(by_name), n=3)
+            hints.append(f"{n!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(f"unknown COCO categories: {'; '.join(hints)}. "
+                         f"Known: {', '.join(sorted(by_name))}")
+    return [by_name[n] for n in names], ["background"] + names
+
+
+def semantic_mask(coco, image_info: dict, cat_id_to_label: dict[int, int]) -> np.ndarray:
+    """uint8 [H,W] class ids of one image (rules in the module docstring)."""
+    h, w = int(image_info["height"]), int(image_info["width"])
+    label = np.zeros((h, w), dtype=np.uint8)
+    conflict = np.zeros((h, w), dtype=bool)
+    crowd = np.zeros((h, w), dtype=bool)
+    ann_ids = coco.getAnnIds(imgIds=image_info["id"], iscrowd=None)
+    for ann in coco.loadAnns(ann_ids):
+        lab = cat_id_to_label.get(ann["category_id"])
+        if lab is None:
+            continue
+        m = coco.annToMask(ann).astype(bool)
+        if ann.get("iscrowd", 0):
+            crowd |= m
+            continue
+        existing = label[m]
+        conflict[m] |= (existing != 0) & (existing != lab)
+        label[m & (label == 0)] = lab
+    label[conflict] = 255
+    label[crowd & (label == 0)] = 255
+    return label
+
+
+def find_annotation_file(coco_root: str | os.PathLike, split: str) -> pathlib.Path:
+    """<root>/annotations/instances_<split>*.json (the official file or a *_sample.json)."""
+    ann_dir = pathlib.Path(coco_root) / "annotations"
+    found = sorted(ann_dir.glob(f"instances_{split}*.json"))
+    if not found:
+        raise FileNotFoundError(f"{ann_dir}: no instances_{split}*.json (download with "
+                                f"`python -m model.data.download coco --dest {coco_root}`)")
+    # Prefer the official full file over samples/variants when both are present.
+    exact = ann_dir / f"instances_{split}.json"
+    return exact if exact in found else found[0]
+
+
+def _cache_key(annotation_file: pathlib.Path, cat_ids: list[int]) -> str:
+    st = annotation_file.stat()
+    ident = json.dumps([_CACHE_VERSION, str(annotation_file.resolve()), st.st_size,
+                        st.st_mtime_ns, cat_ids])
+    return hashlib.sha1(ident.encode()).hexdigest()[:12]
+
+
+def render_masks(annotation_file, image_dir, cache_dir, categories="all",
+                 min_area_fraction: float = 0.0, progress: bool = True) -> list[tuple[str, str]]:
+    """Write one class-id PNG per image into a cache and return (image_path, mask_path) pairs.
+
+    The cache folder is keyed by the annotation file (path, size, mtime) and the category
+    selection, so a rerun reuses it; an interrupted run resumes. Images listed in the JSON
+    but missing in image_dir are skipped with a warning naming them. Images whose labelled
+    area (pixels != 0) is below min_area_fraction of the image are dropped.
+    """
+    annotation_file = pathlib.Path(annotation_file)
+    image_dir = pathlib.Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{image_dir}: COCO image folder not found")
+    coco = load_coco(annotation_file)
+    cat_ids, class_names = select_categories(coco, categories)
+    cat_id_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
+    if len(cat_ids) > 254:
+        raise ValueError(f"{len(cat_ids)} categories do not fit uint8 labels with 255 = ignore")
+
+    out_dir = pathlib.Path(cache_dir) / f"coco_{annotation_file.stem}_{_cache_key(annotation_file, cat_ids)}"
+    manifest_path = out_dir / "manifest.json"
+    infos = sorted(coco.dataset["images"], key=lambda i: i["file_name"])
+
+    present, missing = [], []
+    for info in infos:
+        (present if (image_dir / info["file_name"]).is_file() else missing).append(info)
+    if missing:
+        names = ", ".join(i["file_name"] for i in missing[:10])
+        more = f" ... ({len(missing)} in all)" if len(missing) > 10 else ""
+        warnings.warn(f"{annotation_file.name}: {len(missing)} of {len(infos)} images are "
+                      f"missing in {image_dir} and are skipped: {names}{more}", stacklevel=2)
+
+    areas: dict[str, float] = {}
+    if manifest_path.is_file():
+        areas = json.loads(manifest_path.read_text()).get("labelled_fraction", {})
+    todo = [i for i in present if i["file_name"] not in areas
+            or not (out_dir / _mask_name(i)).is_file()]
+    if todo:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for info in tqdm(todo, desc=f"COCO masks {annotation_file.name}", unit="img",
+                         disable=not progress):
+            mask_path = out_dir / _mask_name(info)
+            if mask_path.is_file():  # rendered by an interrupted run
+                mask = read_label_png(mask_path)
+            else:
+                mask = semantic_mask(coco, info, cat_id_to_label)
+                write_png(mask_path, mask)
+            areas[info["file_name"]] = float(np.count_nonzero(mask)) / mask.size
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"annotation_file": str(annotation_file.resolve()),
+                                   "category_ids": cat_ids, "class_names": class_names,
+                                   "labelled_fraction": areas}, indent=0))
+        os.replace(tmp, manifest_path)
+
+    return [(str(image_dir / i["file_name"]), str(out_dir / _mask_name(i)))
+            for i in present if areas[i["file_name"]] >= min_area_fraction
+            and (min_area_fraction <= 0 or areas[i["file_name"]] > 0)]
+
+
+def _mask_name(info: dict) -> str:
+    return pathlib.Path(info["file_name"]).stem + ".png"
