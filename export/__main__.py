@@ -1,0 +1,67 @@
+"""python -m export --run-dir runs/X --model-base models --model-name fcn8s [...]"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from export.precision import COMPUTE_DTYPES
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a training run's checkpoint as a TF Serving SavedModel version "
+                    "<model-base>/<model-name>/<version>/.")
+    p.add_argument("--run-dir", required=True, type=Path, help="run directory of model.train")
+    p.add_argument("--checkpoint", type=Path,
+                   help="Keras checkpoint (default <run-dir>/checkpoints/best.keras)")
+    p.add_argument("--model-base", required=True, type=Path,
+                   help="TF Serving model base folder, e.g. models")
+    p.add_argument("--model-name", required=True, help="model name, e.g. fcn8s")
+    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                   help="dtype the exported graph computes in (weights stay float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # Imported here so that --help answers without loading TensorFlow.
+    from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
+    from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
+
+    config = load_run_config(args.run_dir)
+    checkpoint = args.checkpoint or checkpoint_path(args.run_dir, "best")
+    metrics_path = args.run_dir / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.is_file() else None
+    print(f"loading {checkpoint}", file=sys.stderr)
+    keras_model = load_checkpoint(checkpoint)
+    print(f"exporting ({args.compute_dtype}) ...", file=sys.stderr)
+    try:
+        path = export_saved_model(keras_model, config, args.model_base, args.model_name,
+                                  version=args.version, metrics=metrics, source=checkpoint,
+                                  compute_dtype=args.compute_dtype, run_dir=args.run_dir,
+                                  overwrite=args.overwrite)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    sizes = saved_model_sizes(path)
+    print(path)
+    print(json.dumps({"path": str(path), "weights_bytes": weights_nbytes(keras_model), **sizes},
+                     indent=2))
+    print(f"total {_mb(sizes['total_bytes'])}, variables {_mb(sizes['variables_bytes'])} "
+          f"(weights {_mb(weights_nbytes(keras_model))}), saved_model.pb "
+          f"{_mb(sizes['saved_model_pb_bytes'])}, warmup {_mb(sizes['warmup_bytes'])}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Files that travel with an exported version: assets/labels.txt and
+assets.extra/fcnseg_metadata.json."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+LABELS_FILE = "labels.txt"
+METADATA_FILE = "fcnseg_metadata.json"
+
+
+def fcnseg_version() -> str:
+    try:
+        return importlib.metadata.version("fcnseg")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def write_labels(path, class_names) -> Path:
+    """Class names, one per line, in class-id order (the format TF Serving users expect)."""
+    for name in class_names:
+        if "\n" in str(name):
+            raise ValueError(f"class name {name!r} contains a newline")
+    path = Path(path)
+    path.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
+    return path
+
+
+def build_metadata(config: dict, *, model_name: str, version: int, compute_dtype: str,
+                   signatures: dict, metrics=None, source=None, run_dir=None,
+                   weights_bytes: int | None = None) -> dict:
+    keys = ("dataset", "task", "categories", "class_names", "colours", "label_format",
+            "normalization", "fc_width", "num_classes", "encoder_weights")
+    return {
+        "model_name": model_name,
+        "version": version,
+        **{key: config.get(key) for key in keys},
+        "image_size": [int(s) for s in config["image_size"]],
+        "ignore_label": 255,
+        "compute_dtype": compute_dtype,
+        "metrics": metrics,
+        "source_checkpoint": None if source is None else str(source),
+        "run_dir": None if run_dir is None else str(run_dir),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fcnseg_version": fcnseg_version(),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "weights_bytes": weights_bytes,
+        "signatures": signatures,
+    }
+
+
+def write_metadata(path, metadata: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,172 @@
+"""Export a Keras FCN-8s to a versioned TF Serving SavedModel, and load one back.
+
+Layout of `<model_base>/<model_name>/<version>/`:
+    saved_model.pb, variables/             the graph and the weights (stored once)
+    assets/labels.txt                      class names, one per line, in class-id order
+    assets.extra/fcnseg_metadata.json      dataset, classes, geometry, metrics, provenance
+    assets.extra/tf_serving_warmup_requests  PredictionLog records TF Serving replays on load
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from export.metadata import (LABELS_FILE, METADATA_FILE, build_metadata, write_labels,
+                             write_metadata)
+from export.precision import serving_copy
+from export.signatures import SEGMENT_ENCODED, SERVING_DEFAULT, ServingModule, describe
+from export.warmup import WARMUP_FILE, write_warmup_file
+
+TEMP_PREFIX = ".tmp-"  # not a number, so TF Serving never takes it for a version
+
+
+def version_dirs(model_dir) -> dict[int, Path]:
+    """The version folders TF Serving would see: numeric names only."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return {}
+    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def next_version(model_dir) -> int:
+    versions = version_dirs(model_dir)
+    return max(versions) + 1 if versions else 1
+
+
+def weights_nbytes(keras_model) -> int:
+    return int(sum(np.asarray(w).nbytes for w in keras_model.weights))
+
+
+def dir_nbytes(path) -> int:
+    """Bytes of a file, or of all files under a folder (0 if absent)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def saved_model_sizes(path) -> dict:
+    path = Path(path)
+    return {"total_bytes": dir_nbytes(path),
+            "variables_bytes": dir_nbytes(path / "variables"),
+            "saved_model_pb_bytes": (path / "saved_model.pb").stat().st_size,
+            "warmup_bytes": dir_nbytes(path / "assets.extra" / WARMUP_FILE)}
+
+
+def _check_inputs(keras_model, config: dict) -> tuple[tuple[int, int], list[str]]:
+    if "image_size" not in config or len(config["image_size"]) != 2:
+        raise ValueError(f"config needs image_size [H, W], got {config.get('image_size')!r}")
+    image_size = (int(config["image_size"][0]), int(config["image_size"][1]))
+    model_hw = tuple(keras_model.input_shape[1:3])
+    if any(m is not None and m != s for m, s in zip(model_hw, image_size)):
+        raise ValueError(f"config image_size {list(image_size)} does not match the model's "
+                         f"input {list(model_hw)}")
+    num_classes = int(keras_model.output_shape[-1])
+    class_names = [str(c) for c in config.get("class_names") or []]
+    if len(class_names) != num_classes:
+        raise ValueError(f"config has {len(class_names)} class_names but the model outputs "
+                         f"{num_classes} classes")
+    if num_classes > 255:
+        raise ValueError(f"class ids are uint8 with 255 = ignore: at most 255 classes, "
+                         f"got {num_classes}")
+    return image_size, class_names
+
+
+def export_saved_model(keras_model, config: dict, model_base, model_name: str,
+                       version: int | None = None, metrics=None, source=None,
+                       compute_dtype: str = "float32", *, run_dir=None,
+                       overwrite: bool = False) -> Path:
+    """Write `<model_base>/<model_name>/<version>/` and return its path.
+
+    version: None picks the next free number. The version is written to a hidden temporary
+    folder beside it and renamed into place, so a TF Serving instance watching the model
+    folder never sees half a model. An existing version is replaced only with overwrite=True
+    (a server that already loaded that version will not reload it: prefer a new version).
+    """
+    image_size, class_names = _check_inputs(keras_model, config)
+    model_dir = Path(model_base) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        version = next_version(model_dir)
+    if int(version) < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    version = int(version)
+    final = model_dir / str(version)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite "
+                              f"to replace it, or choose another version)")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{version}-", dir=model_dir))
+    try:
+        with tempfile.TemporaryDirectory() as staging:
+            labels = write_labels(Path(staging) / LABELS_FILE, class_names)
+            module = ServingModule(serving_copy(keras_model, compute_dtype), image_size,
+                                   len(class_names), str(labels))
+            signatures = module.signatures()
+            tf.saved_model.save(module, str(tmp), signatures=signatures)
+        metadata = build_metadata(config, model_name=model_name, version=version,
+                                  compute_dtype=compute_dtype, signatures=describe(signatures),
+                                  metrics=metrics, source=source, run_dir=run_dir,
+                                  weights_bytes=weights_nbytes(keras_model))
+        write_metadata(tmp / "assets.extra" / METADATA_FILE, metadata)
+        write_warmup_file(tmp / "assets.extra" / WARMUP_FILE, model_name, image_size)
+        _move_into_place(tmp, final, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
+    if not final.exists():
+        os.rename(tmp, final)  # atomic on one file system; fails if someone else got there
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final} appeared while exporting; the export is discarded")
+    old = final.with_name(f"{TEMP_PREFIX}old-{final.name}-{tmp.name[-8:]}")
+    os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class LoadedModel:
+    """An exported version loaded in-process: its signatures, class names and metadata."""
+    path: Path
+    module: object = field(repr=False)
+    metadata: dict
+    class_names: list
+
+    @property
+    def signatures(self):
+        return self.module.signatures
+
+    def segment(self, images: np.ndarray) -> dict:
+        """serving_default on uint8 images [N,H,W,3] -> numpy outputs."""
+        out = self.signatures[SERVING_DEFAULT](images=tf.constant(images, tf.uint8))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def segment_encoded(self, blobs) -> dict:
+        """segment_encoded on a list of PNG/JPEG bytes -> numpy outputs."""
+        out = self.signatures[SEGMENT_ENCODED](image_bytes=tf.constant(list(blobs), tf.string))
+        return {k: v.numpy() for k, v in out.items()}
+
+
+def load_saved_model(path) -> LoadedModel:
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"{path}: no saved_model.pb (not an exported version folder)")
+    metadata_path = path / "assets.extra" / METADATA_FILE
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+    labels_path = path / "assets" / LABELS_FILE
+    class_names = labels_path.read_text(encoding="utf-8").splitlines() \
+        if labels_path.is_file() else list(metadata.get("class_names") or [])
+    return LoadedModel(path=path, module=tf.saved_model.load(str(path)), metadata=metadata,
+                       class_names=class_names)

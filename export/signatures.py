@@ -1,0 +1,128 @@
+"""The serving graph: a tf.Module that holds the model's variables and the two signatures.
+
+Both signatures share one pre/post-processing path (`to_geometry`, `from_geometry`): images
+of any size are resized bilinearly to the training geometry, the model runs once on the
+whole batch, and its probabilities are resized back to each image's own size before argmax.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+SERVING_DEFAULT = "serving_default"
+SEGMENT_ENCODED = "segment_encoded"
+# Padding value of the batched class_ids of segment_encoded: the project's 'ignore' label.
+PAD_CLASS_ID = 255
+# What clients ask serving_default for by default: probabilities are 4*C bytes per pixel
+# (3.7 MB for one binary 1242x375 image), so they are left out with TF Serving's
+# output_filter; class_ids and confidence do not need them to be returned.
+DEFAULT_OUTPUT_FILTER = ("class_ids", "confidence")
+
+
+def to_geometry(images, image_size):
+    """uint8/float images [N,H,W,3] -> float32 [N,h,w,3] at the model's geometry (0..255)."""
+    return tf.image.resize(images, image_size, method="bilinear")
+
+
+def from_geometry(probabilities, size):
+    """Probabilities [N,h,w,C] at the geometry -> float32 [N,H,W,C] at `size` (H, W)."""
+    return tf.image.resize(tf.cast(probabilities, tf.float32), size, method="bilinear")
+
+
+def class_ids_of(probabilities):
+    """Arg-max class ids as uint8 (so at most 255 classes; 255 itself is 'ignore')."""
+    return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
+
+
+def confidence_of(probabilities):
+    """uint8 0..255 confidence: road (class 1) probability for a binary model, else the
+    winning class' probability. For a KITTI road model this is the submission format."""
+    if probabilities.shape[-1] == 2:
+        p = probabilities[..., 1]
+    else:
+        p = tf.reduce_max(probabilities, axis=-1)
+    return tf.cast(tf.round(tf.clip_by_value(p, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+class ServingModule(tf.Module):
+    """What tf.saved_model.save writes.
+
+    Only the model's variables are tracked, not the Keras model object: a loaded or cloned
+    Keras model also carries its optimizer (Adam's two slots per weight), which tracking the
+    model would save too and triple the variables. The model itself is reached through the
+    functions' closures, so its variables are captured once.
+    """
+
+    def __init__(self, keras_model, image_size, num_classes: int, labels_path: str):
+        super().__init__(name="fcnseg")
+        self.model_variables = list(keras_model.variables)
+        # Tracked asset: saved into <version>/assets/ and re-pointed there on load.
+        self.labels = tf.saved_model.Asset(labels_path)
+        image_size = tuple(int(s) for s in image_size)
+        model = keras_model
+
+        def run_model(x):
+            probs = model(x, training=False)
+            return tf.ensure_shape(tf.cast(probs, tf.float32), [None, *image_size, num_classes])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
+                                                    name="images")])
+        def serving_default(images):
+            size = tf.shape(images)[1:3]
+            probs = from_geometry(run_model(to_geometry(images, image_size)), size)
+            return {"class_ids": class_ids_of(probs),
+                    "confidence": confidence_of(probs),
+                    "probabilities": probs}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def segment_encoded(image_bytes):
+            def decode(data):
+                # channels=3 turns grayscale and RGBA into RGB; an undecodable image fails the
+                # whole request with INVALID_ARGUMENT (a graph cannot skip one batch element).
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+                return to_geometry(image[None], image_size)[0], tf.shape(image)[:2]
+
+            resized, sizes = tf.map_fn(
+                decode, image_bytes,
+                fn_output_signature=(tf.TensorSpec([*image_size, 3], tf.float32),
+                                     tf.TensorSpec([2], tf.int32)))
+            probs = run_model(resized)  # one model call for the whole batch
+            heights, widths = sizes[:, 0], sizes[:, 1]
+            h_max = tf.reduce_max(tf.concat([heights, [0]], 0))
+            w_max = tf.reduce_max(tf.concat([widths, [0]], 0))
+
+            def finish(args):
+                p, hw = args
+                p = from_geometry(p[None], hw)[0]
+                ids, conf = class_ids_of(p), confidence_of(p)
+                padded = tf.pad(ids, [[0, h_max - hw[0]], [0, w_max - hw[1]]],
+                                constant_values=PAD_CLASS_ID)
+                return (tf.io.encode_png(ids[..., None]), tf.io.encode_png(conf[..., None]),
+                        padded)
+
+            mask_png, confidence_png, class_ids = tf.map_fn(
+                finish, (probs, sizes),
+                fn_output_signature=(tf.TensorSpec([], tf.string),
+                                     tf.TensorSpec([], tf.string),
+                                     tf.TensorSpec([None, None], tf.uint8)))
+            return {"mask_png": mask_png, "confidence_png": confidence_png,
+                    "class_ids": class_ids, "heights": heights, "widths": widths}
+
+        self.serving_default = serving_default
+        self.segment_encoded = segment_encoded
+
+    def signatures(self) -> dict:
+        return {SERVING_DEFAULT: self.serving_default.get_concrete_function(),
+                SEGMENT_ENCODED: self.segment_encoded.get_concrete_function()}
+
+
+def describe(signatures: dict) -> dict:
+    """{name: {"inputs": {key: {dtype, shape}}, "outputs": {...}}} for the metadata file."""
+    def spec(t):
+        return {"dtype": t.dtype.name, "shape": [None if d is None else int(d)
+                                                 for d in t.shape.as_list()]}
+    out = {}
+    for name, fn in signatures.items():
+        _, kwargs = fn.structured_input_signature
+        out[name] = {"inputs": {k: spec(v) for k, v in sorted(kwargs.items())},
+                     "outputs": {k: spec(v) for k, v in sorted(fn.structured_outputs.items())}}
+    return out
