@@ -26,7 +26,7 @@ from tqdm import tqdm
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["VOC_CATEGORIES", "VOC_CATEGORY_IDS", "load_coco", "select_categories",
-           "semantic_mask", "render_masks", "find_annotation_file"]
+           "semantic_mask", "render_masks", "cached_class_names", "find_annotation_file"]
 
 # The 20 PASCAL VOC classes as COCO category names, in VOC label order (aeroplane, bicycle,
 # ..., tvmonitor), the same selection and order as torchvision's references/segmentation
@@ -127,11 +127,15 @@ def find_annotation_file(coco_root: str | os.PathLike, split: str) -> pathlib.Pa
     return exact if exact in found else found[0]
 
 
-def _cache_key(annotation_file: pathlib.Path, cat_ids: list[int]) -> str:
+def _cache_dir(annotation_file: pathlib.Path, cache_dir, categories) -> pathlib.Path:
+    # Keyed by the category *request* (not the resolved ids) so a complete cache is found
+    # without parsing the annotation JSON (about 450 MB for train2017).
+    spec = categories if isinstance(categories, str) else list(categories)
     st = annotation_file.stat()
     ident = json.dumps([_CACHE_VERSION, str(annotation_file.resolve()), st.st_size,
-                        st.st_mtime_ns, cat_ids])
-    return hashlib.sha1(ident.encode()).hexdigest()[:12]
+                        st.st_mtime_ns, spec])
+    key = hashlib.sha1(ident.encode()).hexdigest()[:12]
+    return pathlib.Path(cache_dir) / f"coco_{annotation_file.stem}_{key}"
 
 
 def render_masks(annotation_file, image_dir, cache_dir, categories="all",
@@ -139,59 +143,87 @@ def render_masks(annotation_file, image_dir, cache_dir, categories="all",
     """Write one class-id PNG per image into a cache and return (image_path, mask_path) pairs.
 
     The cache folder is keyed by the annotation file (path, size, mtime) and the category
-    selection, so a rerun reuses it; an interrupted run resumes. Images listed in the JSON
-    but missing in image_dir are skipped with a warning naming them. Images whose labelled
-    area (pixels != 0) is below min_area_fraction of the image are dropped.
+    selection, so a rerun reuses it without even parsing the JSON; an interrupted run
+    resumes. Images listed in the JSON but missing in image_dir are skipped with a warning
+    naming them. Images whose labelled area (pixels != 0: objects, crowd and overlaps) is
+    below min_area_fraction of the image are dropped (with min_area_fraction > 0, images
+    with no labelled pixel at all are always dropped).
     """
     annotation_file = pathlib.Path(annotation_file)
     image_dir = pathlib.Path(image_dir)
+    if not annotation_file.is_file():
+        raise FileNotFoundError(f"{annotation_file}: COCO annotation file not found")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: COCO image folder not found")
-    coco = load_coco(annotation_file)
-    cat_ids, class_names = select_categories(coco, categories)
-    cat_id_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
-    if len(cat_ids) > 254:
-        raise ValueError(f"{len(cat_ids)} categories do not fit uint8 labels with 255 = ignore")
+    out_dir = _cache_dir(annotation_file, cache_dir, categories)
+    manifest = _read_manifest(out_dir)
 
-    out_dir = pathlib.Path(cache_dir) / f"coco_{annotation_file.stem}_{_cache_key(annotation_file, cat_ids)}"
-    manifest_path = out_dir / "manifest.json"
-    infos = sorted(coco.dataset["images"], key=lambda i: i["file_name"])
-
-    present, missing = [], []
-    for info in infos:
-        (present if (image_dir / info["file_name"]).is_file() else missing).append(info)
+    file_names = manifest["file_names"] if manifest else None
+    coco = None
+    if file_names is None:
+        coco = load_coco(annotation_file)
+        file_names = sorted(i["file_name"] for i in coco.dataset["images"])
+    present = [f for f in file_names if (image_dir / f).is_file()]
+    missing = len(file_names) - len(present)
     if missing:
-        names = ", ".join(i["file_name"] for i in missing[:10])
-        more = f" ... ({len(missing)} in all)" if len(missing) > 10 else ""
-        warnings.warn(f"{annotation_file.name}: {len(missing)} of {len(infos)} images are "
-                      f"missing in {image_dir} and are skipped: {names}{more}", stacklevel=2)
+        names = [f for f in file_names if not (image_dir / f).is_file()]
+        shown = ", ".join(names[:10]) + (f" ... ({missing} in all)" if missing > 10 else "")
+        warnings.warn(f"{annotation_file.name}: {missing} of {len(file_names)} images are "
+                      f"missing in {image_dir} and are skipped: {shown}", stacklevel=2)
 
-    areas: dict[str, float] = {}
-    if manifest_path.is_file():
-        areas = json.loads(manifest_path.read_text()).get("labelled_fraction", {})
-    todo = [i for i in present if i["file_name"] not in areas
-            or not (out_dir / _mask_name(i)).is_file()]
-    if todo:
+    areas: dict[str, float] = dict(manifest["labelled_fraction"]) if manifest else {}
+    todo = [f for f in present if f not in areas or not (out_dir / _mask_name(f)).is_file()]
+    if todo or not manifest:
+        if coco is None:
+            coco = load_coco(annotation_file)
+        cat_ids, class_names = select_categories(coco, categories)
+        if len(cat_ids) > 254:
+            raise ValueError(f"{len(cat_ids)} categories do not fit uint8 labels with 255 = ignore")
+        cat_id_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
+        info_by_name = {i["file_name"]: i for i in coco.dataset["images"]}
         out_dir.mkdir(parents=True, exist_ok=True)
-        for info in tqdm(todo, desc=f"COCO masks {annotation_file.name}", unit="img",
-                         disable=not progress):
-            mask_path = out_dir / _mask_name(info)
-            if mask_path.is_file():  # rendered by an interrupted run
+        for f in tqdm(todo, desc=f"COCO masks {annotation_file.name}", unit="img",
+                      disable=not progress or not todo):
+            mask_path = out_dir / _mask_name(f)
+            if mask_path.is_file():  # written by an interrupted run (writes are atomic)
                 mask = read_label_png(mask_path)
             else:
-                mask = semantic_mask(coco, info, cat_id_to_label)
+                mask = semantic_mask(coco, info_by_name[f], cat_id_to_label)
                 write_png(mask_path, mask)
-            areas[info["file_name"]] = float(np.count_nonzero(mask)) / mask.size
-        tmp = manifest_path.with_suffix(".tmp")
+            areas[f] = float(np.count_nonzero(mask)) / mask.size
+        tmp = out_dir / "manifest.json.tmp"
         tmp.write_text(json.dumps({"annotation_file": str(annotation_file.resolve()),
+                                   "categories": categories if isinstance(categories, str)
+                                   else list(categories),
                                    "category_ids": cat_ids, "class_names": class_names,
-                                   "labelled_fraction": areas}, indent=0))
-        os.replace(tmp, manifest_path)
+                                   "file_names": file_names, "labelled_fraction": areas}))
+        os.replace(tmp, out_dir / "manifest.json")
 
-    return [(str(image_dir / i["file_name"]), str(out_dir / _mask_name(i)))
-            for i in present if areas[i["file_name"]] >= min_area_fraction
-            and (min_area_fraction <= 0 or areas[i["file_name"]] > 0)]
+    keep = [f for f in present
+            if areas[f] >= min_area_fraction and (min_area_fraction <= 0 or areas[f] > 0)]
+    return [(str(image_dir / f), str(out_dir / _mask_name(f))) for f in keep]
 
 
-def _mask_name(info: dict) -> str:
-    return pathlib.Path(info["file_name"]).stem + ".png"
+def cached_class_names(annotation_file, cache_dir, categories="all") -> list[str]:
+    """Class names ('background' first) recorded by `render_masks` for this selection."""
+    out_dir = _cache_dir(pathlib.Path(annotation_file), cache_dir, categories)
+    manifest = _read_manifest(out_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{out_dir}: no mask cache; run render_masks first")
+    return list(manifest["class_names"])
+
+
+def _read_manifest(out_dir: pathlib.Path) -> dict | None:
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # damaged: rebuild it
+    needed = ("file_names", "labelled_fraction", "class_names")
+    return manifest if all(k in manifest for k in needed) else None
+
+
+def _mask_name(file_name: str) -> str:
+    return pathlib.Path(file_name).stem + ".png"
