@@ -1,0 +1,246 @@
+"""Evaluate a trained model on its run's split: KITTI devkit scores or IoU, plus images.
+
+    python -m model.evaluate --checkpoint runs/X/checkpoints/best.keras [--split val]
+    python -m model.evaluate --saved-model models/fcn8s/3 [--run-dir runs/X]
+
+Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
+confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
+for the first --overlays images. Prints a summary table. Probabilities are computed at each
+image's original size (model.inference), so KITTI is scored at full resolution.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from model import metrics, plots, runs
+from model.data import image_io, kitti
+
+KITTI_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "IoU")
+
+
+def resolve_pairs(pairs: Sequence[Sequence[str]], config: dict,
+                  data_root: str | None = None) -> list[tuple[pathlib.Path, pathlib.Path]]:
+    """Image/label paths of a split. Relative paths are under the data root; with `data_root`
+    given, absolute paths under the run's recorded data_root are moved under it (a run trained
+    on another machine)."""
+    recorded = config.get("data_root")
+    root = pathlib.Path(data_root or recorded or ".")
+    resolved = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"split entry {pair!r}: expected [image, label]")
+        out = []
+        for p in pair:
+            path = pathlib.Path(p)
+            if not path.is_absolute():
+                path = root / path
+            elif data_root and recorded:
+                try:
+                    path = pathlib.Path(data_root) / path.relative_to(recorded)
+                except ValueError:
+                    pass
+            out.append(path)
+        resolved.append((out[0], out[1]))
+    return resolved
+
+
+def read_label(path, label_format: str) -> np.ndarray:
+    if label_format == "kitti":
+        return kitti.read_gt(path)
+    if label_format == "ids":
+        return image_io.read_label_png(path)
+    raise ValueError(f"unknown label_format {label_format!r} (expected 'kitti' or 'ids')")
+
+
+def _category(image_path: pathlib.Path) -> str:
+    try:
+        return kitti.category_of(image_path)
+    except ValueError:
+        return "other"
+
+
+def _json_safe(value):
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def evaluate_pairs(pairs, config: dict, predict, out_dir, num_overlays: int = 8,
+                   batch_size: int = 4, source: dict | None = None) -> dict:
+    """Score `predict` (list of uint8 images -> list of [H, W, C] probabilities) on pairs.
+
+    Returns the metrics dict that is also written to out_dir/metrics.json.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    class_names = list(config["class_names"])
+    num_classes = len(class_names)
+    colours = config.get("colours")
+    label_format = config.get("label_format", "ids")
+    is_kitti = label_format == "kitti"
+    if is_kitti and num_classes != 2:
+        raise ValueError(f"KITTI evaluation needs a binary model, config has {num_classes} classes")
+    if not pairs:
+        raise ValueError("no images to evaluate (empty split)")
+
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    road: dict[str, metrics.RoadCounts] = {}
+    images_per_category: dict[str, int] = {}
+    overlays_written = 0
+    with tqdm(total=len(pairs), desc="evaluate", unit="img") as progress:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            images = [image_io.read_image(image_path) for image_path, _ in chunk]
+            probs = predict(images)
+            for (image_path, label_path), image, prob in zip(chunk, images, probs):
+                label = read_label(label_path, label_format)
+                if label.shape != image.shape[:2]:
+                    raise ValueError(f"{label_path}: label is {label.shape[1]}x{label.shape[0]} "
+                                     f"but image {image_path} is "
+                                     f"{image.shape[1]}x{image.shape[0]}")
+                if prob.shape != (*image.shape[:2], num_classes):
+                    raise ValueError(f"{image_path}: model returned {prob.shape}, expected "
+                                     f"{(*image.shape[:2], num_classes)}")
+                pred = np.argmax(prob, axis=-1).astype(np.uint8)
+                cm += metrics.confusion_matrix(pred, label, num_classes)
+                if is_kitti:
+                    category = _category(image_path)
+                    counts = metrics.road_counts(prob[..., 1], label)
+                    road[category] = road.get(category, metrics.RoadCounts()) + counts
+                    images_per_category[category] = images_per_category.get(category, 0) + 1
+                if overlays_written < num_overlays:
+                    plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
+                                       image, pred, colours or _default_colours(num_classes),
+                                       ground_truth=label)
+                    overlays_written += 1
+                progress.update(1)
+
+    result: dict = {"split_size": len(pairs), "class_names": class_names,
+                    "label_format": label_format, **(source or {})}
+    result.update(metrics.segmentation_scores(cm, class_names))
+    if is_kitti:
+        road = dict(sorted(road.items()))
+        road["overall"] = sum(road.values(), metrics.RoadCounts())
+        images_per_category["overall"] = len(pairs)
+        result["kitti"] = {
+            name: {**metrics.kitti_scores(counts), "IoU": metrics.road_iou(counts),
+                   "num_images": images_per_category[name]}
+            for name, counts in road.items()}
+        plots.save_pr_curve(out_dir / "pr_curve.png", road)
+    else:
+        plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
+    result["confusion_matrix"] = cm.tolist()
+    result = _json_safe(result)
+    runs.write_json(out_dir / "metrics.json", result)
+    return result
+
+
+def _default_colours(n: int) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [[0, 0, 0]] + rng.integers(40, 256, (n - 1, 3)).tolist()
+
+
+def format_summary(result: dict) -> str:
+    lines = []
+    if "kitti" in result:
+        lines.append("KITTI road (devkit, perspective view; values in %)")
+        lines.append(f"{'category':<10}{'images':>7}" + "".join(f"{k:>8}" for k in KITTI_KEYS)
+                     + f"{'thresh':>8}")
+        for name, scores in result["kitti"].items():
+            cells = "".join(f"{_pct(scores[k]):>8}" for k in KITTI_KEYS)
+            thresh = scores["threshold"]
+            lines.append(f"{name:<10}{scores['num_images']:>7}{cells}"
+                         f"{'-' if thresh is None else f'{thresh:.3f}':>8}")
+        lines.append("")
+    lines.append(f"mean IoU {_pct(result['mean_iou'])}%   pixel accuracy "
+                 f"{_pct(result['pixel_accuracy'])}%   mean accuracy "
+                 f"{_pct(result['mean_accuracy'])}%   ({result['split_size']} images)")
+    per_class = sorted(result["per_class_iou"].items(),
+                       key=lambda kv: -1 if kv[1] is None else kv[1], reverse=True)
+    width = max(len(name) for name, _ in per_class)
+    lines.append("per-class IoU (%):")
+    for name, iou in per_class:
+        lines.append(f"  {name:<{width}} {_pct(iou):>7}")
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="Keras checkpoint, e.g. runs/X/checkpoints/best.keras")
+    which.add_argument("--saved-model", help="exported SavedModel version dir, e.g. models/fcn8s/3")
+    parser.add_argument("--run-dir", help="training run directory (default: from the checkpoint "
+                                          "path or the SavedModel metadata)")
+    parser.add_argument("--split", default="val", choices=("val", "train"))
+    parser.add_argument("--data-root", help="dataset root, if it moved since training")
+    parser.add_argument("--out", help="output directory (default <run_dir>/eval_<split>)")
+    parser.add_argument("--overlays", type=int, default=8,
+                        help="number of overlay PNGs to write (default 8)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.overlays < 0:
+        parser.error("--overlays must be >= 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from model import inference  # TensorFlow import, after argument errors are reported
+
+    if args.checkpoint:
+        run_dir = pathlib.Path(args.run_dir) if args.run_dir else runs.run_dir_of(args.checkpoint)
+        config = runs.load_run_config(run_dir)
+        keras_model = runs.load_checkpoint(args.checkpoint)
+        predict = inference.keras_predictor(keras_model, config["image_size"], args.batch_size)
+        source = {"checkpoint": str(args.checkpoint)}
+    else:
+        metadata = inference.read_saved_model_metadata(args.saved_model)
+        run_dir = args.run_dir or metadata.get("run_dir")
+        if not run_dir:
+            raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
+                             f"pass --run-dir")
+        run_dir = pathlib.Path(run_dir)
+        config = metadata.get("config") or runs.load_run_config(run_dir)
+        predict = inference.saved_model_predictor(args.saved_model, args.batch_size)
+        source = {"saved_model": str(args.saved_model)}
+    split = runs.load_split(run_dir)
+    if args.split not in split:
+        raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
+                         f"(has {sorted(split)})")
+    pairs = resolve_pairs(split[args.split], config, args.data_root)
+    out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
+    source.update(run_dir=str(run_dir), split=args.split)
+    result = evaluate_pairs(pairs, config, predict, out_dir, args.overlays, args.batch_size,
+                            source)
+    print(format_summary(result))
+    print(f"wrote {out_dir}/metrics.json")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
