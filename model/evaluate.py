@@ -80,12 +80,25 @@ def _json_safe(value):
     return value
 
 
-def evaluate_pairs(pairs, config: dict, predict, out_dir, num_overlays: int = 8,
+def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                    batch_size: int = 4, source: dict | None = None) -> dict:
-    """Score `predict` (list of uint8 images -> list of [H, W, C] probabilities) on pairs.
+    """Score a model on (image, label) path pairs at original resolution.
 
-    Returns the metrics dict that is also written to out_dir/metrics.json.
+    model: a keras.Model (run at config["image_size"] via model.inference), or any predictor
+    callable taking a list of uint8 images and returning [H, W, C] probabilities (e.g.
+    `inference.saved_model_predictor`). Writes out_dir/metrics.json, the PR curve or the
+    confusion matrix, and `overlays` overlay PNGs; returns the metrics dict.
     """
+    from model import inference  # TensorFlow import only where a model is actually run
+
+    if hasattr(model, "predict_on_batch"):
+        predict = inference.keras_predictor(model, config["image_size"], batch_size)
+    elif callable(model):
+        predict = model
+    else:
+        raise TypeError(f"model must be a keras.Model or a predictor callable, got {type(model)}")
+    pairs = [(pathlib.Path(image), pathlib.Path(label)) for image, label in pairs]
+    num_overlays = overlays
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     class_names = list(config["class_names"])
@@ -212,8 +225,7 @@ def main(argv=None) -> dict:
     if args.checkpoint:
         run_dir = pathlib.Path(args.run_dir) if args.run_dir else runs.run_dir_of(args.checkpoint)
         config = runs.load_run_config(run_dir)
-        keras_model = runs.load_checkpoint(args.checkpoint)
-        predict = inference.keras_predictor(keras_model, config["image_size"], args.batch_size)
+        model = runs.load_checkpoint(args.checkpoint)
         source = {"checkpoint": str(args.checkpoint)}
     else:
         metadata = inference.read_saved_model_metadata(args.saved_model)
@@ -222,8 +234,11 @@ def main(argv=None) -> dict:
             raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
                              f"pass --run-dir")
         run_dir = pathlib.Path(run_dir)
-        config = metadata.get("config") or runs.load_run_config(run_dir)
-        predict = inference.saved_model_predictor(args.saved_model, args.batch_size)
+        # The run's config is the reference (it has data_root); the metadata carries the
+        # same model keys for a model whose run directory is gone.
+        config = (runs.load_run_config(run_dir) if (run_dir / runs.CONFIG).is_file()
+                  else metadata)
+        model = inference.saved_model_predictor(args.saved_model, args.batch_size)
         source = {"saved_model": str(args.saved_model)}
     split = runs.load_split(run_dir)
     if args.split not in split:
@@ -232,8 +247,7 @@ def main(argv=None) -> dict:
     pairs = resolve_pairs(split[args.split], config, args.data_root)
     out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
     source.update(run_dir=str(run_dir), split=args.split)
-    result = evaluate_pairs(pairs, config, predict, out_dir, args.overlays, args.batch_size,
-                            source)
+    result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source)
     print(format_summary(result))
     print(f"wrote {out_dir}/metrics.json")
     return result

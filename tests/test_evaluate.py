@@ -85,8 +85,7 @@ def test_kitti_scores_are_pooled_devkit_scores(kitti_run, tmp_path):
     np.testing.assert_allclose(probs[0].sum(axis=-1), 1.0, atol=1e-4)
     total = sum(metrics.road_counts(p[..., 1], kitti.read_gt(gt))
                 for p, (_, gt) in zip(probs, pairs))
-    result = evaluate.evaluate_pairs(pairs, config, inference.keras_predictor(
-        model, config["image_size"]), tmp_path, num_overlays=0)
+    result = evaluate.evaluate_pairs(model, config, pairs, tmp_path, overlays=0)
     expected = metrics.kitti_scores(total)
     for key, value in expected.items():
         assert result["kitti"]["overall"][key] == pytest.approx(value)
@@ -137,11 +136,13 @@ def test_saved_model_evaluation(kitti_run, tmp_path):
     run_dir, checkpoint = kitti_run
     from model import runs
 
-    config = {**runs.load_run_config(run_dir), "run_dir": str(run_dir)}
-    version_dir = savedmodel.export_saved_model(runs.load_checkpoint(checkpoint), config,
-                                                tmp_path / "models", "fcn8s", version=1)
-    result = evaluate.main(["--saved-model", str(version_dir), "--run-dir", str(run_dir),
-                            "--out", str(tmp_path / "eval"), "--overlays", "0"])
+    version_dir = savedmodel.export_saved_model(
+        runs.load_checkpoint(checkpoint), runs.load_run_config(run_dir), tmp_path / "models",
+        "fcn8s", version=1, run_dir=run_dir)
+    # The run directory comes from the SavedModel's metadata.
+    result = evaluate.main(["--saved-model", str(version_dir), "--out", str(tmp_path / "eval"),
+                            "--overlays", "0"])
+    assert result["saved_model"] == str(version_dir)
     reference = evaluate.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "ref"),
                                "--overlays", "0"])
     # Same network, same resizing: the devkit scores agree closely.
