@@ -1,0 +1,69 @@
+"""The one exception type both clients raise, carrying a gRPC status code."""
+from __future__ import annotations
+
+import grpc
+
+# Transient conditions worth another attempt. INVALID_ARGUMENT, NOT_FOUND and the rest will
+# not change by asking again, so they are raised at once.
+RETRYABLE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+})
+
+# HTTP status -> gRPC code, as TF Serving's REST front end maps them (google.rpc convention).
+HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    500: grpc.StatusCode.INTERNAL,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+GRPC_TO_HTTP = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+class ServingError(Exception):
+    """A request the server refused or could not answer.
+
+    `code` is a `grpc.StatusCode` (REST errors are mapped to the same codes), `message` the
+    server's text, `attempts` how many times the request was sent.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, attempts: int = 1,
+                 target: str = ""):
+        self.code = code
+        self.message = message
+        self.attempts = attempts
+        self.target = target
+        where = f" from {target}" if target else ""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"{code.name}{where}{tries}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE_CODES

@@ -1,0 +1,227 @@
+"""REST client for a segmentation model on TensorFlow Serving (port 8501).
+
+Same methods and retry policy as serving.grpc_client.PredictionClient, over
+`/v1/models/NAME[/versions/N|/labels/L]` (`:predict`, `/metadata`, status). Differences that
+come from the REST API itself:
+  * images travel as JSON numbers (about 4x the bytes of gRPC) and encoded images as
+    {"b64": ...}; prefer gRPC for throughput;
+  * the predict response does not say which version answered: "model_version" is the pinned
+    version, or None when the newest was asked for;
+  * REST has no output_filter: every output is computed and sent, and the filter is applied
+    here. String outputs whose names do not end in "_bytes" (mask_png) are sent by TF Serving
+    as raw bytes inside JSON strings; they are recovered byte for byte.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Iterable, Mapping, Sequence
+
+import grpc
+import numpy as np
+import requests
+
+from serving.chunking import chunk_slices, concat_outputs
+from serving.errors import HTTP_TO_GRPC, ServingError
+from serving.grpc_client import (DEFAULT_IMAGE_OUTPUTS, DEFAULT_MAX_REQUEST_BYTES,
+                                 SEGMENT_ENCODED, SERVING_DEFAULT, _nbytes)
+from serving.retry import RetryPolicy, call_with_retries
+
+# TensorFlow DataType names (as in metadata JSON) -> numpy dtypes.
+_NUMPY_DTYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_INT32": np.int32,
+                 "DT_INT64": np.int64, "DT_UINT8": np.uint8, "DT_INT8": np.int8,
+                 "DT_INT16": np.int16, "DT_UINT16": np.uint16, "DT_BOOL": np.bool_,
+                 "DT_STRING": object}
+# JSON numbers are text: one uint8 pixel channel is 1-4 bytes ("255,"), so the JSON request
+# is ~3.5x the array. Chunk on that estimate.
+_JSON_BYTES_PER_VALUE = 3.6
+
+
+class RestPredictionClient:
+    """REST twin of PredictionClient. address: "host:port" or "http(s)://host:port".
+
+    verify: TLS verification (True, False or a CA bundle path); cert: client certificate
+    (path or (cert, key)); headers: extra headers, e.g. {"Authorization": "Bearer ..."}.
+    """
+
+    def __init__(self, address: str, model_name: str, version: int | None = None,
+                 version_label: str | None = None, timeout: float = 30.0,
+                 max_retries: int = 5, initial_backoff: float = 0.1, max_backoff: float = 5.0,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 verify: bool | str = True, cert=None,
+                 headers: Mapping[str, str] | None = None):
+        if version is not None and version_label is not None:
+            raise ValueError("give version or version_label, not both")
+        self.base_url = address if "://" in address else f"http://{address}"
+        self.model_name = model_name
+        self.version = version
+        self.version_label = version_label
+        self.timeout = timeout
+        self.retry_policy = RetryPolicy(max_retries, initial_backoff, max_backoff)
+        self.max_request_bytes = max_request_bytes
+        self._session = requests.Session()
+        self._session.verify = verify
+        self._session.cert = cert
+        self._session.headers.update(headers or {})
+        self._signatures: dict | None = None
+
+    def __enter__(self) -> "RestPredictionClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- plumbing
+    def _url(self, suffix: str = "") -> str:
+        url = f"{self.base_url}/v1/models/{self.model_name}"
+        if self.version is not None:
+            url += f"/versions/{self.version}"
+        elif self.version_label is not None:
+            url += f"/labels/{self.version_label}"
+        return url + suffix
+
+    def _call(self, method: str, url: str, body: dict | None, timeout: float | None) -> bytes:
+        def attempt(remaining: float) -> bytes:
+            try:
+                response = self._session.request(
+                    method, url, timeout=remaining,
+                    data=None if body is None else json.dumps(body),
+                    headers={"Content-Type": "application/json"} if body is not None else None)
+            except requests.Timeout as err:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, str(err),
+                                   target=self.base_url) from None
+            except requests.ConnectionError as err:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, str(err),
+                                   target=self.base_url) from None
+            if response.status_code != 200:
+                try:
+                    message = response.json()["error"]
+                except (ValueError, KeyError, TypeError):
+                    message = response.text[:500] or response.reason
+                code = HTTP_TO_GRPC.get(response.status_code, grpc.StatusCode.UNKNOWN)
+                raise ServingError(code, f"HTTP {response.status_code}: {message}",
+                                   target=self.base_url)
+            return response.content
+        return call_with_retries(attempt, self.retry_policy,
+                                 self.timeout if timeout is None else timeout)
+
+    def _signature(self, name: str) -> dict:
+        if self._signatures is None:
+            self._signatures = self.get_model_metadata()["signature_def"]
+        if name not in self._signatures:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{name}" not found.', target=self.base_url)
+        return self._signatures[name]
+
+    # -- API
+    def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
+                output_filter: Iterable[str] | None = None,
+                timeout: float | None = None) -> tuple[dict[str, np.ndarray], int | None]:
+        """One :predict call in the columnar ("inputs") format: (outputs, version or None)."""
+        body = {"signature_name": signature_name,
+                "inputs": {name: _to_json(np.asarray(value)) for name, value in inputs.items()}}
+        raw = self._call("POST", self._url(":predict"), body, timeout)
+        # surrogateescape: raw bytes inside strings (see module doc) survive the round trip.
+        answer = json.loads(raw.decode("utf-8", "surrogateescape"))["outputs"]
+        outputs_meta = self._signature(signature_name).get("outputs", {})
+        if not isinstance(answer, dict):  # a single output is sent bare
+            answer = {next(iter(outputs_meta)): answer}
+        wanted = list(output_filter) if output_filter else list(answer)
+        missing = [n for n in wanted if n not in answer]
+        if missing:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"output tensor alias not found in signature: {missing[0]} "
+                               f"Outputs expected to be in the set {{{','.join(sorted(answer))}}}.",
+                               target=self.base_url)
+        outputs = {name: _from_json(name, answer[name],
+                                    outputs_meta.get(name, {}).get("dtype", "DT_FLOAT"))
+                   for name in wanted}
+        return outputs, self.version
+
+    def predict_batched(self, inputs: Mapping[str, np.ndarray], signature_name: str,
+                        output_filter: Iterable[str] | None = None,
+                        timeout: float | None = None) -> tuple[dict[str, np.ndarray], int | None]:
+        lengths = {len(v) for v in inputs.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"inputs must have the same batch size, got {sorted(lengths)}")
+        (n,) = lengths
+        if n == 0:
+            raise ValueError("empty batch: give at least one image")
+        sizes = np.zeros(n, dtype=np.float64)
+        for value in inputs.values():
+            arr = np.asarray(value)
+            scale = 4 / 3 if arr.dtype == object else _JSON_BYTES_PER_VALUE  # base64 vs numbers
+            sizes += [_nbytes(row) * scale for row in arr]
+        parts, version = [], None
+        for part in chunk_slices(sizes.astype(np.int64).tolist(), self.max_request_bytes):
+            outputs, version = self.predict({k: np.asarray(v)[part] for k, v in inputs.items()},
+                                            signature_name, output_filter, timeout)
+            parts.append(outputs)
+        return concat_outputs(parts), version
+
+    def segment_images(self, images: np.ndarray,
+                       outputs: Sequence[str] | None = DEFAULT_IMAGE_OUTPUTS,
+                       timeout: float | None = None) -> dict:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} "
+                             f"{images.shape}")
+        result, version = self.predict_batched({"images": images}, SERVING_DEFAULT, outputs,
+                                               timeout)
+        return {**result, "model_version": version}
+
+    def segment_encoded(self, encoded: Sequence[bytes], outputs: Sequence[str] | None = None,
+                        timeout: float | None = None) -> dict:
+        encoded = [bytes(e) for e in encoded]
+        result, version = self.predict_batched(
+            {"image_bytes": np.array(encoded, dtype=object)}, SEGMENT_ENCODED, outputs, timeout)
+        return {**result, "model_version": version}
+
+    def get_model_metadata(self, timeout: float | None = None) -> dict:
+        """{"name", "version", "signature_def": {name: {"inputs", "outputs", "method_name"}}}
+        as TF Serving's JSON (dtype "DT_UINT8", tensor_shape {"dim": [{"size": "-1"}]})."""
+        answer = json.loads(self._call("GET", self._url("/metadata"), None, timeout))
+        signatures = answer["metadata"]["signature_def"]["signature_def"]
+        self._signatures = signatures
+        return {"name": answer["model_spec"]["name"],
+                "version": int(answer["model_spec"]["version"]),
+                "signature_def": signatures}
+
+    def get_model_status(self, timeout: float | None = None) -> list[dict]:
+        answer = json.loads(self._call("GET", self._url(), None, timeout))
+        return [{"version": int(s["version"]), "state": s["state"],
+                 "error_code": s.get("status", {}).get("error_code", "OK"),
+                 "error_message": s.get("status", {}).get("error_message", "")}
+                for s in answer["model_version_status"]]
+
+
+def _to_json(array: np.ndarray):
+    if array.dtype == object or array.dtype.kind == "S":
+        return _map_nested(array.tolist(), lambda b: {"b64": base64.b64encode(b).decode()})
+    return array.tolist()
+
+
+def _from_json(name: str, value, dtype: str) -> np.ndarray:
+    if dtype == "DT_STRING":
+        def to_bytes(v):
+            if isinstance(v, dict):
+                return base64.b64decode(v["b64"])
+            return v.encode("utf-8", "surrogateescape")
+        out = _map_nested(value, to_bytes)
+        array = np.empty(len(out), dtype=object) if isinstance(out, list) else None
+        if array is not None and all(isinstance(x, bytes) for x in out):
+            array[:] = out
+            return array
+        return np.array(out, dtype=object)
+    return np.array(value, dtype=_NUMPY_DTYPES.get(dtype, np.float32))
+
+
+def _map_nested(value, fn):
+    if isinstance(value, list):
+        return [_map_nested(v, fn) for v in value]
+    return fn(value)
