@@ -60,6 +60,12 @@ def read_label(path, label_format: str) -> np.ndarray:
     raise ValueError(f"unknown label_format {label_format!r} (expected 'kitti' or 'ids')")
 
 
+def _argmax(prob: np.ndarray) -> np.ndarray:
+    if prob.shape[-1] == 2:  # 4x faster than argmax; ties go to class 0 as with argmax
+        return (prob[..., 1] > prob[..., 0]).astype(np.uint8)
+    return np.argmax(prob, axis=-1).astype(np.uint8)
+
+
 def _category(image_path: pathlib.Path) -> str:
     try:
         return kitti.category_of(image_path)
@@ -129,7 +135,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                 if prob.shape != (*image.shape[:2], num_classes):
                     raise ValueError(f"{image_path}: model returned {prob.shape}, expected "
                                      f"{(*image.shape[:2], num_classes)}")
-                pred = np.argmax(prob, axis=-1).astype(np.uint8)
+                pred = _argmax(prob)
                 cm += metrics.confusion_matrix(pred, label, num_classes)
                 if is_kitti:
                     category = _category(image_path)

@@ -184,6 +184,8 @@ def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int,
     label = np.asarray(label)
     if pred.shape != label.shape:
         raise ValueError(f"prediction {pred.shape} and label {label.shape} differ in shape")
+    if label.dtype == np.uint8 and num_classes <= ignore_index <= 255:
+        return _confusion_matrix_uint8(pred, label, num_classes, ignore_index)
     valid = label != ignore_index
     gt = label[valid].astype(np.int64)
     pr = pred[valid].astype(np.int64)
@@ -195,6 +197,24 @@ def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int,
                          f"found {pr.min()}..{pr.max()}")
     flat = np.bincount(gt * num_classes + pr, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def _confusion_matrix_uint8(pred, label, num_classes, ignore_index):
+    # Fast path for uint8 labels (the usual case): one bincount over all 256 possible label
+    # rows, no boolean masking; the ignore row is dropped and other stray rows are errors.
+    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"predicted class ids must be in [0, {num_classes}), "
+                         f"found {pred.min()}..{pred.max()}")
+    index = label.astype(np.int64) * num_classes + pred.astype(np.int64)
+    rows = np.bincount(index.ravel(), minlength=256 * num_classes).reshape(256, num_classes)
+    stray = rows.sum(axis=1) > 0
+    stray[:num_classes] = False
+    stray[ignore_index] = False
+    if stray.any():
+        found = np.flatnonzero(stray)
+        raise ValueError(f"label values must be in [0, {num_classes}) or {ignore_index}, "
+                         f"found {found[:5].tolist()}")
+    return rows[:num_classes].astype(np.int64)
 
 
 def per_class_iou(cm: np.ndarray) -> np.ndarray:

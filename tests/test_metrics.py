@@ -149,10 +149,16 @@ def test_confusion_matrix_is_additive_and_validates():
     whole = metrics.confusion_matrix(np.concatenate(preds), np.concatenate(labels), 5)
     np.testing.assert_array_equal(total, whole)
     assert whole.sum() == sum(int((lab != 255).sum()) for lab in labels)
-    with pytest.raises(ValueError, match="label values"):
-        metrics.confusion_matrix(np.zeros((2, 2)), np.full((2, 2), 9), 5)
-    with pytest.raises(ValueError, match="predicted"):
-        metrics.confusion_matrix(np.full((2, 2), 5), np.zeros((2, 2)), 5)
+    # uint8 labels take a fast path; it must agree with the generic one.
+    as_uint8 = metrics.confusion_matrix(np.concatenate(preds).astype(np.uint8),
+                                        np.concatenate(labels).astype(np.uint8), 5)
+    np.testing.assert_array_equal(as_uint8, whole)
+    for dtype in (np.int64, np.uint8):
+        with pytest.raises(ValueError, match="label values"):
+            metrics.confusion_matrix(np.zeros((2, 2), np.uint8), np.full((2, 2), 9, dtype), 5)
+    for dtype in (np.int64, np.uint8):
+        with pytest.raises(ValueError, match="predicted"):
+            metrics.confusion_matrix(np.full((2, 2), 5), np.zeros((2, 2), dtype), 5)
 
 
 def test_road_iou_from_confusion_matrix():
