@@ -1,0 +1,303 @@
+"""RunInference model handlers: the exported SavedModel in process, or TF Serving over gRPC.
+
+Both take batches of `ImageItem` (encoded PNG/JPEG bytes, mixed sizes) and call the
+SavedModel's `segment_encoded` signature once per batch. Each returns one PredictionResult
+per item whose inference is a `Segmentation`, or an `InferenceFailure` for an image the model
+refused: a graph fails a whole batch on one bad image (INVALID_ARGUMENT), so a failed batch is
+retried image by image and only the bad image fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import posixpath
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RemoteModelHandler
+
+from beam_jobs.sources import ImageItem
+
+_LOGGER = logging.getLogger(__name__)
+SIGNATURE = "segment_encoded"
+METADATA_FILE = "assets.extra/fcnseg_metadata.json"
+LABELS_FILE = "assets/labels.txt"
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """One image's model output: class ids at the image's size and the PNGs to write."""
+    class_ids: np.ndarray      # uint8 [H, W]
+    mask_png: bytes            # PNG of class_ids
+    confidence_png: bytes      # PNG 0..255 (road probability for a binary model)
+    model_name: str
+    model_version: Optional[int]
+    latency_ms: float          # wall time of the call that produced it
+    batch_size: int            # images in that call
+
+
+@dataclasses.dataclass
+class InferenceFailure:
+    reason: str
+
+
+# --- model directory --------------------------------------------------------------------
+
+def resolve_model_dir(model_dir: str) -> str:
+    """A version folder (models/fcn8s/3) as is; a model base (models/fcn8s): its newest version."""
+    if FileSystems.exists(FileSystems.join(model_dir, "saved_model.pb")):
+        return model_dir
+    versions = []
+    for m in FileSystems.match([FileSystems.join(model_dir, "*", "saved_model.pb")])[0].metadata_list:
+        name = posixpath.basename(posixpath.dirname(m.path))
+        if name.isdigit():
+            versions.append((int(name), posixpath.dirname(m.path)))
+    if not versions:
+        raise FileNotFoundError(f"{model_dir}: no SavedModel here (expected saved_model.pb, or "
+                                f"numbered version folders as written by `python -m export`)")
+    return max(versions)[1]
+
+
+def read_model_metadata(model_dir: str) -> dict:
+    """What the exporter wrote next to the SavedModel (export.metadata): class names, colours,
+    dataset, categories, name, version.
+
+    Always returns 'model_name', 'model_version' (from the path when the file lacks them) and
+    'class_names' when known.
+    """
+    version_dir = resolve_model_dir(model_dir)
+    meta: dict[str, Any] = {}
+    path = FileSystems.join(version_dir, METADATA_FILE)
+    if FileSystems.exists(path):
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    labels = FileSystems.join(version_dir, LABELS_FILE)
+    if not meta.get("class_names") and FileSystems.exists(labels):
+        with FileSystems.open(labels, compression_type="uncompressed") as f:
+            meta["class_names"] = [ln for ln in f.read().decode("utf-8").splitlines() if ln]
+    version = posixpath.basename(version_dir.rstrip("/"))
+    meta["model_version"] = meta.get("version") or (int(version) if version.isdigit() else None)
+    meta.setdefault("model_name", posixpath.basename(posixpath.dirname(version_dir.rstrip("/")))
+                    if version.isdigit() else posixpath.basename(version_dir.rstrip("/")))
+    meta["version_dir"] = version_dir
+    return meta
+
+
+# --- shared result assembly -------------------------------------------------------------
+
+def _decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _segmentations(outputs: dict, model_name: str, version: Optional[int],
+                   latency_ms: float, n: int) -> list[Segmentation]:
+    masks = outputs["mask_png"]
+    conf = outputs["confidence_png"]
+    heights, widths = outputs["heights"], outputs["widths"]
+    padded = outputs.get("class_ids")
+    results = []
+    for i in range(n):
+        if padded is not None:  # in process it is already there; no need to decode the PNG
+            ids = np.ascontiguousarray(padded[i, : int(heights[i]), : int(widths[i])])
+        else:
+            ids = _decode_png(bytes(masks[i]))
+        results.append(Segmentation(ids, bytes(masks[i]), bytes(conf[i]), model_name, version,
+                                    latency_ms, n))
+    return results
+
+
+def _one_by_one(batch: Sequence[ImageItem], call: Callable[[list[bytes]], list],
+                is_item_error: Callable[[Exception], bool]) -> list:
+    """Run each image alone; images the model refuses get an InferenceFailure."""
+    out = []
+    for item in batch:
+        try:
+            out.append(call([item.data])[0])
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not is_item_error(exc):
+                raise
+            out.append(InferenceFailure(_short(exc)))
+    return out
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    # TF errors carry a multi-line graph trace; the first line says what went wrong.
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+# --- in process -------------------------------------------------------------------------
+
+class SavedModelSegmenter:
+    """The loaded SavedModel's `segment_encoded`, callable with a list of encoded images.
+
+    A plain object with one method so that Beam can also proxy it to another process
+    (model_copies), where only picklable bytes and numpy arrays cross the boundary.
+    """
+
+    def __init__(self, model_dir: str, device: Optional[str] = None):
+        import tensorflow as tf
+
+        self.meta = read_model_metadata(model_dir)
+        self._tf = tf
+        self._loaded = tf.saved_model.load(self.meta["version_dir"])
+        if SIGNATURE not in self._loaded.signatures:
+            raise ValueError(f"{self.meta['version_dir']}: SavedModel has no '{SIGNATURE}' "
+                             f"signature (has {sorted(self._loaded.signatures)}); re-export it "
+                             f"with `python -m export`")
+        self._fn = self._loaded.signatures[SIGNATURE]
+        self._device = device
+
+    def segment(self, images: list[bytes]) -> dict:
+        tf = self._tf
+        with tf.device(self._device) if self._device else _nullcontext():
+            out = self._fn(image_bytes=tf.constant(images, dtype=tf.string))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def describe(self) -> tuple[str, Optional[int]]:
+        return self.meta["model_name"], self.meta["model_version"]
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegmenter]):
+    """In-process inference with `tf.saved_model.load` (works for the Keras 3 exports, which
+    Beam's TFModelHandlerTensor cannot load).
+
+    One model per worker process is shared by all its threads (Beam's default); with
+    `model_copies=N` Beam instead loads N copies per machine, shared across processes (for
+    large models on a GPU, or to cap memory). Batches: min/max_batch_size images, at most
+    `max_batch_bytes` of encoded data.
+    """
+
+    def __init__(self, model_dir: str, *, min_batch_size: int = 1, max_batch_size: int = 8,
+                 max_batch_bytes: Optional[int] = None, model_copies: Optional[int] = None,
+                 device: Optional[str] = None):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         max_batch_weight=max_batch_bytes,
+                         element_size_fn=_item_bytes if max_batch_bytes else None,
+                         model_copies=model_copies)
+        self._model_dir = model_dir
+        self._device = device
+
+    def load_model(self) -> SavedModelSegmenter:
+        return SavedModelSegmenter(self._model_dir, self._device)
+
+    def run_inference(self, batch: Sequence[ImageItem], model: SavedModelSegmenter,
+                      inference_args: Optional[dict] = None) -> list[PredictionResult]:
+        name, version = model.describe()
+
+        def call(images: list[bytes]) -> list:
+            start = time.perf_counter()
+            outputs = model.segment(images)
+            ms = (time.perf_counter() - start) * 1000.0
+            return _segmentations(outputs, name, version, ms, len(images))
+
+        try:
+            inferences = call([item.data for item in batch])
+        except Exception as exc:  # noqa: BLE001 - a bad image, or a bad batch: split it
+            if len(batch) == 1:
+                inferences = [InferenceFailure(_short(exc))]
+            else:
+                _LOGGER.warning("batch of %d failed (%s); retrying image by image",
+                                len(batch), _short(exc))
+                inferences = _one_by_one(batch, call, lambda e: True)
+        return [PredictionResult(item, inf, model_id=f"{name}/{version}")
+                for item, inf in zip(batch, inferences)]
+
+    def get_num_bytes(self, batch: Sequence[ImageItem]) -> int:
+        return sum(len(item.data) for item in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "fcnseg_inference"
+
+
+def _item_bytes(item: ImageItem) -> int:
+    return len(item.data)
+
+
+# --- TF Serving over gRPC ---------------------------------------------------------------
+
+def _is_retryable(exc: Exception) -> bool:
+    """What Beam's retry loop should send again: transient server states, not bad input."""
+    return bool(getattr(exc, "retryable", False))
+
+
+class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
+    """Inference through TF Serving's PredictionService with serving.grpc_client.
+
+    One client (one gRPC channel) per worker process, shared by its threads. Transient errors
+    (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED: a restarting or overloaded server)
+    are retried by the client and then by Beam with exponential backoff and client-side
+    throttling; a batch the server refuses (INVALID_ARGUMENT) is retried image by image.
+    Batches stay under `max_batch_bytes` of encoded images so requests fit gRPC's message
+    size limit.
+    """
+
+    def __init__(self, address: str, model_name: str, *, version: Optional[int] = None,
+                 version_label: Optional[str] = None, timeout: float = 60.0,
+                 client_retries: int = 5, num_retries: int = 5, throttle_delay_secs: int = 5,
+                 min_batch_size: int = 1, max_batch_size: int = 8,
+                 max_batch_bytes: int = 3 * 1024 * 1024):
+        super().__init__(namespace="fcnseg_tfserving", num_retries=num_retries,
+                         throttle_delay_secs=throttle_delay_secs, retry_filter=_is_retryable)
+        self._batching_kwargs = {"min_batch_size": min_batch_size,
+                                 "max_batch_size": max_batch_size,
+                                 "max_batch_weight": max_batch_bytes,
+                                 "element_size_fn": _item_bytes}
+        self._address = address
+        self._model_name = model_name
+        self._version = version
+        self._version_label = version_label
+        self._timeout = timeout
+        self._client_retries = client_retries
+
+    def create_client(self):
+        from serving.grpc_client import PredictionClient
+        return PredictionClient(self._address, self._model_name, version=self._version,
+                                version_label=self._version_label, timeout=self._timeout,
+                                max_retries=self._client_retries)
+
+    def request(self, batch: Sequence[ImageItem], model,
+                inference_args: Optional[dict] = None) -> list[PredictionResult]:
+        def call(images: list[bytes]) -> list:
+            start = time.perf_counter()
+            outputs, version = model.predict(
+                {"image_bytes": np.array(images, dtype=object)}, signature_name=SIGNATURE,
+                output_filter=["mask_png", "confidence_png", "heights", "widths"])
+            ms = (time.perf_counter() - start) * 1000.0
+            return _segmentations(outputs, self._model_name, version, ms, len(images))
+
+        try:
+            inferences = call([item.data for item in batch])
+        except Exception as exc:  # noqa: BLE001
+            if _is_retryable(exc):
+                raise  # Beam retries the batch with backoff
+            if len(batch) == 1:
+                inferences = [InferenceFailure(_short(exc))]
+            else:
+                _LOGGER.warning("batch of %d refused (%s); retrying image by image",
+                                len(batch), _short(exc))
+                inferences = _one_by_one(batch, call, lambda e: not _is_retryable(e))
+        return [PredictionResult(item, inf, model_id=f"{self._model_name}/{inf.model_version}"
+                                 if isinstance(inf, Segmentation) else self._model_name)
+                for item, inf in zip(batch, inferences)]
+
+    def get_num_bytes(self, batch: Sequence[ImageItem]) -> int:
+        return sum(len(item.data) for item in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "fcnseg_inference"

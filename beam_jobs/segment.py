@@ -1,0 +1,415 @@
+"""Batch segmentation with Apache Beam: images in, masks + results + dead letters (+ metrics) out.
+
+    python -m beam_jobs.segment --input '../shared/data/kitti_road/training/image_2/*.png' \\
+        --output out/kitti --dataset kitti --mode inprocess --model-dir models/fcn8s
+
+    python -m beam_jobs.segment --input ... --output ... --dataset kitti \\
+        --mode grpc --server localhost:8500 --model-name fcn8s
+
+Every input file ends up in exactly one of results-*.jsonl and dead_letter-*.jsonl. See
+docs/beam.md for outputs, runners (Direct, Prism, Dataflow, Flink/Spark) and options.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                  SetupOptions, StandardOptions)
+
+from beam_jobs import evaluation, outputs, sources
+from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
+                                TFServingHandler, read_model_metadata)
+from beam_jobs.sources import DeadLetter, ImageItem
+from beam_jobs.validate import DEFAULT_MAX_PIXELS, ValidateImages
+
+_LOGGER = logging.getLogger("beam_jobs.segment")
+NAMESPACE = "fcnseg"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m beam_jobs.segment",
+        description="Segment images with an exported FCN-8s SavedModel (in process) or TF "
+                    "Serving (gRPC). Unknown options go to Beam (--runner, "
+                    "--direct_num_workers, Dataflow options, ...).")
+    p.add_argument("--input", required=True,
+                   help="file pattern or folder (local or gs://); for kitti the data_road root "
+                        "works too; for coco the image folder (or a pattern inside it)")
+    p.add_argument("--output", required=True, help="output folder (local or gs://)")
+    p.add_argument("--dataset", choices=sources.DATASETS, default="folder")
+    p.add_argument("--annotations", help="coco: instances_*.json giving images and ground truth")
+    p.add_argument("--labels-dir", help="folder: ground-truth class-id PNGs named <stem>.png")
+    p.add_argument("--mode", choices=("inprocess", "grpc"), default="inprocess")
+    p.add_argument("--model-dir", help="inprocess: exported version folder (models/fcn8s/3) or "
+                                       "model folder (newest version); grpc: optional, for class "
+                                       "names and colours")
+    p.add_argument("--server", help="grpc: TF Serving host:port")
+    p.add_argument("--model-name", help="grpc: served model name")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model-version", type=int, help="grpc: pin a version")
+    g.add_argument("--model-label", help="grpc: pin a version label (stable, canary)")
+    p.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png")
+    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                   help="score against ground truth where it exists (default on)")
+    p.add_argument("--batch-size", type=int, default=8, help="max images per model call")
+    p.add_argument("--min-batch-size", type=int, default=None,
+                   help="smallest batch Beam's adaptive batching may send (default: "
+                        "--batch-size, i.e. fixed batches; a bundle's last batch may be smaller)")
+    p.add_argument("--max-batch-bytes", type=int, default=None,
+                   help="max encoded bytes per call (grpc default 3 MiB, under gRPC's 4 MiB "
+                        "message limit)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="images with more pixels are dead-lettered (default %(default)s)")
+    p.add_argument("--model-copies", type=int, default=None,
+                   help="inprocess: load this many copies per machine, shared across worker "
+                        "processes (default: one per process, shared by its threads)")
+    p.add_argument("--device", help="inprocess: TF device, e.g. /GPU:0 (default: TF's choice)")
+    p.add_argument("--timeout", type=float, default=60.0, help="grpc: deadline per request (s)")
+    p.add_argument("--retries", type=int, default=5,
+                   help="grpc: Beam-level retries of a failed batch (with backoff), on top of "
+                        "the client's own")
+    return p
+
+
+def _check_args(args, parser) -> None:
+    if args.mode == "inprocess" and not args.model_dir:
+        parser.error("--mode inprocess needs --model-dir")
+    if args.mode == "grpc" and not (args.server and args.model_name):
+        parser.error("--mode grpc needs --server and --model-name")
+    if args.dataset == "coco" and not args.annotations:
+        parser.error("--dataset coco needs --annotations")
+    if args.min_batch_size is None:
+        args.min_batch_size = args.batch_size
+    if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
+        parser.error("need 1 <= --min-batch-size <= --batch-size")
+
+
+def _palette(n: int) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [[0, 0, 0]] + rng.integers(40, 256, size=(max(n - 1, 0), 3)).tolist()
+
+
+def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
+    """Class names, colours and (coco) category mapping, from the model's metadata when known."""
+    names = list(meta.get("class_names") or [])
+    categories = meta.get("categories") or "all"
+    coco_map = None
+    if args.dataset == "coco":
+        from types import SimpleNamespace
+
+        from model.data.coco import select_categories
+        cat_ids, coco_names = select_categories(SimpleNamespace(dataset=coco_meta), categories)
+        names = names or coco_names
+        coco_map = {"categories": coco_meta["categories"],
+                    "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)}}
+    if not names and args.dataset == "kitti":
+        names = ["non-road", "road"]
+    colours = meta.get("colours") or None
+    if names and (not colours or len(colours) != len(names)):
+        colours = ([[0, 0, 0], [255, 0, 255]] if len(names) == 2 else _palette(len(names)))
+    return {"class_names": names, "colours": colours, "coco": coco_map}
+
+
+class FinishImage(beam.DoFn):
+    """PredictionResult -> result record + files, or a dead letter; evaluation statistics.
+
+    An image gets its outputs only once everything about it is known to be right (inference
+    succeeded, ground truth readable and of the image's size), so each input ends in exactly
+    one of the results and the dead letters.
+    """
+
+    def __init__(self, output: str, dataset: str, classes: dict, overlays: bool,
+                 evaluate: bool):
+        self.output = output
+        self.dataset = dataset
+        self.classes = classes
+        self.overlays = overlays
+        self.evaluate = evaluate
+        self.ok = beam.metrics.Metrics.counter(NAMESPACE, "images_ok")
+        self.evaluated = beam.metrics.Metrics.counter(NAMESPACE, "images_evaluated")
+        self.failed = {s: beam.metrics.Metrics.counter(NAMESPACE, f"failed_{s}")
+                       for s in ("inference", "ground_truth", "write")}
+        self.latency = beam.metrics.Metrics.distribution(NAMESPACE, "batch_latency_ms")
+
+    def _dead(self, item: ImageItem, stage: str, reason: str):
+        self.failed[stage].inc()
+        return beam.pvalue.TaggedOutput("dead", DeadLetter(item.path, stage, reason))
+
+    def process(self, result: PredictionResult):
+        item: ImageItem = result.example
+        seg = result.inference
+        if isinstance(seg, InferenceFailure):
+            yield self._dead(item, "inference", seg.reason)
+            return
+        if seg.class_ids.shape != (item.height, item.width):
+            yield self._dead(item, "inference", f"model returned a {seg.class_ids.shape[1]}x"
+                             f"{seg.class_ids.shape[0]} mask for a {item.width}x{item.height} "
+                             f"image")
+            return
+        label = None
+        if self.evaluate and item.gt is not None:
+            try:
+                label = evaluation.load_label(item.gt, self.classes["coco"])
+            except (evaluation.GroundTruthError, ValueError) as exc:
+                yield self._dead(item, "ground_truth", str(exc))
+                return
+            if label.shape != (item.height, item.width):
+                where = item.gt.path or "annotations"
+                yield self._dead(item, "ground_truth",
+                                 f"ground truth {where} is {label.shape[1]}x{label.shape[0]} "
+                                 f"but the image is {item.width}x{item.height}")
+                return
+        try:
+            stats = (evaluation.image_stats(self.dataset, item.category, seg, label,
+                                            len(self.classes["class_names"]))
+                     if label is not None else [])
+            files = self._write(item, seg, label)
+        except Exception as exc:  # noqa: BLE001 - this image's problem, not the job's
+            yield self._dead(item, "write", f"{type(exc).__name__}: {exc}")
+            return
+        self.ok.inc()
+        self.latency.update(int(seg.latency_ms))
+        if label is not None:
+            self.evaluated.inc()
+            for key, stat in stats:
+                yield beam.pvalue.TaggedOutput("stats", (key, stat))
+        yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
+
+    def _write(self, item: ImageItem, seg: Segmentation, label) -> dict:
+        stem = sources.stem_of(item.path)
+        files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
+        outputs.write_bytes(files["mask"], seg.mask_png)
+        submission = sources.kitti_submission_name(item.path)
+        if self.dataset == "kitti" and submission and len(self.classes["class_names"]) == 2:
+            files["kitti_submission"] = FileSystems.join(self.output, outputs.SUBMISSION,
+                                                         submission)
+            outputs.write_bytes(files["kitti_submission"], seg.confidence_png)
+        if self.overlays:
+            from model import plots
+            from model.data.image_io import decode_image_bytes
+            image = decode_image_bytes(item.data, item.path)
+            picture = plots.overlay(image, seg.class_ids, self.classes["colours"])
+            if label is not None:  # ground truth below the prediction, as model.plots does
+                picture = np.concatenate(
+                    [picture, plots.overlay(image, label, self.classes["colours"])], axis=0)
+            files["overlay"] = FileSystems.join(self.output, outputs.OVERLAYS, stem + ".png")
+            outputs.write_bytes(files["overlay"], outputs.png_bytes(picture))
+        return files
+
+    def _record(self, item, seg, files, evaluated) -> dict:
+        counts = np.bincount(seg.class_ids.ravel(), minlength=256)
+        total = max(int(seg.class_ids.size), 1)
+        names = self.classes["class_names"]
+        fractions = {(names[i] if i < len(names) else str(i)): round(int(c) / total, 6)
+                     for i, c in enumerate(counts) if c}
+        return {"path": item.path, "width": item.width, "height": item.height,
+                "category": item.category, "class_fractions": fractions,
+                "model_name": seg.model_name, "model_version": seg.model_version,
+                "latency_ms": round(seg.latency_ms / max(seg.batch_size, 1), 3),
+                "batch_latency_ms": round(seg.latency_ms, 3), "batch_size": seg.batch_size,
+                "evaluated": evaluated, **files}
+
+
+def _failed_batch_to_dead(failed):
+    """RunInference's dead letters are whole batches with the exception: one per image."""
+    batch, (exc_type, exc_repr, _tb) = failed
+    for item in batch:
+        yield DeadLetter(item.path, "inference", f"{exc_type.__name__}: {exc_repr}"[:500])
+
+
+def _write_summary(counts: dict, output: str) -> None:
+    dead_by_stage: dict[str, int] = {}
+    for stage, n in counts.get("dead_by_stage", []):
+        dead_by_stage[stage] = n
+    failed = sum(dead_by_stage.values())
+    ok = counts.get("ok", 0)
+    outputs.write_json(FileSystems.join(output, outputs.SUMMARY), {
+        "images_in": ok + failed, "ok": ok, "failed": failed,
+        "failed_by_stage": dead_by_stage})
+
+
+def build_pipeline(p: beam.Pipeline, args, handler, classes: dict,
+                   coco_entries: Optional[list]) -> None:
+    pattern = sources.expand_input(args.input, args.dataset)
+    labels_dir = args.labels_dir
+    read = p | "Read" >> sources.ReadImages(args.dataset, pattern, coco_entries, labels_dir)
+    checked = read.items | "Validate" >> beam.ParDo(
+        ValidateImages(args.max_pixels)).with_outputs("dead", main="ok")
+    predictions, dlq = (checked.ok
+                        | "Segment" >> RunInference(handler).with_exception_handling())
+    failed_batches = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
+        _failed_batch_to_dead)
+    finished = predictions | "Finish" >> beam.ParDo(FinishImage(
+        args.output, args.dataset, classes, args.overlays, args.evaluate)).with_outputs(
+            "dead", "stats", main="results")
+
+    dead = ((read.dead, checked.dead, failed_batches, finished.dead)
+            | "AllDeadLetters" >> beam.Flatten())
+    _ = (finished.results
+         | "WriteResults" >> beam.io.WriteToText(
+             FileSystems.join(args.output, outputs.RESULTS), file_name_suffix=".jsonl",
+             num_shards=1))
+    _ = (dead
+         | "DeadToJson" >> beam.Map(DeadLetter.to_json)
+         | "WriteDeadLetters" >> beam.io.WriteToText(
+             FileSystems.join(args.output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl",
+             num_shards=1))
+
+    ok_count = finished.results | "CountOk" >> beam.combiners.Count.Globally()
+    dead_by_stage = (dead
+                     | "Stage" >> beam.Map(lambda d: d.stage)
+                     | "CountPerStage" >> beam.combiners.Count.PerElement()
+                     | "StagesToList" >> beam.combiners.ToList())
+    _ = (p
+         | "SummaryTrigger" >> beam.Create([None])
+         | "WriteSummary" >> beam.Map(
+             lambda _, ok, stages: _write_summary({"ok": ok, "dead_by_stage": stages},
+                                                  args.output),
+             beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
+
+    if args.evaluate:
+        evaluated = (finished.stats
+                     | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.ALL)
+                     | "CountEvaluated" >> beam.combiners.Count.Globally())
+        _ = (finished.stats
+             | "SumStats" >> beam.CombinePerKey(evaluation.SumFn())
+             | "StatsToDict" >> beam.combiners.ToDict()
+             | "WriteMetrics" >> beam.Map(
+                 lambda totals, n: evaluation.write_evaluation(
+                     totals, args.output, args.dataset, classes["class_names"], n),
+                 beam.pvalue.AsSingleton(evaluated)))
+
+
+def make_handler(args):
+    if args.mode == "inprocess":
+        return SavedModelHandler(args.model_dir, min_batch_size=args.min_batch_size,
+                                 max_batch_size=args.batch_size,
+                                 max_batch_bytes=args.max_batch_bytes,
+                                 model_copies=args.model_copies, device=args.device)
+    kwargs = {}
+    if args.max_batch_bytes:
+        kwargs["max_batch_bytes"] = args.max_batch_bytes
+    return TFServingHandler(args.server, args.model_name, version=args.model_version,
+                            version_label=args.model_label, timeout=args.timeout,
+                            num_retries=args.retries, min_batch_size=args.min_batch_size,
+                            max_batch_size=args.batch_size, **kwargs)
+
+
+def _local_runner(options: PipelineOptions):
+    """Beam's DirectRunner without its Prism attempt.
+
+    In Beam 2.77 'DirectRunner' first tries PrismRunner, which downloads a Go binary from
+    GitHub (fails offline, after a delay) before falling back. This is the runner it falls
+    back to (the FnApiRunner, honouring --direct_num_workers/--direct_running_mode), built
+    the same way. Ask for Prism explicitly with --runner PrismRunner.
+    """
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict:
+    """Run the job; returns the summary (also written to <output>/summary.json)."""
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    _check_args(args, parser)
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = False
+    runner_name = options.view_as(StandardOptions).runner
+
+    meta: dict = {}
+    if args.model_dir:
+        meta = read_model_metadata(args.model_dir)
+    coco_entries, coco_meta = None, None
+    if args.dataset == "coco":
+        coco_entries, coco_meta = sources.load_coco_index(
+            args.annotations, sources.expand_input(args.input, "coco"))
+        if not coco_entries:
+            raise ValueError(f"{args.annotations}: no listed image matches {args.input}")
+    else:
+        pattern = sources.expand_input(args.input, args.dataset)
+        if not FileSystems.match([pattern], limits=[1])[0].metadata_list:
+            raise FileNotFoundError(f"{args.input}: no files match {pattern}")
+    classes = resolve_classes(args, meta, coco_meta)
+    if args.mode == "inprocess" and not classes["class_names"]:
+        raise ValueError(f"{args.model_dir}: no class names in the model's metadata")
+    if args.evaluate and not classes["class_names"] and args.dataset == "folder":
+        raise ValueError("folder evaluation in grpc mode needs --model-dir (class names)")
+
+    outputs.remove_previous_shards(args.output)
+    for stale in (outputs.SUMMARY, outputs.METRICS):
+        path = FileSystems.join(args.output, stale)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    handler = make_handler(args)
+
+    if test_pipeline is not None:
+        pipeline = test_pipeline
+    elif runner_name in (None, "DirectRunner"):
+        pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
+    else:
+        pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, args, handler, classes, coco_entries)
+
+    start = time.perf_counter()
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - start
+
+    summary = outputs.read_json(FileSystems.join(args.output, outputs.SUMMARY))
+    summary.update({
+        "wall_time_s": round(wall, 3),
+        "images_per_s": round(summary["ok"] / wall, 3) if wall > 0 else None,
+        "mode": args.mode, "dataset": args.dataset, "input": args.input,
+        "runner": runner_name or "DirectRunner",
+        "model": args.model_dir if args.mode == "inprocess" else
+        f"{args.server}/{args.model_name}",
+        "counters": _counters(result)})
+    metrics_path = FileSystems.join(args.output, outputs.METRICS)
+    if FileSystems.exists(metrics_path):
+        summary["metrics"] = outputs.read_json(metrics_path)
+    outputs.write_json(FileSystems.join(args.output, outputs.SUMMARY), summary)
+    return summary
+
+
+def _counters(result) -> dict:
+    try:
+        counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    except Exception:  # noqa: BLE001 - not every runner reports metrics
+        return {}
+    out: dict[str, int] = {}
+    for c in counters["counters"]:
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    summary = run(argv)
+    brief = {k: summary.get(k) for k in ("images_in", "ok", "failed", "failed_by_stage",
+                                          "wall_time_s", "images_per_s")}
+    print(json.dumps(brief))
+    if "metrics" in summary:
+        m = summary["metrics"]
+        keys = ("MaxF", "AP", "road_iou") if summary["dataset"] == "kitti" else \
+            ("mean_iou", "pixel_accuracy")
+        print(json.dumps({k: m.get(k) for k in keys}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Inputs of the Beam job per dataset: which files to read and where their ground truth is.
+
+Every input becomes one `ImageItem` (path, encoded bytes, size after validation, optional
+ground-truth reference) or one dead letter; nothing is decoded here beyond what validation
+needs (`validate.py`). Paths go through Beam's FileSystems, so local paths and gs:// work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import posixpath
+import re
+from typing import Any, Optional
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+DATASETS = ("kitti", "coco", "folder")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_KITTI_IMAGE_RE = re.compile(r"^(um|umm|uu)_(\d+)\.png$")
+
+
+@dataclasses.dataclass
+class GroundTruth:
+    """Where an image's labels come from.
+
+    kind 'kitti': `path` is the gt_image_2 colour PNG (devkit decoding); 'ids': `path` is a
+    PNG of class ids; 'coco': `annotations` are the image's COCO annotation dicts.
+    """
+    kind: str
+    path: Optional[str] = None
+    annotations: Optional[list] = None
+    height: Optional[int] = None  # COCO: the size the annotations were drawn at
+    width: Optional[int] = None
+
+
+@dataclasses.dataclass
+class ImageItem:
+    path: str
+    data: bytes = b""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    category: Optional[str] = None  # KITTI um/umm/uu, used to key the evaluation
+    gt: Optional[GroundTruth] = None
+
+
+@dataclasses.dataclass
+class DeadLetter:
+    path: str
+    stage: str  # read | validate | inference | ground_truth | write
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def stem_of(path: str) -> str:
+    return posixpath.splitext(posixpath.basename(path))[0]
+
+
+def expand_input(input_path: str, dataset: str) -> str:
+    """A directory becomes a glob over its files; KITTI roots resolve to training/image_2."""
+    if any(c in input_path for c in "*?["):
+        return input_path
+    base = input_path.rstrip("/")
+    if dataset == "kitti":
+        for sub in ("training/image_2", "image_2"):
+            candidate = FileSystems.join(base, sub)
+            if _is_dir(candidate):
+                return FileSystems.join(candidate, "*.png")
+    if _is_dir(base):
+        return FileSystems.join(base, "*")
+    return input_path
+
+
+def _is_dir(path: str) -> bool:
+    # FileSystems has no isdir; a directory is something with files under it.
+    try:
+        return bool(FileSystems.match([FileSystems.join(path, "*")], limits=[1])[0].metadata_list)
+    except Exception:  # noqa: BLE001 - unreachable bucket, bad scheme: not a directory
+        return False
+
+
+def kitti_gt_path(image_path: str, task: str = "road") -> Optional[str]:
+    """training/gt_image_2/<cat>_<task>_<n>.png next to training/image_2, if it exists."""
+    m = _KITTI_IMAGE_RE.match(posixpath.basename(image_path))
+    if not m:
+        return None
+    image_dir = posixpath.dirname(image_path)
+    gt = FileSystems.join(posixpath.dirname(image_dir), "gt_image_2",
+                          f"{m.group(1)}_{task}_{m.group(2)}.png")
+    return gt if FileSystems.exists(gt) else None
+
+
+def kitti_category(path: str) -> Optional[str]:
+    m = _KITTI_IMAGE_RE.match(posixpath.basename(path))
+    return m.group(1) if m else None
+
+
+def kitti_submission_name(path: str, task: str = "road") -> Optional[str]:
+    """um_000000.png -> um_road_000000.png (the benchmark's result file name)."""
+    m = _KITTI_IMAGE_RE.match(posixpath.basename(path))
+    return f"{m.group(1)}_{task}_{m.group(2)}.png" if m else None
+
+
+class _ReadFile(beam.DoFn):
+    """ReadableFile (or (path, gt) from COCO) -> ImageItem with bytes, or a dead letter."""
+
+    def __init__(self, dataset: str, labels_dir: Optional[str] = None):
+        self.dataset = dataset
+        self.labels_dir = labels_dir
+        self.read_errors = beam.metrics.Metrics.counter("fcnseg", "failed_read")
+        self.images_in = beam.metrics.Metrics.counter("fcnseg", "images_in")
+
+    def process(self, element):
+        if isinstance(element, fileio.ReadableFile):
+            path, gt = element.metadata.path, None
+        else:
+            path, gt = element
+        self.images_in.inc()
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                data = f.read()
+        except Exception as exc:  # noqa: BLE001 - any I/O failure is this file's dead letter
+            self.read_errors.inc()
+            reason = "file not found" if not _exists(path) else f"cannot read file ({exc})"
+            yield beam.pvalue.TaggedOutput("dead", DeadLetter(path, "read", reason))
+            return
+        item = ImageItem(path=path, data=data, gt=gt)
+        if self.dataset == "kitti":
+            item.category = kitti_category(path)
+            gt_path = kitti_gt_path(path)
+            item.gt = GroundTruth("kitti", path=gt_path) if gt_path else None
+        elif self.dataset == "folder" and self.labels_dir:
+            label = FileSystems.join(self.labels_dir, stem_of(path) + ".png")
+            item.gt = GroundTruth("ids", path=label) if FileSystems.exists(label) else None
+        yield item
+
+
+def _exists(path: str) -> bool:
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def load_coco_index(annotations: str, pattern: str) -> tuple[list[tuple[str, GroundTruth]], dict]:
+    """The images of a COCO annotation file that match `pattern`, with their annotations.
+
+    Returns ([(image_path, GroundTruth('coco', annotations=[...])), ...], coco_json_without
+    'images'/'annotations') - the rest (categories) is what the masks need. Images are looked
+    for in the pattern's directory by their `file_name`; listed images absent on disk become
+    dead letters when read, so every listed image is accounted for.
+    """
+    with FileSystems.open(annotations, compression_type="uncompressed") as f:
+        try:
+            coco = json.load(f)
+        except ValueError as exc:
+            raise ValueError(f"{annotations}: not a valid COCO JSON ({exc})") from None
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise ValueError(f"{annotations}: COCO annotation file lacks '{key}'")
+    image_dir = posixpath.dirname(pattern) if any(c in pattern for c in "*?[") else pattern
+    by_image: dict[int, list] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    entries = []
+    for img in sorted(coco["images"], key=lambda i: i["file_name"]):
+        path = FileSystems.join(image_dir, img["file_name"])
+        if image_dir != pattern and not fnmatch.fnmatch(path, pattern):
+            continue
+        gt = GroundTruth("coco", annotations=by_image.get(img["id"], []),
+                         height=img["height"], width=img["width"])
+        entries.append((path, gt))
+    meta = {k: v for k, v in coco.items() if k not in ("images", "annotations")}
+    return entries, meta
+
+
+class ReadImages(beam.PTransform):
+    """PBegin -> (ImageItem, dead letters 'dead') for one dataset's inputs."""
+
+    def __init__(self, dataset: str, pattern: str, coco_entries: Optional[list] = None,
+                 labels_dir: Optional[str] = None):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        self.dataset = dataset
+        self.pattern = pattern
+        self.coco_entries = coco_entries
+        self.labels_dir = labels_dir
+
+    def expand(self, pbegin):
+        if self.dataset == "coco":
+            files = pbegin | "ListCocoImages" >> beam.Create(self.coco_entries or [])
+        else:
+            files = (pbegin
+                     | "MatchFiles" >> fileio.MatchFiles(self.pattern)
+                     | "ImagesOnly" >> beam.Filter(_looks_like_input, self.pattern)
+                     | "ReadMatches" >> fileio.ReadMatches())
+        return files | "ReadBytes" >> beam.ParDo(
+            _ReadFile(self.dataset, self.labels_dir)).with_outputs("dead", main="items")
+
+
+def _looks_like_input(metadata, pattern: str) -> bool:
+    # An explicit pattern takes what it matches (a .png that is not an image must come out as
+    # a dead letter); a directory's glob skips files that are not images (README, .json).
+    if not pattern.endswith("/*"):
+        return True
+    return metadata.path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def to_jsonable(obj: Any):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return obj
