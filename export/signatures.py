@@ -54,7 +54,11 @@ class ServingModule(tf.Module):
 
     def __init__(self, keras_model, image_size, num_classes: int, labels_path: str):
         super().__init__(name="fcnseg")
-        self.model_variables = list(keras_model.variables)
+        # The tf.Variables under the Keras variables: tracking the Keras wrappers instead
+        # makes tf.saved_model.save write a second variable per weight for the wrapper that
+        # the checkpoint restores, while the graph reads the first one, which a TF1-style
+        # loader (TF Serving) then never initialises.
+        self.model_variables = [v.value for v in keras_model.variables]
         # Tracked asset: saved into <version>/assets/ and re-pointed there on load.
         self.labels = tf.saved_model.Asset(labels_path)
         image_size = tuple(int(s) for s in image_size)
@@ -122,7 +126,8 @@ def describe(signatures: dict) -> dict:
                                                  for d in t.shape.as_list()]}
     out = {}
     for name, fn in signatures.items():
-        _, kwargs = fn.structured_input_signature
-        out[name] = {"inputs": {k: spec(v) for k, v in sorted(kwargs.items())},
+        args, kwargs = fn.structured_input_signature
+        inputs = {**{a.name: a for a in args}, **kwargs}  # positional specs are keyed by name
+        out[name] = {"inputs": {k: spec(v) for k, v in sorted(inputs.items())},
                      "outputs": {k: spec(v) for k, v in sorted(fn.structured_outputs.items())}}
     return out
