@@ -1,0 +1,54 @@
+# fcnseg: every target creates .venv from requirements.txt when it is missing or stale.
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+
+# The embedded default: synthetic road scenes generated in code, random encoder (no download).
+RUN_DIR    ?= runs/fcn8s
+TRAIN_ARGS ?= --dataset synthetic --encoder-weights none --image-size 96 320 \
+              --num-synthetic 160 --epochs 3 --batch-size 4 --learning-rate 3e-4
+MODEL_BASE ?= models
+MODEL_NAME ?= fcn8s
+EXPORT_ARGS ?=
+DATA_DIR   ?= data
+PYTEST_ARGS ?=
+
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv train export evaluate test test-all serve bench data-kitti data-coco clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m model.train --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+
+export: $(STAMP)
+	$(PY) -m export --run-dir $(RUN_DIR) --model-base $(MODEL_BASE) --model-name $(MODEL_NAME) $(EXPORT_ARGS)
+
+evaluate: $(STAMP)
+	$(PY) -m model.evaluate --checkpoint $(RUN_DIR)/checkpoints/best.keras
+
+# The default suite leaves out tests marked slow; test-all runs everything.
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+data-kitti: $(STAMP)
+	$(PY) -m model.data.download kitti --dest $(DATA_DIR)
+
+data-coco: $(STAMP)
+	$(PY) -m model.data.download coco --dest $(DATA_DIR)
+
+clean:
+	rm -rf runs models cache bench_out .pytest_cache

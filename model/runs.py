@@ -1,0 +1,68 @@
+"""The training run directory: what `model.train` writes and everything downstream reads.
+
+    runs/<name>/config.json        dataset, classes, geometry, model settings
+    runs/<name>/split.json         {"train": [[image, label], ...], "val": [...]}
+    runs/<name>/checkpoints/       best.keras (by validation IoU), last.keras, state.json
+    runs/<name>/history.csv        one row per epoch (Keras CSVLogger)
+    runs/<name>/metrics.json       final validation metrics
+    runs/<name>/curves.png         training curves
+    runs/<name>/tensorboard/       TensorBoard logs
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+CONFIG = "config.json"
+SPLIT = "split.json"
+CHECKPOINTS = "checkpoints"
+BEST = "best.keras"
+LAST = "last.keras"
+STATE = "state.json"
+
+
+def write_json(path, obj) -> None:
+    path = pathlib.Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path) -> dict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (is this a run directory of model.train?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_run_config(run_dir) -> dict:
+    return read_json(pathlib.Path(run_dir) / CONFIG)
+
+
+def load_split(run_dir) -> dict:
+    return read_json(pathlib.Path(run_dir) / SPLIT)
+
+
+def checkpoint_path(run_dir, which: str = "best") -> pathlib.Path:
+    return pathlib.Path(run_dir) / CHECKPOINTS / (BEST if which == "best" else LAST)
+
+
+def run_dir_of(checkpoint) -> pathlib.Path:
+    """runs/X/checkpoints/best.keras -> runs/X."""
+    checkpoint = pathlib.Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
+
+
+def load_checkpoint(path, compile: bool = False):
+    """Load a Keras checkpoint written by model.train (custom layers registered on import)."""
+    import keras
+
+    import model.fcn8s  # noqa: F401  registers InputNormalization and BilinearUpsampling
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return keras.saving.load_model(path, compile=compile)

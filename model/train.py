@@ -1,0 +1,213 @@
+"""Train FCN-8s: `python -m model.train --dataset kitti --data-root data/data_road ...`.
+
+Writes a run directory (see model/runs.py): config, split, best/last checkpoints, TensorBoard
+logs, CSV history, a curves plot and the final validation metrics of the best checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+from model import runs
+
+DEFAULT_SIZES = {"kitti": (160, 576), "synthetic": (160, 576), "coco": (320, 320),
+                 "folder": (320, 320)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", choices=["synthetic", "kitti", "coco", "folder"],
+                   default="synthetic")
+    p.add_argument("--data-root", help="kitti: the data_road folder; coco: folder with "
+                   "annotations/ train2017/ val2017/; folder: folder with images/ labels/")
+    p.add_argument("--task", choices=["road", "lane"], default="road", help="kitti task")
+    p.add_argument("--categories", nargs="+", default=["all"],
+                   help="coco: category names, 'all' (80) or 'voc' (20)")
+    p.add_argument("--min-area-fraction", type=float, default=0.0,
+                   help="coco: drop images whose annotated area is below this fraction")
+    p.add_argument("--num-synthetic", type=int, default=300, help="synthetic: scenes")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="training geometry, multiples of 32 (default depends on dataset)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the train split")
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--encoder-weights", default="imagenet",
+                   help="'imagenet' (Keras download), a local VGG16 .h5 path, or 'none'")
+    p.add_argument("--normalization", choices=["caffe", "torch"], default="caffe",
+                   help="caffe matches Keras' ImageNet VGG16 weights")
+    p.add_argument("--fc-width", type=int, default=4096)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default="runs/fcn8s")
+    p.add_argument("--cache-dir", default="cache", help="generated data and rendered masks")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <run-dir>/checkpoints/last.keras")
+    p.add_argument("--eval-overlays", type=int, default=4,
+                   help="overlay images written by the final evaluation")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    args = p.parse_args(argv)
+    if args.encoder_weights.lower() == "none":
+        args.encoder_weights = None
+    if args.image_size is None:
+        args.image_size = DEFAULT_SIZES[args.dataset]
+    if any(s % 32 for s in args.image_size):
+        p.error(f"--image-size sides must be multiples of 32, got {args.image_size}")
+    if args.dataset != "synthetic" and not args.data_root:
+        p.error(f"--data-root is required for --dataset {args.dataset}")
+    return args
+
+
+def build_config(args, data) -> dict:
+    return {
+        "dataset": args.dataset, "data_root": args.data_root, "task": args.task,
+        "categories": args.categories, "class_names": list(data.class_names),
+        "colours": [list(c) for c in data.colours], "label_format": data.label_format,
+        "num_classes": len(data.class_names), "image_size": list(args.image_size),
+        "normalization": args.normalization, "fc_width": args.fc_width,
+        "dropout": args.dropout, "encoder_weights": args.encoder_weights, "seed": args.seed,
+        "batch_size": args.batch_size, "epochs": args.epochs,
+        "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+        "augment": not args.no_augment, "mixed_precision": args.mixed_precision,
+    }
+
+
+def compile_model(model, num_classes: int, learning_rate: float, weight_decay: float):
+    import keras
+
+    from model.keras_metrics import MaskedAccuracy, iou_metric
+
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255),
+        metrics=[iou_metric(num_classes), MaskedAccuracy()],
+    )
+
+
+def make_callbacks(run_dir: pathlib.Path, best_so_far: float | None):
+    import keras
+
+    ckpt = run_dir / runs.CHECKPOINTS
+    ckpt.mkdir(parents=True, exist_ok=True)
+
+    class SaveState(keras.callbacks.Callback):
+        """Remember the finished epoch and best score so --resume continues exactly."""
+
+        def __init__(self):
+            super().__init__()
+            self.best = best_so_far if best_so_far is not None else -math.inf
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.best = max(self.best, float((logs or {}).get("val_iou", -math.inf)))
+            runs.write_json(ckpt / runs.STATE, {"epoch": epoch + 1, "best_val_iou": self.best})
+
+    return [
+        keras.callbacks.ModelCheckpoint(ckpt / runs.BEST, monitor="val_iou", mode="max",
+                                        save_best_only=True, verbose=1,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.ModelCheckpoint(ckpt / runs.LAST, save_best_only=False),
+        SaveState(),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
+    ]
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from model.data import load_dataset
+    from model.data.pipeline import check_pairs, make_dataset
+    from model.fcn8s import build_fcn8s
+
+    run_dir = pathlib.Path(args.run_dir)
+    keras.utils.set_random_seed(args.seed)
+    if args.mixed_precision:
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+
+    if args.resume:
+        config = runs.load_run_config(run_dir)
+        split = runs.load_split(run_dir)
+        train_pairs, val_pairs = split["train"], split["val"]
+        state = runs.read_json(run_dir / runs.CHECKPOINTS / runs.STATE)
+        initial_epoch, best = state["epoch"], state["best_val_iou"]
+        import model.keras_metrics  # noqa: F401  registers the metrics for compile=True
+
+        # compile=True restores the optimizer with its moments and step count.
+        model = runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"), compile=True)
+        print(f"resuming {run_dir} after epoch {initial_epoch} (best val_iou {best:.4f})")
+    else:
+        data = load_dataset(args.dataset, args.data_root, task=args.task,
+                            categories=args.categories[0] if args.categories in (["all"], ["voc"])
+                            else args.categories, val_fraction=args.val_fraction,
+                            seed=args.seed, cache_dir=args.cache_dir,
+                            image_size=tuple(args.image_size), num_synthetic=args.num_synthetic,
+                            min_area_fraction=args.min_area_fraction)
+        config = build_config(args, data)
+        train_pairs = [list(map(str, p)) for p in data.train]
+        val_pairs = [list(map(str, p)) for p in data.val]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("history.csv",):
+            (run_dir / stale).unlink(missing_ok=True)
+        runs.write_json(run_dir / runs.CONFIG, config)
+        runs.write_json(run_dir / runs.SPLIT, {"train": train_pairs, "val": val_pairs})
+        initial_epoch, best = 0, None
+        model = build_fcn8s(config["num_classes"], (*args.image_size, 3),
+                            fc_width=args.fc_width, dropout=args.dropout,
+                            encoder_weights=args.encoder_weights,
+                            normalization=args.normalization)
+        compile_model(model, config["num_classes"], args.learning_rate, args.weight_decay)
+
+    check_pairs(train_pairs + val_pairs)
+    print(f"run {run_dir}: {config['dataset']} {config['class_names']}, "
+          f"{len(train_pairs)} train / {len(val_pairs)} val images at "
+          f"{config['image_size'][0]}x{config['image_size'][1]}, "
+          f"{model.count_params() / 1e6:.1f}M parameters")
+    size = tuple(config["image_size"])
+    train_ds = make_dataset(train_pairs, config["label_format"], size, args.batch_size,
+                            training=True, seed=args.seed, augment=not args.no_augment)
+    val_ds = make_dataset(val_pairs, config["label_format"], size, args.batch_size,
+                          training=False)
+    if args.steps_per_epoch:
+        train_ds = train_ds.repeat()
+
+    start = time.time()
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs,
+              initial_epoch=initial_epoch, steps_per_epoch=args.steps_per_epoch,
+              callbacks=make_callbacks(run_dir, best), verbose=args.verbose)
+    train_seconds = time.time() - start
+
+    metrics = finish_run(run_dir, config, val_pairs, overlays=args.eval_overlays)
+    metrics["train_seconds"] = round(train_seconds, 1)
+    runs.write_json(run_dir / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def finish_run(run_dir: pathlib.Path, config: dict, val_pairs, overlays: int) -> dict:
+    """Curves plot and the best checkpoint's validation metrics at original resolution."""
+    from model.evaluate import evaluate_pairs
+    from model.plots import save_training_curves
+
+    if (run_dir / "history.csv").is_file():
+        save_training_curves(run_dir / "curves.png", run_dir / "history.csv")
+    best = runs.load_checkpoint(runs.checkpoint_path(run_dir, "best"))
+    return evaluate_pairs(best, config, val_pairs, run_dir / "eval_val", overlays=overlays)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

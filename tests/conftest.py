@@ -1,0 +1,28 @@
+"""Shared fixtures: the real sample data in ../shared/data, quiet TensorFlow."""
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("FCNSEG_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """The real KITTI/COCO samples; tests that need them skip when the folder is absent."""
+    if not (SHARED_DATA / "kitti_road").is_dir() or not (SHARED_DATA / "coco").is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (set FCNSEG_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def kitti_root(shared_data) -> pathlib.Path:
+    return shared_data / "kitti_road"
+
+
+@pytest.fixture(scope="session")
+def coco_root(shared_data) -> pathlib.Path:
+    return shared_data / "coco"
