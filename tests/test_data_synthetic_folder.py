@@ -148,3 +148,10 @@ def test_import_is_light():
             "bad = [m for m in ('tensorflow', 'keras', 'pycocotools') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_synthetic_cli_writes_grid(tmp_path, capsys):
+    assert synthetic.main(["--out", str(tmp_path / "s"), "--n", "3", "--height", "32",
+                           "--width", "64", "--grid", str(tmp_path / "grid.png")]) == 0
+    assert "3 scenes 32x64" in capsys.readouterr().out
+    assert read_image(tmp_path / "grid.png").shape == (3 * 32, 2 * 64, 3)
