@@ -67,7 +67,8 @@ class ChecksumError(ValueError):
 def _sha256_of(path: pathlib.Path, progress: bool) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                     desc=f"sha256 {path.name}", disable=not progress) as bar:
+                                     desc=f"sha256 {path.name.removesuffix('.part')}",
+                                     disable=not progress) as bar:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
             bar.update(len(block))
