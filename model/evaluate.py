@@ -104,7 +104,6 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     else:
         raise TypeError(f"model must be a keras.Model or a predictor callable, got {type(model)}")
     pairs = [(pathlib.Path(image), pathlib.Path(label)) for image, label in pairs]
-    num_overlays = overlays
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     class_names = list(config["class_names"])
@@ -142,7 +141,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     counts = metrics.road_counts(prob[..., 1], label)
                     road[category] = road.get(category, metrics.RoadCounts()) + counts
                     images_per_category[category] = images_per_category.get(category, 0) + 1
-                if overlays_written < num_overlays:
+                if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
                                        image, pred, colours or _default_colours(num_classes),
                                        ground_truth=label)
