@@ -9,9 +9,8 @@ from model.data import kitti, load_dataset
 from model.data.image_io import ImageReadError
 
 
-def _devkit_reference(path) -> np.ndarray:
+def _devkit_reference(rgb) -> np.ndarray:
     """Independent decoding: raw RGB values with numpy, the devkit's rule spelled out."""
-    rgb = np.asarray(Image.open(path).convert("RGB"))
     road = rgb[:, :, 2] > 0          # devkit: BGR channel 0 (blue) > 0
     valid = rgb[:, :, 0] > 0         # devkit: BGR channel 2 (red) > 0
     return np.where(valid, road.astype(np.uint8), np.uint8(255))
@@ -23,10 +22,10 @@ def test_decode_gt_matches_devkit_on_all_samples(kitti_root):
     blue_only_total = 0
     for path in gt_files:
         label = kitti.read_gt(path)
-        ref = _devkit_reference(path)
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        ref = _devkit_reference(rgb)
         assert label.dtype == np.uint8 and label.shape == ref.shape
         np.testing.assert_array_equal(label, ref, err_msg=str(path))
-        rgb = np.asarray(Image.open(path).convert("RGB"))
         black = (rgb == 0).all(axis=2)
         assert (label[black] == 255).all()                           # don't care
         assert (label[(rgb == [255, 0, 255]).all(axis=2)] == 1).all()  # road

@@ -129,6 +129,9 @@ def test_load_dataset_folder(tmp_path):
     assert data.class_names == ["bg", "cat", "dog"] and data.label_format == "ids"
     assert len(data.train) == 4 and len(data.val) == 1
     assert data.colours == palette(3)
+    (root / "classes.txt").write_text("bg\ncat\n")
+    with pytest.raises(ValueError, match=r"c\.png: class id 2 but .*classes\.txt names only 2"):
+        load_dataset("folder", root, progress=False)
     root = _folder_dataset(tmp_path / "unnamed")
     data = load_dataset("folder", root, progress=False)
     assert data.class_names == ["class_0", "class_1", "class_2"]  # max id 2, 255 ignored

@@ -63,7 +63,11 @@ def _scale_16bit(arr: np.ndarray) -> np.ndarray:
 
 
 def to_rgb_uint8(img: Image.Image, name: str = "<image>") -> np.ndarray:
-    """Convert a loaded Pillow image of any common mode to uint8 RGB [H,W,3]."""
+    """Convert a loaded Pillow image of any common mode to uint8 RGB [H,W,3].
+
+    EXIF orientation is deliberately not applied: annotations (COCO's included) refer to
+    the stored pixel grid.
+    """
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8).copy()
