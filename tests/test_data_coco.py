@@ -213,3 +213,19 @@ def test_explore_grid_png(coco_root, tmp_path, capsys):
     img = read_image(out)
     assert img.shape[1] == 4 * 320 and img.shape[0] > 2 * 240
     assert str(out) in capsys.readouterr().out
+
+
+def test_malformed_polygon_is_skipped_with_warning(tmp_path):
+    ann_file = tmp_path / "instances_bad.json"
+    ann_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+        "annotations": [
+            {"id": 7, "image_id": 1, "category_id": 1, "segmentation": [[1, 2]], "iscrowd": 0,
+             "area": 1, "bbox": [0, 0, 1, 1]},
+            {"id": 8, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1, "bbox": [0, 0, 1, 1],
+             "segmentation": [[5, 5, 9, 5, 9, 9, 5, 9]]}],
+        "categories": [{"id": 1, "name": "person"}]}))
+    coco = coco_mod.load_coco(ann_file)
+    with pytest.warns(UserWarning, match=r"annotation 7 of a\.jpg: unusable segmentation"):
+        mask = coco_mod.semantic_mask(coco, coco.imgs[1], {1: 1})
+    assert mask[7, 7] == 1 and mask[1, 1] == 0

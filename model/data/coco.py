@@ -103,7 +103,13 @@ def semantic_mask(coco, image_info: dict, cat_id_to_label: dict[int, int]) -> np
         lab = cat_id_to_label.get(ann["category_id"])
         if lab is None:
             continue
-        m = coco.annToMask(ann).astype(bool)
+        try:
+            m = coco.annToMask(ann).astype(bool)
+        except Exception as exc:  # pycocotools raises bare Exceptions on malformed polygons
+            # One broken annotation should not stop rendering 118k images: skip, say which.
+            warnings.warn(f"annotation {ann.get('id')} of {image_info.get('file_name')}: "
+                          f"unusable segmentation ({exc}); skipped", stacklevel=2)
+            continue
         if ann.get("iscrowd", 0):
             crowd |= m
             continue

@@ -35,10 +35,12 @@ def _open(data: bytes, name: str) -> Image.Image:
         img.load()
     except UnidentifiedImageError:
         raise ImageReadError(name, "not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(name, f"image too large ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports short files as "image file is truncated" / "broken data stream".
         msg = str(exc)
-        if "truncated" in msg or "broken" in msg or "incomplete" in msg.lower():
+        if any(w in msg.lower() for w in ("truncated", "broken", "incomplete")):
             raise ImageReadError(name, f"truncated or corrupt image ({msg})") from None
         raise ImageReadError(name, f"cannot decode image ({msg})") from None
     return img
