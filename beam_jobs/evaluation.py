@@ -1,7 +1,8 @@
 """Evaluation inside the job: per-image statistics from model.metrics, summed by a CombineFn.
 
-KITTI road: `RoadCounts` of the road confidence (the submission PNG's 0..255 values, exactly
-what the devkit scores) per category um/umm/uu and 'all'. COCO and folders: confusion matrices.
+Every image adds its confusion matrix (argmax class ids); KITTI road images also add the
+`RoadCounts` of their road confidence (the submission PNG's 0..255 values, exactly what the
+devkit scores) per category um/umm/uu and overall.
 The scores at the end are `model.metrics.kitti_scores` / `segmentation_scores` of the sums,
 i.e. the same numbers as evaluating all images at once.
 """
@@ -21,7 +22,10 @@ from beam_jobs import outputs
 from beam_jobs.sources import GroundTruth
 from model import metrics
 
-ALL = "all"
+CONFUSION = "confusion_matrix"
+ROAD = "road"
+IMAGES = "images"
+OVERALL = "overall"
 
 
 class GroundTruthError(ValueError):
@@ -79,15 +83,18 @@ def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
 
 def image_stats(dataset: str, category: Optional[str], seg, label: np.ndarray,
                 num_classes: int) -> list[tuple[str, object]]:
-    """[(key, statistic)] of one image: RoadCounts for KITTI, a confusion matrix otherwise."""
+    """[(key, statistic)] of one image: its confusion matrix, and for KITTI its RoadCounts
+    and image count under its category and OVERALL (as model.evaluate groups them)."""
+    stats: list[tuple[str, object]] = [
+        (CONFUSION, metrics.confusion_matrix(seg.class_ids, label, num_classes))]
     if dataset == "kitti":
         from PIL import Image
         with Image.open(io.BytesIO(seg.confidence_png)) as img:
-            road = np.asarray(img, dtype=np.uint8)
+            road = np.asarray(img, dtype=np.uint8)  # v / 255, the submission PNG's values
         counts = metrics.road_counts(road, label)
-        keys = [ALL] + ([category] if category else [])
-        return [(k, counts) for k in keys]
-    return [(ALL, metrics.confusion_matrix(seg.class_ids, label, num_classes))]
+        for group in (category or "other", OVERALL):
+            stats += [(f"{ROAD}/{group}", counts), (f"{IMAGES}/{group}", 1)]
+    return stats
 
 
 class SumFn(beam.CombineFn):
@@ -110,40 +117,47 @@ class SumFn(beam.CombineFn):
         return acc
 
 
-def scores(dataset: str, totals: dict, class_names: list[str], images: int) -> dict:
-    """metrics.json content from the summed statistics."""
-    if dataset == "kitti":
-        out = {"dataset": "kitti", "images_evaluated": images, "categories": {}}
-        for key in sorted(totals):
-            s = metrics.kitti_scores(totals[key])
-            s["road_iou"] = metrics.road_iou(totals[key])
-            s["road_pixels"], s["non_road_pixels"] = totals[key].pos, totals[key].neg
-            if key == ALL:
-                out.update(s)
-            else:
-                out["categories"][key] = s
-        return out
-    cm = totals[ALL]
-    out = {"dataset": dataset, "images_evaluated": images,
-           **metrics.segmentation_scores(cm, class_names),
-           "confusion_matrix": np.asarray(cm).tolist(), "class_names": list(class_names)}
-    return out
+def scores(totals: dict, class_names: list[str], images: int) -> dict:
+    """metrics.json content, laid out as model.evaluate writes it."""
+    cm = totals[CONFUSION]
+    result: dict = {"split_size": images, "class_names": list(class_names),
+                    **metrics.segmentation_scores(cm, class_names)}
+    road = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith(ROAD + "/")}
+    if road:
+        groups = sorted(g for g in road if g != OVERALL) + [OVERALL]
+        result["kitti"] = {
+            g: {**metrics.kitti_scores(road[g]), "IoU": metrics.road_iou(road[g]),
+                "num_images": totals[f"{IMAGES}/{g}"]} for g in groups}
+    result["confusion_matrix"] = np.asarray(cm).tolist()
+    return _json_safe(result)
 
 
-def write_evaluation(totals: dict, output: str, dataset: str, class_names: list[str],
-                     images: int) -> dict:
+def _json_safe(value):
+    """NaN -> None (JSON has no NaN), numpy numbers -> Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_evaluation(totals: dict, output: str, class_names: list[str], images: int) -> dict:
     """Write metrics.json and pr_curve.png / confusion_matrix.png; returns the metrics."""
     from model import plots
 
     if not totals:
         return {}
-    result = scores(dataset, totals, class_names, images)
+    result = scores(totals, class_names, images)
     outputs.write_json(FileSystems.join(output, outputs.METRICS), result)
-    if dataset == "kitti":
-        named = {k: totals[k] for k in sorted(totals, key=lambda k: (k != ALL, k))}
+    road = {k.split("/", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith(ROAD + "/")}
+    if road:
         outputs.write_figure(FileSystems.join(output, outputs.PR_CURVE), plots.save_pr_curve,
-                             named)
+                             road)
     else:
         outputs.write_figure(FileSystems.join(output, outputs.CONFUSION),
-                             plots.save_confusion_matrix, totals[ALL], class_names)
+                             plots.save_confusion_matrix, totals[CONFUSION], class_names)
     return result

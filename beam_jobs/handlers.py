@@ -179,17 +179,18 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
 
     One model per worker process is shared by all its threads (Beam's default); with
     `model_copies=N` Beam instead loads N copies per machine, shared across processes (for
-    large models on a GPU, or to cap memory). Batches: min/max_batch_size images, at most
-    `max_batch_bytes` of encoded data.
+    large models on a GPU, or to cap memory). Batches: min/max_batch_size images; with
+    `max_batch_bytes` a batch is split into model calls of at most that much encoded data.
     """
 
     def __init__(self, model_dir: str, *, min_batch_size: int = 1, max_batch_size: int = 8,
                  max_batch_bytes: Optional[int] = None, model_copies: Optional[int] = None,
                  device: Optional[str] = None):
+        # Beam 2.77's BatchElements does not accept ModelHandler's max_batch_weight, so the
+        # byte limit is applied here, by splitting a batch into calls (_calls_within).
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                         max_batch_weight=max_batch_bytes,
-                         element_size_fn=_item_bytes if max_batch_bytes else None,
                          model_copies=model_copies)
+        self._max_batch_bytes = max_batch_bytes
         self._model_dir = model_dir
         self._device = device
 
@@ -206,15 +207,17 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, name, version, ms, len(images))
 
-        try:
-            inferences = call([item.data for item in batch])
-        except Exception as exc:  # noqa: BLE001 - a bad image, or a bad batch: split it
-            if len(batch) == 1:
-                inferences = [InferenceFailure(_short(exc))]
-            else:
-                _LOGGER.warning("batch of %d failed (%s); retrying image by image",
-                                len(batch), _short(exc))
-                inferences = _one_by_one(batch, call, lambda e: True)
+        inferences = []
+        for part in _calls_within(batch, self._max_batch_bytes):
+            try:
+                inferences += call([item.data for item in part])
+            except Exception as exc:  # noqa: BLE001 - a bad image, or a bad batch: split it
+                if len(part) == 1:
+                    inferences.append(InferenceFailure(_short(exc)))
+                else:
+                    _LOGGER.warning("batch of %d failed (%s); retrying image by image",
+                                    len(part), _short(exc))
+                    inferences += _one_by_one(part, call, lambda e: True)
         return [PredictionResult(item, inf, model_id=f"{name}/{version}")
                 for item, inf in zip(batch, inferences)]
 
@@ -225,8 +228,21 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
         return "fcnseg_inference"
 
 
-def _item_bytes(item: ImageItem) -> int:
-    return len(item.data)
+def _calls_within(batch: Sequence[ImageItem], max_bytes: Optional[int]) -> list[list]:
+    """Split a batch into consecutive parts of at most max_bytes of encoded images each (an
+    image bigger than that goes alone)."""
+    if not max_bytes:
+        return [list(batch)]
+    parts, current, size = [], [], 0
+    for item in batch:
+        if current and size + len(item.data) > max_bytes:
+            parts.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += len(item.data)
+    if current:
+        parts.append(current)
+    return parts
 
 
 # --- TF Serving over gRPC ---------------------------------------------------------------
@@ -236,6 +252,13 @@ def _is_retryable(exc: Exception) -> bool:
     return bool(getattr(exc, "retryable", False))
 
 
+def _is_bad_input(exc: Exception) -> bool:
+    """The server refused what was sent (an image it cannot decode): worth splitting the batch.
+    Other errors (NOT_FOUND model, UNIMPLEMENTED signature) fail every image alike."""
+    code = getattr(exc, "code", None)
+    return getattr(code, "name", None) == "INVALID_ARGUMENT"
+
+
 class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
     """Inference through TF Serving's PredictionService with serving.grpc_client.
 
@@ -243,8 +266,8 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
     (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED: a restarting or overloaded server)
     are retried by the client and then by Beam with exponential backoff and client-side
     throttling; a batch the server refuses (INVALID_ARGUMENT) is retried image by image.
-    Batches stay under `max_batch_bytes` of encoded images so requests fit gRPC's message
-    size limit.
+    Requests carry at most `max_batch_bytes` of encoded images (a batch is split into
+    several requests when needed), under gRPC's usual 4 MiB message limit.
     """
 
     def __init__(self, address: str, model_name: str, *, version: Optional[int] = None,
@@ -255,9 +278,8 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
         super().__init__(namespace="fcnseg_tfserving", num_retries=num_retries,
                          throttle_delay_secs=throttle_delay_secs, retry_filter=_is_retryable)
         self._batching_kwargs = {"min_batch_size": min_batch_size,
-                                 "max_batch_size": max_batch_size,
-                                 "max_batch_weight": max_batch_bytes,
-                                 "element_size_fn": _item_bytes}
+                                 "max_batch_size": max_batch_size}
+        self._max_batch_bytes = max_batch_bytes
         self._address = address
         self._model_name = model_name
         self._version = version
@@ -281,17 +303,19 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, self._model_name, version, ms, len(images))
 
-        try:
-            inferences = call([item.data for item in batch])
-        except Exception as exc:  # noqa: BLE001
-            if _is_retryable(exc):
-                raise  # Beam retries the batch with backoff
-            if len(batch) == 1:
-                inferences = [InferenceFailure(_short(exc))]
-            else:
-                _LOGGER.warning("batch of %d refused (%s); retrying image by image",
-                                len(batch), _short(exc))
-                inferences = _one_by_one(batch, call, lambda e: not _is_retryable(e))
+        inferences = []
+        for part in _calls_within(batch, self._max_batch_bytes):
+            try:
+                inferences += call([item.data for item in part])
+            except Exception as exc:  # noqa: BLE001
+                if not _is_bad_input(exc):
+                    raise  # retryable: Beam retries with backoff; else dead-lettered as a batch
+                if len(part) == 1:
+                    inferences.append(InferenceFailure(_short(exc)))
+                else:
+                    _LOGGER.warning("batch of %d refused (%s); retrying image by image",
+                                    len(part), _short(exc))
+                    inferences += _one_by_one(part, call, _is_bad_input)
         return [PredictionResult(item, inf, model_id=f"{self._model_name}/{inf.model_version}"
                                  if isinstance(inf, Segmentation) else self._model_name)
                 for item, inf in zip(batch, inferences)]

@@ -278,14 +278,14 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict,
 
     if args.evaluate:
         evaluated = (finished.stats
-                     | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.ALL)
+                     | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.CONFUSION)
                      | "CountEvaluated" >> beam.combiners.Count.Globally())
         _ = (finished.stats
              | "SumStats" >> beam.CombinePerKey(evaluation.SumFn())
              | "StatsToDict" >> beam.combiners.ToDict()
              | "WriteMetrics" >> beam.Map(
                  lambda totals, n: evaluation.write_evaluation(
-                     totals, args.output, args.dataset, classes["class_names"], n),
+                     totals, args.output, classes["class_names"], n),
                  beam.pvalue.AsSingleton(evaluated)))
 
 
@@ -346,8 +346,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     classes = resolve_classes(args, meta, coco_meta)
     if args.mode == "inprocess" and not classes["class_names"]:
         raise ValueError(f"{args.model_dir}: no class names in the model's metadata")
-    if args.evaluate and not classes["class_names"] and args.dataset == "folder":
-        raise ValueError("folder evaluation in grpc mode needs --model-dir (class names)")
+    if args.evaluate and args.labels_dir and not classes["class_names"]:
+        raise ValueError("scoring against --labels-dir in grpc mode needs --model-dir (for "
+                         "the class names)")
 
     outputs.remove_previous_shards(args.output)
     for stale in (outputs.SUMMARY, outputs.METRICS):
@@ -405,9 +406,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(json.dumps(brief))
     if "metrics" in summary:
         m = summary["metrics"]
-        keys = ("MaxF", "AP", "road_iou") if summary["dataset"] == "kitti" else \
-            ("mean_iou", "pixel_accuracy")
-        print(json.dumps({k: m.get(k) for k in keys}))
+        brief = {k: m.get(k) for k in ("mean_iou", "pixel_accuracy")}
+        if "kitti" in m:
+            brief.update({k: m["kitti"]["overall"].get(k) for k in ("MaxF", "AP", "IoU")})
+        print(json.dumps(brief))
     return 0
 
 
