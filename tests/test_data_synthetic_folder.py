@@ -158,3 +158,20 @@ def test_synthetic_cli_writes_grid(tmp_path, capsys):
                            "--width", "64", "--grid", str(tmp_path / "grid.png")]) == 0
     assert "3 scenes 32x64" in capsys.readouterr().out
     assert read_image(tmp_path / "grid.png").shape == (3 * 32, 2 * 64, 3)
+
+
+def test_folder_palette_labels_become_plain_ids(tmp_path):
+    root = _folder_dataset(tmp_path / "pal", stems=("a", "b"), classes=["bg", "x", "y"])
+    ids = np.array([[0, 1], [2, 255]], np.uint8).repeat(4, 0).repeat(4, 1)
+    pal = Image.fromarray(ids, mode="L").convert("P")
+    pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [255, 255, 255] * 253)  # VOC-like colours
+    pal.save(root / "labels" / "b.png")
+    assert Image.open(root / "labels" / "b.png").mode == "P"
+    data = load_dataset("folder", root, val_fraction=0.0, cache_dir=tmp_path / "cache",
+                        progress=False)
+    label_path = dict(data.train)[str(root / "images" / "b.jpg")]
+    assert str(tmp_path / "cache") in label_path
+    with Image.open(label_path) as im:
+        assert im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), ids)
+    assert str(root / "labels" / "a.png") in [lab for _, lab in data.train]  # L kept as is

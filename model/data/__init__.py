@@ -120,8 +120,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, task: str 
     from model.data import folder  # name == 'folder'
 
     pairs = folder.list_pairs(root / "images", root / "labels")
+    # Reads every label once: finds the class count, and rewrites palette/16-bit PNGs as
+    # plain 8-bit ones (the 'ids' format the tf.data pipeline decodes) into cache_dir.
+    pairs, top, top_file = folder.scan_labels(pairs, pathlib.Path(cache_dir), progress=progress)
     classes_txt = root / "classes.txt"
-    top, top_file = _max_label(pairs, progress)
     if classes_txt.is_file():
         class_names = folder.read_class_names(classes_txt)
         if top >= len(class_names):
@@ -132,23 +134,3 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, task: str 
         class_names = [f"class_{i}" for i in range(max(top, 1) + 1)]
     train, val = random_split(pairs, val_fraction, seed)
     return SegmentationData("folder", class_names, palette(len(class_names)), "ids", train, val)
-
-
-def _max_label(pairs, progress: bool) -> tuple[int, str | None]:
-    """Largest class id (255 = ignore excluded) over all labels and a file holding it.
-
-    Reading every label once catches ids that classes.txt does not cover before training
-    (they would otherwise surface as NaN losses), and gives the class count without it.
-    """
-    import numpy as np
-    from tqdm import tqdm
-
-    from model.data.image_io import read_label_png
-
-    top, top_file = 0, None
-    for _, label_path in tqdm(pairs, desc="checking labels", unit="file", disable=not progress):
-        ids = np.unique(read_label_png(label_path))
-        ids = ids[ids != 255]
-        if ids.size and int(ids.max()) > top:
-            top, top_file = int(ids.max()), label_path
-    return top, top_file

@@ -8,10 +8,17 @@ Layout::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 
-__all__ = ["IMAGE_EXTENSIONS", "list_pairs", "read_class_names"]
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from model.data.image_io import read_label_png, write_png
+
+__all__ = ["IMAGE_EXTENSIONS", "list_pairs", "read_class_names", "scan_labels"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -71,3 +78,39 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     if len(names) > 255:
         raise ValueError(f"{p}: {len(names)} classes do not fit uint8 ids with 255 = ignore")
     return names
+
+
+def scan_labels(pairs, cache_dir, progress: bool = True):
+    """Check every label once; returns (pairs, largest id != 255, a file holding it).
+
+    Labels already stored as 8-bit grayscale PNGs (mode L) are used as they are. Palette
+    PNGs (the VOC convention: the palette index is the id) and 16-bit PNGs are rewritten
+    as mode L into cache_dir, because a PNG decoder asked for one channel (tf.io.decode_png
+    included) turns a palette image into luminance, not indices. Unreadable labels raise
+    ImageReadError naming the file.
+    """
+    out, top, top_file = [], 0, None
+    cache = None
+    for image_path, label_path in tqdm(pairs, desc="checking labels", unit="file",
+                                       disable=not progress):
+        try:
+            with Image.open(label_path) as im:
+                mode = im.mode
+        except (OSError, ValueError):
+            mode = None  # read_label_png below raises the precise error
+        ids = read_label_png(label_path)
+        source = str(label_path)
+        if mode != "L":
+            if cache is None:
+                key = hashlib.sha1(str(pathlib.Path(label_path).resolve().parent).encode())
+                cache = pathlib.Path(cache_dir) / f"folder_labels_{key.hexdigest()[:12]}"
+            target = cache / (pathlib.Path(label_path).stem + ".png")
+            if not target.is_file() or target.stat().st_mtime < os.stat(label_path).st_mtime:
+                write_png(target, ids)
+            label_path = str(target)
+        present = np.unique(ids)
+        present = present[present != 255]
+        if present.size and int(present.max()) > top:
+            top, top_file = int(present.max()), source
+        out.append((image_path, label_path))
+    return out, top, top_file
