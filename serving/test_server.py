@@ -371,14 +371,16 @@ class ModelManager:
         return None
 
     def version_states(self, model_spec) -> dict[int, tuple[int, str]]:
+        # As TF Serving's GetModelStatus: a version number narrows the answer, a label does
+        # not; newest version first.
         name = model_spec.name
         states = self._states.get(name, {})
-        version = self._requested_version(model_spec)
+        version = model_spec.version.value if model_spec.HasField("version") else None
         if version is None:
             if not states:
                 raise RequestError(grpc.StatusCode.NOT_FOUND,
                                    f"Could not find any versions of model {name}")
-            return dict(sorted(states.items()))
+            return dict(sorted(states.items(), reverse=True))
         if version not in states:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"Could not find version {version} of model {name}")
@@ -454,6 +456,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):
         try:
+            if not request.HasField("model_spec"):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
             states = self.manager.version_states(request.model_spec)
         except RequestError as err:
             context.abort(err.code, err.message)

@@ -1,0 +1,223 @@
+"""Command line client for a segmentation model on TF Serving.
+
+    python -m serving.client segment --server 127.0.0.1:8500 --model fcn8s IMAGE... --out DIR
+    python -m serving.client segment --rest --server 127.0.0.1:8501 ... (REST instead of gRPC)
+    python -m serving.client metadata --server 127.0.0.1:8500 --model fcn8s
+    python -m serving.client status --server 127.0.0.1:8500 --model fcn8s
+
+`segment` writes, per image, <stem>_mask.png (class ids, one uint8 channel, 255 = ignore),
+<stem>_overlay.png (class colours over the image) and, from segment_encoded on a binary road
+model, <stem>_confidence.png (road probability 0..255, KITTI's submission format). Class
+names and colours come from the export's fcnseg_metadata.json when --metadata points at it
+(TF Serving does not serve that file); otherwise classes are numbered and a default palette
+is used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from serving.errors import ServingError
+
+METADATA_FILE = "fcnseg_metadata.json"
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """The PASCAL VOC colour map: distinct colours for any number of classes."""
+    palette = []
+    for i in range(num_classes):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
+    """class_names and colours from an export's fcnseg_metadata.json (file or version dir)."""
+    if not path:
+        return None, None
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "assets.extra" / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {path}: cannot read export metadata: {err}") from None
+    return metadata.get("class_names"), metadata.get("colours")
+
+
+def make_client(args):
+    kwargs = dict(version=args.version, version_label=args.label, timeout=args.timeout,
+                  max_retries=args.retries)
+    if args.rest:
+        from serving.rest_client import RestPredictionClient
+        headers = {"Authorization": args.auth} if args.auth else None
+        return RestPredictionClient(args.server, args.model, headers=headers,
+                                    verify=args.tls_ca or True, **kwargs)
+    from serving.grpc_client import PredictionClient
+    metadata = {"authorization": args.auth} if args.auth else None
+    root = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    return PredictionClient(args.server, args.model, root_certificates=root, metadata=metadata,
+                            **kwargs)
+
+
+def _describe(class_ids: np.ndarray, names: list[str]) -> str:
+    counts = np.bincount(class_ids[class_ids != 255].ravel(), minlength=len(names))
+    total = max(int(counts.sum()), 1)
+    parts = [f"{names[i] if i < len(names) else i} {100 * c / total:.1f}%"
+             for i, c in enumerate(counts) if c]
+    return ", ".join(parts)
+
+
+def cmd_segment(args) -> int:
+    from model.data.image_io import ImageReadError, decode_image_bytes, write_png
+    from model.plots import save_overlay
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names, colours = read_class_info(args.metadata)
+    blobs, images = [], []
+    for path in args.images:
+        try:
+            data = pathlib.Path(path).read_bytes()
+            images.append(decode_image_bytes(data, path))  # fail early, naming the file
+        except (OSError, ImageReadError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        blobs.append(data)
+
+    with make_client(args) as client:
+        if args.signature == "segment_encoded":
+            result = client.segment_encoded(blobs)
+            class_ids = [result["class_ids"][i, :h, :w]
+                         for i, (h, w) in enumerate(zip(result["heights"], result["widths"]))]
+            extras = {"mask": result.get("mask_png"), "confidence": result.get("confidence_png")}
+            versions = [result["model_version"]] * len(blobs)
+        else:
+            # One request per image size: a batch tensor has a single height and width.
+            by_size = defaultdict(list)
+            for i, image in enumerate(images):
+                by_size[image.shape].append(i)
+            class_ids, confidence = [None] * len(images), [None] * len(images)
+            versions = [None] * len(images)
+            for indices in by_size.values():
+                result = client.segment_images(np.stack([images[i] for i in indices]))
+                for k, i in enumerate(indices):
+                    class_ids[i] = result["class_ids"][k]
+                    confidence[i] = result["confidence"][k]
+                    versions[i] = result["model_version"]
+            extras = {"mask": None, "confidence": None}
+
+    num_classes = max(int(ids[ids != 255].max(initial=0)) for ids in class_ids) + 1
+    names = names or [str(i) for i in range(num_classes)]
+    colours = colours or default_palette(max(num_classes, len(names)))
+    for i, path in enumerate(args.images):
+        stem = pathlib.Path(path).stem
+        mask_path = out / f"{stem}_mask.png"
+        if extras["mask"] is not None:
+            mask_path.write_bytes(extras["mask"][i])  # the server's own PNG, as is
+        else:
+            write_png(mask_path, class_ids[i])
+        save_overlay(out / f"{stem}_overlay.png", images[i], class_ids[i], colours)
+        if extras["confidence"] is not None:
+            (out / f"{stem}_confidence.png").write_bytes(extras["confidence"][i])
+        h, w = class_ids[i].shape
+        version = "n/a (REST does not say)" if versions[i] is None else versions[i]
+        print(f"{path}: {w}x{h}, version {version}: {_describe(class_ids[i], names)} "
+              f"-> {mask_path}, {out / f'{stem}_overlay.png'}")
+    return 0
+
+
+def cmd_metadata(args) -> int:
+    with make_client(args) as client:
+        metadata = client.get_model_metadata()
+    print(f"model {metadata['name']} version {metadata['version']}")
+    for name, signature in sorted(metadata["signature_def"].items()):
+        if name.startswith("__"):
+            continue
+        print(f"signature {name}:")
+        for kind in ("inputs", "outputs"):
+            for alias, info in sorted(_tensor_infos(signature, kind).items()):
+                print(f"  {kind[:-1]:6} {alias}: {info}")
+    return 0
+
+
+def _tensor_infos(signature, kind: str) -> dict[str, str]:
+    """'uint8 [-1,-1,-1,3]' per tensor, from a SignatureDef proto or its JSON form."""
+    if isinstance(signature, dict):
+        infos = signature.get(kind, {})
+        def dims(info):
+            return [int(d.get("size", -1)) for d in info.get("tensor_shape", {}).get("dim", [])]
+        return {k: f"{v['dtype'][3:].lower()} {dims(v)}" for k, v in infos.items()}
+    from tensorflow.core.framework import types_pb2
+    infos = getattr(signature, kind)
+    return {k: f"{types_pb2.DataType.Name(v.dtype)[3:].lower()} "
+               f"{[d.size for d in v.tensor_shape.dim]}" for k, v in infos.items()}
+
+
+def cmd_status(args) -> int:
+    with make_client(args) as client:
+        for entry in client.get_model_status():
+            message = f" ({entry['error_message']})" if entry["error_message"] else ""
+            print(f"model {args.model} version {entry['version']}: {entry['state']}{message}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", default=None,
+                        help="host:port (default 127.0.0.1:8500, or :8501 with --rest)")
+    common.add_argument("--model", default="fcn8s", help="model name (default fcn8s)")
+    pin = common.add_mutually_exclusive_group()
+    pin.add_argument("--version", type=int, help="model version (default: newest)")
+    pin.add_argument("--label", help="version label, e.g. stable or canary")
+    common.add_argument("--rest", action="store_true", help="use the REST API (port 8501)")
+    common.add_argument("--timeout", type=float, default=30.0,
+                        help="overall deadline per call in seconds, retries included")
+    common.add_argument("--retries", type=int, default=5,
+                        help="retries on UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED")
+    common.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS")
+    common.add_argument("--auth", help="authorization header value, e.g. 'Bearer TOKEN'")
+    commands = parser.add_subparsers(dest="command", required=True)
+    segment = commands.add_parser("segment", parents=[common],
+                                  help="segment images, write masks and overlays")
+    segment.add_argument("images", nargs="+", metavar="IMAGE")
+    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument("--signature", default="segment_encoded",
+                         choices=["segment_encoded", "serving_default"],
+                         help="send encoded files (default) or decoded pixels")
+    segment.add_argument("--metadata", help="the export's fcnseg_metadata.json (or its version "
+                                            "folder) for class names and colours")
+    segment.set_defaults(run=cmd_segment)
+    commands.add_parser("metadata", parents=[common],
+                        help="show the served signatures").set_defaults(run=cmd_metadata)
+    commands.add_parser("status", parents=[common],
+                        help="show the versions and their states").set_defaults(run=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.server is None:
+        args.server = "127.0.0.1:8501" if args.rest else "127.0.0.1:8500"
+    try:
+        return args.run(args)
+    except ServingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
