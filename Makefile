@@ -45,10 +45,10 @@ test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 data-kitti: $(STAMP)
-	$(PY) -m model.data.download kitti --dest $(DATA_DIR)
+	$(PY) -m model.data.download kitti --dest $(DATA_DIR) $(DATA_ARGS)
 
 data-coco: $(STAMP)
-	$(PY) -m model.data.download coco --dest $(DATA_DIR)
+	$(PY) -m model.data.download coco --dest $(DATA_DIR)/coco $(DATA_ARGS)
 
 clean:
 	rm -rf runs models cache bench_out .pytest_cache

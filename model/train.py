@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
         train_ds = train_ds.repeat()
 
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs,
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, shuffle=False,
               initial_epoch=initial_epoch, steps_per_epoch=args.steps_per_epoch,
               callbacks=make_callbacks(run_dir, best), verbose=args.verbose)
     train_seconds = time.time() - start
