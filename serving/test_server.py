@@ -93,9 +93,7 @@ def read_model_config_file(path: str | os.PathLike) -> list[ModelConfig]:
         if entry.model_platform not in ("", "tensorflow"):
             raise ValueError(f"{path}: model {entry.name}: platform {entry.model_platform!r} "
                              "is not supported (only 'tensorflow')")
-        base = entry.base_path
-        if not os.path.isabs(base):
-            base = str((path.parent / base).resolve())
+        base = os.path.abspath(entry.base_path)  # relative to the working directory, as TF Serving
         model = ModelConfig(name=entry.name, base_path=base, labels=dict(entry.version_labels))
         policy = entry.model_version_policy
         choice = policy.WhichOneof("policy_choice")
