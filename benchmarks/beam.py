@@ -1,0 +1,86 @@
+"""Beam: the batch job (beam_jobs.segment) end to end on the local runner, in both modes, over
+N images (the KITTI samples repeated to N), against the in-process signature on the same
+images. End to end includes pipeline start-up, model loading, reading and writing files."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import log
+
+
+def write_inputs(folder: pathlib.Path, images, n: int) -> pathlib.Path:
+    """n PNG files (the benchmark images in turn) in folder/images."""
+    target = folder / "images"
+    target.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (target / f"img_{i:05d}.png").write_bytes(images.blobs[i % len(images.blobs)])
+    return target
+
+
+def run_job(mut, images, n: int, mode: str, batch: int, address: str | None = None) -> dict:
+    """One run of the job over n images; its summary plus our own wall clock."""
+    from beam_jobs import segment
+
+    with tempfile.TemporaryDirectory(prefix="fcnseg-bench-beam-") as tmp:
+        tmp = pathlib.Path(tmp)
+        inputs = write_inputs(tmp, images, n)
+        argv = ["--input", str(inputs), "--output", str(tmp / "out"), "--dataset", "folder",
+                "--mode", mode, "--batch-size", str(batch), "--no-evaluate"]
+        argv += (["--model-dir", str(mut.path)] if mode == "inprocess"
+                 else ["--server", address, "--model-name", mut.name])
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # Beam prints progress of its own
+            summary = segment.run(argv)
+        wall = time.perf_counter() - start
+    if summary.get("ok") != n:
+        raise RuntimeError(f"Beam job ({mode}) segmented {summary.get('ok')} of {n} images: "
+                           f"{summary.get('failed_by_stage')}")
+    return {"mode": mode, "images": n, "batch": batch, "wall_s": wall,
+            "pipeline_wall_s": summary.get("wall_time_s"), "images_per_s": n / wall,
+            "ms_per_image": wall * 1e3 / n}
+
+
+def inprocess_same_images(mut, images, n: int, batch: int) -> dict:
+    """segment_encoded over the same n images in batches, the model already loaded."""
+    mut.loaded.segment_encoded(images.blob_batch(batch))  # warm-up
+    start = time.perf_counter()
+    for first in range(0, n, batch):
+        mut.loaded.segment_encoded(images.blob_batch(min(batch, n - first), first))
+    wall = time.perf_counter() - start
+    return {"mode": "in-process segment_encoded (model loaded)", "images": n, "batch": batch,
+            "wall_s": wall, "images_per_s": n / wall, "ms_per_image": wall * 1e3 / n}
+
+
+def run(mut, images, args) -> dict:
+    from benchmarks.grpc_serving import serve
+
+    n, batch = args.beam_images, args.beam_batch
+    rows = []
+    log(f"Beam: in-process mode over {n} images")
+    rows.append(run_job(mut, images, n, "inprocess", batch))
+    log(f"Beam in-process: {rows[-1]['images_per_s']:.2f} images/s end to end")
+    with serve(mut) as backend:
+        log(f"Beam: gRPC mode over {n} images ({backend.kind})")
+        rows.append(run_job(mut, images, n, "grpc", batch, backend.address))
+        backend_name = backend.description
+    log(f"Beam gRPC: {rows[-1]['images_per_s']:.2f} images/s end to end")
+    reference = inprocess_same_images(mut, images, n, batch)
+    for row in rows:
+        row["vs_inprocess"] = row["images_per_s"] / reference["images_per_s"]
+    return {"images": n, "batch": batch, "backend": backend_name, "results": rows,
+            "inprocess_reference": reference}
+
+
+def fit_line(ns, seconds) -> dict:
+    """seconds = fixed + per_image * n (least squares): start-up cost and marginal cost."""
+    per_image, fixed = np.polyfit(np.asarray(ns, float), np.asarray(seconds, float), 1)
+    return {"fixed_s": float(fixed), "per_image_s": float(per_image),
+            "marginal_images_per_s": 1.0 / per_image if per_image > 0 else None}

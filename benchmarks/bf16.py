@@ -1,0 +1,47 @@
+"""bfloat16: the export option --compute-dtype bfloat16 (export.precision) against float32 on
+the same weights: speed ratio of serving_default and the share of pixels whose class agrees.
+The model's weights are re-exported twice (float32 and bfloat16) into a temporary folder."""
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+from benchmarks.common import log, measure, throughput
+
+TARGET_SPEEDUP = 1.8
+TARGET_AGREEMENT = 0.995
+
+
+def run(mut, images, args) -> dict:
+    from export.savedmodel import export_saved_model, load_saved_model
+
+    keras_model = mut.keras_model()
+    config = mut.config()
+    batch = args.bf16_batch
+    n_images = min(len(images.arrays), args.bf16_images)
+    out = {"batch": batch, "images_compared": n_images}
+    with tempfile.TemporaryDirectory(prefix="fcnseg-bench-bf16-") as tmp:
+        loaded, class_ids = {}, {}
+        for dtype in ("float32", "bfloat16"):
+            log(f"bfloat16: exporting the model with --compute-dtype {dtype}")
+            path = export_saved_model(keras_model, config, tmp, f"fcn8s_{dtype}",
+                                      version=1, compute_dtype=dtype)
+            loaded[dtype] = load_saved_model(path)
+        for dtype, model in loaded.items():
+            counter = iter(range(10**9))
+            times = measure(lambda: model.segment(images.batch(batch, next(counter) * batch)),
+                            warmup=args.warmup, repeats=args.repeats,
+                            min_seconds=args.min_seconds, max_repeats=args.max_repeats)
+            out[dtype] = throughput(times, batch)
+            log(f"bfloat16: {dtype} {out[dtype]['images_per_s']:.2f} images/s")
+            class_ids[dtype] = np.concatenate([
+                model.segment(images.batch(min(batch, n_images - i), i))["class_ids"]
+                for i in range(0, n_images, batch)])
+    agree = float(np.mean(class_ids["float32"] == class_ids["bfloat16"]))
+    speedup = out["bfloat16"]["images_per_s"] / out["float32"]["images_per_s"]
+    log(f"bfloat16: {speedup:.2f}x float32, {agree * 100:.2f}% of pixels agree")
+    return {**out, "speedup": speedup, "pixel_agreement": agree,
+            "target_speedup": TARGET_SPEEDUP, "target_agreement": TARGET_AGREEMENT,
+            "meets_speed_target": speedup >= TARGET_SPEEDUP,
+            "meets_agreement_target": agree >= TARGET_AGREEMENT}

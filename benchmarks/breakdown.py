@@ -1,0 +1,183 @@
+"""Where the time goes: one KITTI image's request split into its stages, each timed on its
+own with the same TensorFlow ops the serving graph uses (decode, resize to the geometry, the
+network, resize back + argmax, PNG encode) and the proto work a gRPC client does; what a
+path's measured time leaves over is its framework's own overhead (signature dispatch, gRPC
+transport and the server's Python, Beam's runner and file I/O). Plus a cProfile of the Beam
+job, summed by package, to show where its Python side spends the milliseconds."""
+from __future__ import annotations
+
+import cProfile
+import pstats
+import re
+
+import numpy as np
+
+from benchmarks.common import log, measure
+
+
+def stage_times(mut, images, args) -> dict:
+    """Median milliseconds of each stage for one image (batch of one)."""
+    import tensorflow as tf
+
+    from export.signatures import class_ids_of, confidence_of, from_geometry, to_geometry
+    from export.wire import predict_request
+
+    blob = images.blobs[0]
+    image = tf.io.decode_png(blob, channels=3)
+    size = tf.shape(image)[:2]
+    resized = to_geometry(image[None], mut.image_size)
+    model = mut.keras_model()
+    network = tf.function(lambda x: model(x, training=False))
+    probs = network(resized)
+
+    @tf.function
+    def postprocess(p, hw):
+        p = from_geometry(p, hw)
+        return class_ids_of(p), confidence_of(p)
+
+    ids, conf = postprocess(probs, size)
+    arrays = {"class_ids": ids.numpy(), "confidence": conf.numpy()}
+    protos = {k: tf.make_tensor_proto(v) for k, v in arrays.items()}
+    stages = {
+        "png_decode": lambda: tf.io.decode_png(blob, channels=3).numpy(),
+        "resize_to_geometry": lambda: to_geometry(image[None], mut.image_size).numpy(),
+        "network": lambda: network(resized).numpy(),
+        "resize_back_argmax_confidence": lambda: [t.numpy() for t in postprocess(probs, size)],
+        "png_encode_mask_and_confidence": lambda: (tf.io.encode_png(ids[..., None]).numpy(),
+                                                   tf.io.encode_png(conf[..., None]).numpy()),
+        "request_proto_uint8_image": lambda: predict_request(
+            mut.name, "serving_default", {"images": image.numpy()[None]}).SerializeToString(),
+        "request_proto_png_bytes": lambda: predict_request(
+            mut.name, "segment_encoded",
+            {"image_bytes": np.array([blob], dtype=object)}).SerializeToString(),
+        "response_proto_parse_class_ids_confidence": lambda: [
+            tf.make_ndarray(p) for p in protos.values()],
+    }
+    out = {}
+    for name, fn in stages.items():
+        times = measure(fn, warmup=args.warmup, repeats=max(args.repeats, 3))
+        out[name] = float(np.median(times)) * 1e3
+    return out
+
+
+def _package(filename: str, function: str) -> str:
+    match = re.search(r"site-packages/([A-Za-z0-9_]+)", filename)
+    if match:
+        return match.group(1)
+    match = re.search(r"/(beam_jobs|model|export|serving|benchmarks)/", filename)
+    if match:
+        return f"fcnseg:{match.group(1)}"
+    if filename == "~":  # C functions: name the library when the name says it
+        for name in ("tensorflow", "_pywrap_tfe", "grpc", "numpy", "PIL", "zlib", "pickle"):
+            if name in function:
+                return "tensorflow" if name == "_pywrap_tfe" else name
+        return "python builtins"
+    return "python stdlib"
+
+
+def profile_beam(mut, images, args) -> dict:
+    """cProfile of one Beam job run (in-process mode): total seconds by package and the
+    functions with the most own time."""
+    from benchmarks import beam
+
+    n = args.beam_images
+    profiler = cProfile.Profile()
+    profiler.enable()
+    row = beam.run_job(mut, images, n, "inprocess", args.beam_batch)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    by_package: dict[str, float] = {}
+    functions = []
+    for (filename, line, function), (_, calls, own, cumulative, _) in stats.stats.items():
+        package = _package(filename, function)
+        by_package[package] = by_package.get(package, 0.0) + own
+        functions.append({"function": f"{function} ({filename.split('site-packages/')[-1]}:"
+                                      f"{line})", "package": package, "calls": calls,
+                          "own_s": own, "cumulative_s": cumulative})
+    functions.sort(key=lambda f: -f["own_s"])
+    profiled = sum(by_package.values())
+    return {"images": n, "wall_s": row["wall_s"], "profiled_s": profiled,
+            "by_package": dict(sorted(((k, v) for k, v in by_package.items()),
+                                      key=lambda kv: -kv[1])),
+            "top_functions": functions[:15]}
+
+
+def run(mut, images, args, sections: dict) -> dict:
+    log("where the time goes: timing each stage of one image on its own")
+    stages = stage_times(mut, images, args)
+    floor = sections.get("floor", {}).get("floor_ms_per_image")
+    paths = path_times(sections)
+    decomposition = {}
+    model_side = (stages["png_decode"] + stages["resize_to_geometry"] + stages["network"]
+                  + stages["resize_back_argmax_confidence"]
+                  + stages["png_encode_mask_and_confidence"])
+    if "inprocess_segment_encoded_b1" in paths:
+        total = paths["inprocess_segment_encoded_b1"]
+        decomposition["in-process segment_encoded (batch 1)"] = _rows(total, {
+            **{k: stages[k] for k in ("png_decode", "resize_to_geometry", "network",
+                                      "resize_back_argmax_confidence",
+                                      "png_encode_mask_and_confidence")},
+            "signature dispatch, map_fn, outputs to numpy (rest)": total - model_side})
+    if "grpc_serving_default" in paths and "inprocess_serving_default_b1" in paths:
+        total, inner = paths["grpc_serving_default"], paths["inprocess_serving_default_b1"]
+        proto = stages["request_proto_uint8_image"] + stages[
+            "response_proto_parse_class_ids_confidence"]
+        decomposition["gRPC serving_default (1 client)"] = _rows(total, {
+            "resize_to_geometry": stages["resize_to_geometry"], "network": stages["network"],
+            "resize_back_argmax_confidence": stages["resize_back_argmax_confidence"],
+            "in-process signature rest (dispatch, probabilities to numpy)":
+                inner - stages["resize_to_geometry"] - stages["network"]
+                - stages["resize_back_argmax_confidence"],
+            "client request serialization + response parsing": proto,
+            "gRPC transport + server (Python, proto conversion) (rest)":
+                total - inner - proto})
+    if "beam_inprocess" in paths and "beam_reference" in paths:
+        total, inner = paths["beam_inprocess"], paths["beam_reference"]
+        decomposition["Beam in-process (end to end)"] = _rows(total, {
+            "network": stages["network"],
+            "decode, resize, post-process, PNG encode": model_side - stages["network"],
+            "segment_encoded rest (dispatch, batching)": inner - model_side,
+            "Beam: start-up, model load, read/validate/write files (rest)": total - inner})
+    slowest = None
+    if floor:
+        efficiencies = {k: floor / v for k, v in paths.items()
+                        if k in ("inprocess_best", "grpc_best", "beam_inprocess") and v}
+        if efficiencies:
+            slowest = min(efficiencies, key=efficiencies.get)
+    out = {"stages_ms": stages, "paths_ms_per_image": paths, "decomposition": decomposition,
+           "slowest_path": slowest}
+    if args.profile_beam and "beam" in sections and "error" not in sections["beam"]:
+        log("where the time goes: cProfile of one Beam job run")
+        out["beam_cprofile"] = profile_beam(mut, images, args)
+    return out
+
+
+def _rows(total: float, parts: dict) -> dict:
+    return {"total_ms": total, "parts_ms": parts,
+            "shares": {k: v / total for k, v in parts.items()} if total else {}}
+
+
+def path_times(sections: dict) -> dict:
+    """ms per image of each path, from the sections that ran."""
+    from benchmarks import grpc_serving, inprocess
+
+    paths = {}
+    section = sections.get("inprocess")
+    if section and "results" in section:
+        for row in section["results"]:
+            if row["batch"] == 1:
+                paths[f"inprocess_{row['signature']}_b1"] = row["p50_ms"]
+        paths["inprocess_best"] = inprocess.best(section)["ms_per_image"]
+    section = sections.get("grpc")
+    if section and "results" in section:
+        rows = [r for r in section["results"] if r["signature"] == "serving_default"
+                and r["clients"] == 1 and r.get("p50_ms")]
+        if rows:
+            paths["grpc_serving_default"] = rows[0]["p50_ms"] / rows[0]["batch"]
+        paths["grpc_best"] = grpc_serving.best(section)["ms_per_image"]
+    section = sections.get("beam")
+    if section and "results" in section:
+        for row in section["results"]:
+            paths[f"beam_{row['mode']}"] = row["ms_per_image"]
+        paths["beam_reference"] = section["inprocess_reference"]["ms_per_image"]
+    return paths

@@ -1,0 +1,89 @@
+"""The floor: FLOPs per image at the model's geometry and this machine's matmul rate.
+
+FLOPs are counted twice: from the Keras layers' shapes (every Conv2D and Conv2DTranspose,
+2 FLOPs per multiply-add) and from the traced graph with TensorFlow's profiler, which counts
+Conv2D but has no FLOP statistics for the transposed convolutions, so the two must agree on
+the Conv2D part. The best time per image is FLOPs / float32 matmul rate: no path can beat it
+on this hardware, and each path's efficiency is that floor divided by its time per image.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.common import log, measure
+
+
+def layer_flops(keras_model) -> dict:
+    """{layer name: FLOPs for one image} of the convolutions, from their output shapes."""
+    import keras
+
+    flops = {}
+    for layer in keras_model.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            kh, kw, out_ch, in_ch = layer.kernel.shape
+            _, h, w, _ = layer.input.shape  # each input pixel scatters a kernel
+            flops[layer.name] = 2 * h * w * kh * kw * in_ch * out_ch
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw, in_ch, out_ch = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            flops[layer.name] = 2 * h * w * kh * kw * in_ch * out_ch
+    return {k: int(v) for k, v in flops.items()}
+
+
+def graph_conv_flops(keras_model, image_size) -> int | None:
+    """Conv2D FLOPs of one image counted by tf.compat.v1.profiler on the traced graph."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: keras_model(x, training=False))
+    graph = fn.get_concrete_function(tf.TensorSpec([1, *image_size, 3], tf.float32)).graph
+    builder = tf.compat.v1.profiler.ProfileOptionBuilder
+    options = builder(builder.float_operation()).with_empty_output().build()
+    info = tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options)
+    return int(info.total_float_ops) if info is not None else None
+
+
+def flops_per_image(keras_model, image_size) -> dict:
+    """Analytic FLOPs (total, per kind, per layer) with the graph cross-check."""
+    import keras
+
+    per_layer = layer_flops(keras_model)
+    transposed = {l.name for l in keras_model.layers
+                  if isinstance(l, keras.layers.Conv2DTranspose)}
+    conv = sum(v for k, v in per_layer.items() if k not in transposed)
+    graph = graph_conv_flops(keras_model, image_size)
+    return {"flops_per_image": sum(per_layer.values()), "conv2d_flops": conv,
+            "conv2d_transpose_flops": sum(v for k, v in per_layer.items() if k in transposed),
+            "graph_conv2d_flops": graph,
+            "graph_agrees": graph is not None and abs(graph - conv) <= 1e-6 * conv,
+            "per_layer": per_layer}
+
+
+def matmul_rate(n: int, dtype: str, repeats: int = 3) -> dict:
+    """FLOP/s of one n x n @ n x n tf.matmul in `dtype` (best and median of `repeats`)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=dtype)
+    b = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=dtype)
+    # .numpy() of one element forces the kernel to finish without copying n*n values.
+    times = measure(lambda: tf.matmul(a, b)[0, 0].numpy(), warmup=1, repeats=repeats)
+    flops = 2.0 * n ** 3
+    return {"n": n, "dtype": dtype, "flops_per_s": flops / float(np.median(times)),
+            "best_flops_per_s": flops / min(times), "seconds": [round(t, 4) for t in times]}
+
+
+def run(mut, args) -> dict:
+    h, w = mut.image_size
+    log(f"floor: counting FLOPs of the model at {h}x{w}")
+    counted = flops_per_image(mut.keras_model(), mut.image_size)
+    log(f"floor: {counted['flops_per_image'] / 1e9:.2f} GFLOP per image; matmul "
+        f"{args.matmul_size}^2 float32 and bfloat16")
+    fp32 = matmul_rate(args.matmul_size, "float32", args.repeats)
+    bf16 = matmul_rate(args.matmul_size, "bfloat16", args.repeats)
+    floor_s = counted["flops_per_image"] / fp32["flops_per_s"]
+    log(f"floor: float32 {fp32['flops_per_s'] / 1e9:.1f} GFLOP/s, bfloat16 "
+        f"{bf16['flops_per_s'] / 1e9:.1f} GFLOP/s -> best {floor_s * 1e3:.1f} ms per image")
+    return {"image_size": [h, w], **counted, "matmul_float32": fp32, "matmul_bfloat16": bf16,
+            "bf16_matmul_speedup": bf16["flops_per_s"] / fp32["flops_per_s"],
+            "floor_ms_per_image": floor_s * 1e3, "floor_images_per_s": 1.0 / floor_s,
+            "floor_bf16_ms_per_image": counted["flops_per_image"] / bf16["flops_per_s"] * 1e3}

@@ -1,0 +1,416 @@
+"""The report: bench.json (everything), bench.md (tables), PNG plots, and the summary table
+printed at the end of a run."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+
+SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "grpc": "gRPC",
+                  "beam": "Beam", "training": "Training", "scaling": "Scaling",
+                  "export": "Export", "bf16": "bfloat16", "profile": "Where the time goes"}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summary_rows(sections: dict) -> list[dict]:
+    """One row per measured configuration, with efficiency against the floor and the ratio
+    to the best in-process configuration (both taken from this same run)."""
+    rows = []
+
+    def add(path, config, r, **extra):
+        if r and r.get("images_per_s"):
+            rows.append({"path": path, "config": config, "images_per_s": r["images_per_s"],
+                         "ms_per_image": r.get("ms_per_image"), "p50_ms": r.get("p50_ms"),
+                         "p95_ms": r.get("p95_ms"), "p99_ms": r.get("p99_ms"), **extra})
+
+    for r in sections.get("inprocess", {}).get("results", []):
+        add("in-process", f"{r['signature']} batch {r['batch']}", r)
+    for r in sections.get("grpc", {}).get("results", []):
+        add(f"gRPC ({sections['grpc']['backend']})",
+            f"{r['signature']} {r['clients']} client(s), batch {r['batch']}", r)
+    beam = sections.get("beam", {})
+    for r in beam.get("results", []):
+        add("Beam", f"{r['mode']} mode, {r['images']} images, batch {r['batch']}", r)
+    bf16 = sections.get("bf16", {})
+    if "bfloat16" in bf16:
+        add("in-process bfloat16", f"serving_default batch {bf16['batch']}", bf16["bfloat16"])
+    training = sections.get("training", {})
+    if "train_step" in training:
+        t = training["train_step"]
+        add("training", f"Keras train step, batch {t['batch']}", t, floor_factor=3)
+        add("training", f"tf.data input pipeline, batch {training['input_pipeline']['batch']}",
+            training["input_pipeline"], no_floor=True)
+
+    floor = sections.get("floor", {}).get("floor_ms_per_image")
+    inproc = [r for r in rows if r["path"] == "in-process"]
+    best = max((r["images_per_s"] for r in inproc), default=None)
+    for r in rows:
+        ms = 1e3 / r["images_per_s"]
+        # A training step is ~3x the forward FLOPs (forward, and two for the backward pass).
+        if floor and not r.pop("no_floor", False):
+            r["efficiency"] = floor * r.pop("floor_factor", 1) / ms
+        r.pop("floor_factor", None)
+        r["vs_inprocess_best"] = r["images_per_s"] / best if best else None
+    return rows
+
+
+def build(mut, images, args, sections: dict, started: float) -> dict:
+    import tensorflow as tf
+
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(__import__("time").time() - started, 1),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "tensorflow": tf.__version__,
+                    "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]},
+        "model": {"path": str(mut.path), "name": mut.name, "image_size": list(mut.image_size),
+                  "fc_width": mut.fc_width, "num_classes": mut.num_classes,
+                  "compute_dtype": mut.metadata.get("compute_dtype"),
+                  "full_size_random": bool(args.full_size)},
+        "images": {"source": images.source, "count": len(images.arrays),
+                   "size": list(images.arrays[0].shape[:2])},
+        "options": {k: (str(v) if isinstance(v, pathlib.Path) else v)
+                    for k, v in vars(args).items()},
+    }
+    return {"meta": meta, "summary": summary_rows(sections),
+            **{name: sections.get(name, {"skipped": "not in --sections"})
+               for name in SECTION_TITLES}}
+
+
+# --------------------------------------------------------------------------- Markdown
+
+def _f(value, digits=1, scale=1.0, suffix="") -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, str):
+        return value
+    return f"{value * scale:,.{digits}f}{suffix}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(result: dict) -> str:
+    rows = [[r["path"], r["config"], _f(r["images_per_s"], 2), _f(r["ms_per_image"], 0),
+             _f(r["p50_ms"], 0), _f(r["p95_ms"], 0), _f(r["p99_ms"], 0),
+             _f(r.get("efficiency"), 1, 100, " %"), _f(r["vs_inprocess_best"], 2, 1, "x")]
+            for r in result["summary"]]
+    m = result["meta"]
+    floor = result["floor"]
+    head = (f"{m['date']} on {m['machine']['cpu']} ({m['machine']['cores']} cores), TF "
+            f"{m['machine']['tensorflow']}; model {m['model']['path']} at "
+            f"{m['model']['image_size'][0]}x{m['model']['image_size'][1]}, fc_width "
+            f"{m['model']['fc_width']}; images {m['images']['size'][1]}x"
+            f"{m['images']['size'][0]}: {m['images']['source']}")
+    if "floor_ms_per_image" in floor:
+        head += (f"\n\nFloor: {floor['flops_per_image'] / 1e9:.2f} GFLOP per image at "
+                 f"{floor['matmul_float32']['flops_per_s'] / 1e9:.1f} GFLOP/s (float32 "
+                 f"matmul) = {floor['floor_ms_per_image']:.0f} ms per image "
+                 f"({floor['floor_images_per_s']:.2f} images/s at best).")
+    return head + "\n\n" + _table(
+        ["path", "configuration", "images/s", "ms/image", "p50 ms", "p95 ms", "p99 ms",
+         "efficiency vs floor", "vs best in-process"], rows) + "\n"
+
+
+def _section_md(name: str, s: dict) -> str:
+    if "error" in s:
+        return f"Failed: `{s['error']}`"
+    if "skipped" in s:
+        return f"Skipped ({s['skipped']})."
+    return globals()[f"_md_{name}"](s)
+
+
+def _md_floor(s):
+    return "\n".join([
+        _table(["quantity", "value"], [
+            ["geometry (H x W)", f"{s['image_size'][0]} x {s['image_size'][1]}"],
+            ["FLOPs per image (conv + transposed conv)", _f(s["flops_per_image"] / 1e9, 3,
+                                                            suffix=" G")],
+            ["Conv2D FLOPs from the layers / from the graph (tf profiler)",
+             f"{s['conv2d_flops'] / 1e9:.3f} G / {_f((s['graph_conv2d_flops'] or 0) / 1e9, 3)}"
+             f" G ({'agree' if s['graph_agrees'] else 'DISAGREE'})"],
+            ["Conv2DTranspose FLOPs (not counted by the profiler)",
+             _f(s["conv2d_transpose_flops"] / 1e9, 3, suffix=" G")],
+            [f"float32 matmul {s['matmul_float32']['n']}^2",
+             _f(s["matmul_float32"]["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s")],
+            [f"bfloat16 matmul {s['matmul_bfloat16']['n']}^2",
+             _f(s["matmul_bfloat16"]["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s") +
+             f" ({s['bf16_matmul_speedup']:.2f}x float32)"],
+            ["floor: best time per image (float32)", _f(s["floor_ms_per_image"], 1,
+                                                        suffix=" ms")],
+            ["floor: best time per image (bfloat16)", _f(s["floor_bf16_ms_per_image"], 1,
+                                                         suffix=" ms")],
+        ])])
+
+
+def _md_inprocess(s):
+    return _table(["signature", "batch", "images/s", "ms/image", "p50 ms", "p95 ms", "p99 ms",
+                   "calls"],
+                  [[r["signature"], r["batch"], _f(r["images_per_s"], 2),
+                    _f(r["ms_per_image"], 0), _f(r["p50_ms"], 0), _f(r["p95_ms"], 0),
+                    _f(r["p99_ms"], 0), r["n"]] for r in s["results"]])
+
+
+def _md_grpc(s):
+    timed = _table(["signature", "output filter", "clients", "images/s", "p50 ms", "p95 ms",
+                    "p99 ms", "requests", "errors"],
+                   [[r["signature"], ", ".join(r["output_filter"]) if isinstance(
+                       r["output_filter"], list) else r["output_filter"], r["clients"],
+                     _f(r["images_per_s"], 2), _f(r.get("p50_ms"), 0), _f(r.get("p95_ms"), 0),
+                     _f(r.get("p99_ms"), 0), r["requests"], len(r["errors"])]
+                    for r in s["results"]])
+    wire = _table(["signature", "output filter", "request bytes/image",
+                   "response bytes/image"],
+                  [[w["signature"], ", ".join(w["output_filter"]) if isinstance(
+                      w["output_filter"], list) else w["output_filter"],
+                    f"{w['request_bytes']:,}", f"{w['response_bytes']:,}"] for w in s["wire"]])
+    return (f"Backend: {s['backend_description']}. Latency is per request.\n\n{timed}\n\n"
+            f"Serialized PredictRequest / PredictResponse sizes for one "
+            f"{s['image_size'][1]}x{s['image_size'][0]} image (its PNG file: "
+            f"{s['wire'][0]['image_png_bytes']:,} bytes):\n\n{wire}")
+
+
+def _md_beam(s):
+    ref = s["inprocess_reference"]
+    rows = [[r["mode"], r["images"], r["batch"], _f(r["wall_s"], 1), _f(r["images_per_s"], 2),
+             _f(r["ms_per_image"], 0), _f(r["vs_inprocess"], 2, suffix="x")]
+            for r in s["results"]]
+    rows.append([ref["mode"], ref["images"], ref["batch"], _f(ref["wall_s"], 1),
+                 _f(ref["images_per_s"], 2), _f(ref["ms_per_image"], 0), "1.00x"])
+    return (f"End to end (pipeline start-up, model load, reading and writing files included). "
+            f"gRPC backend: {s['backend']}.\n\n" +
+            _table(["mode", "images", "batch", "wall s", "images/s", "ms/image",
+                    "vs in-process"], rows))
+
+
+def _md_training(s):
+    t, d = s["train_step"], s["input_pipeline"]
+    return _table(["what", "images/s", "notes"], [
+        ["Keras train step (AdamW, masked cross-entropy)", _f(t["images_per_s"], 2),
+         f"batch {t['batch']} at {t['image_size'][0]}x{t['image_size'][1]}, random data, "
+         f"median of {t['steps']} steps"],
+        ["tf.data pipeline (make_dataset, training=True)", _f(d["images_per_s"], 1),
+         f"{d['source']}; cache warm; first pass (decode) {d['first_pass_images_per_s']:.1f} "
+         f"images/s"],
+        ["pipeline / training", _f(s["pipeline_vs_training"], 1, suffix="x"),
+         "must be well above 1 so the input never starves training"]])
+
+
+def _md_scaling(s):
+    parts = []
+    b = s["by_images"]
+    if b["results"]:
+        parts.append(_table(["images", "wall s", "images/s"],
+                            [[r["images"], _f(r["wall_s"], 1), _f(r["images_per_s"], 2)]
+                             for r in b["results"]]))
+        if b.get("fit"):
+            f = b["fit"]
+            parts.append(f"Line fit: {f['fixed_s']:.1f} s fixed (start-up, model load) + "
+                         f"{f['per_image_s'] * 1e3:.0f} ms per image (marginal "
+                         f"{_f(f['marginal_images_per_s'], 2)} images/s per worker).")
+    r = s["by_image_size"]["results"]
+    parts.append(_table(["scale", "network input", "ms/image", "GFLOP/image", "GFLOP/s"],
+                        [[x["scale"], f"{x['image_size'][0]}x{x['image_size'][1]}",
+                          _f(x["ms_per_image"], 0), _f(x.get("flops_per_image", 0) / 1e9, 2),
+                          _f((x.get("achieved_flops_per_s") or 0) / 1e9, 1)] for x in r]))
+    return "\n\n".join(parts)
+
+
+def _md_export(s):
+    c, w = s["without_warmup"], s["with_warmup"]
+    mb = lambda n: f"{n / 1e6:,.1f} MB"  # noqa: E731
+    return (_table(["quantity", "value"], [
+        ["SavedModel total", mb(s["total_bytes"])],
+        ["variables/", mb(s["variables_bytes"])],
+        ["saved_model.pb", mb(s["saved_model_pb_bytes"])],
+        ["warm-up records", mb(s["warmup_bytes"])],
+        ["weights (float32)", mb(s["weights_bytes"])],
+        ["SavedModel / weights", _f(s["size_vs_weights"], 2, suffix="x")],
+        ["load time (tf.saved_model.load, fresh process)", _f(c["load_s"], 2, suffix=" s")],
+        ["warm-up replay (3 records)", _f(w.get("warmup_replay_s"), 2, suffix=" s")],
+    ]) + "\n\n" + _table(
+        ["first request (fresh process)", "without warm-up ms", "with warm-up ms",
+         "second request ms", "speed-up"],
+        [[k, _f(c[f"{k}_first_ms"], 0), _f(w[f"{k}_first_ms"], 0), _f(c[f"{k}_second_ms"], 0),
+          _f(s["first_request_speedup"][k], 2, suffix="x")]
+         for k in ("serving_default", "segment_encoded")]) +
+        f"\n\nWarm-up replayed by the {s['warmup_replayed_by']}.")
+
+
+def _md_bf16(s):
+    return _table(["compute dtype", "images/s", "p50 ms", "notes"], [
+        ["float32", _f(s["float32"]["images_per_s"], 2), _f(s["float32"]["p50_ms"], 0),
+         f"serving_default batch {s['batch']}"],
+        ["bfloat16", _f(s["bfloat16"]["images_per_s"], 2), _f(s["bfloat16"]["p50_ms"], 0),
+         f"speed-up {s['speedup']:.2f}x (target {s['target_speedup']}x: "
+         f"{'met' if s['meets_speed_target'] else 'NOT met'})"],
+        ["pixels whose class agrees", _f(s["pixel_agreement"], 3, 100, " %"), "",
+         f"{s['images_compared']} images (target {s['target_agreement'] * 100:.1f} %: "
+         f"{'met' if s['meets_agreement_target'] else 'NOT met'})"]])
+
+
+def _md_profile(s):
+    parts = [f"Slowest path relative to the floor: **{s['slowest_path'] or 'unknown'}**.",
+             "Stages of one image, each timed on its own (median ms):",
+             _table(["stage", "ms"], [[k, _f(v, 1)] for k, v in s["stages_ms"].items()])]
+    for path, d in s["decomposition"].items():
+        parts.append(f"**{path}**: {d['total_ms']:.0f} ms per image")
+        parts.append(_table(["part", "ms", "share"],
+                            [[k, _f(v, 1), _f(d["shares"].get(k), 0, 100, " %")]
+                             for k, v in d["parts_ms"].items()]))
+    prof = s.get("beam_cprofile")
+    if prof:
+        parts.append(f"cProfile of the Beam job ({prof['images']} images, {prof['wall_s']:.1f} s "
+                     f"wall, profiled: own time by package):")
+        parts.append(_table(["package", "own s", "share"],
+                            [[k, _f(v, 2), _f(v / prof["profiled_s"], 0, 100, " %")]
+                             for k, v in list(prof["by_package"].items())[:10]]))
+        parts.append(_table(["function", "calls", "own s", "cumulative s"],
+                            [[f"`{f['function']}`", f["calls"], _f(f["own_s"], 2),
+                              _f(f["cumulative_s"], 2)] for f in prof["top_functions"][:10]]))
+    return "\n\n".join(parts)
+
+
+def markdown(result: dict) -> str:
+    parts = ["# fcnseg benchmark", summary_markdown(result)]
+    for name, title in SECTION_TITLES.items():
+        s = result[name]
+        seconds = f" ({s['section_seconds']} s)" if "section_seconds" in s else ""
+        parts.append(f"## {title}{seconds}\n\n{_section_md(name, s)}")
+    return "\n\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+
+def plots(result: dict, out: pathlib.Path) -> list[pathlib.Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    written = []
+    rows = result["summary"]
+    if rows:
+        fig = Figure(figsize=(9, 0.35 * len(rows) + 1.5))
+        ax = fig.subplots()
+        labels = [f"{r['path']}: {r['config']}" for r in rows]
+        ax.barh(range(len(rows)), [r["images_per_s"] for r in rows], color="tab:blue")
+        floor = result["floor"].get("floor_images_per_s")
+        if floor:
+            ax.axvline(floor, color="tab:red", linestyle="--", label="floor (float32 matmul)")
+            ax.legend(loc="lower right")
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("images/s (log)")
+        ax.set_title("Throughput by path")
+        fig.tight_layout()
+        written.append(_save(fig, out / "throughput.png"))
+
+        lat = [r for r in rows if r.get("p50_ms")]
+        fig = Figure(figsize=(9, 0.35 * len(lat) + 1.5))
+        ax = fig.subplots()
+        for i, (key, colour) in enumerate((("p50_ms", "tab:green"), ("p95_ms", "tab:orange"),
+                                           ("p99_ms", "tab:red"))):
+            ax.barh([j + i * 0.27 for j in range(len(lat))], [r[key] for r in lat], 0.27,
+                    color=colour, label=key[:3])
+        ax.set_yticks([j + 0.27 for j in range(len(lat))],
+                      [f"{r['path']}: {r['config']}" for r in lat], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("latency per call/request, ms (log)")
+        ax.legend()
+        fig.tight_layout()
+        written.append(_save(fig, out / "latency.png"))
+
+    scaling = result["scaling"]
+    if "by_images" in scaling:
+        fig = Figure(figsize=(10, 4))
+        a, b = fig.subplots(1, 2)
+        rs = scaling["by_images"]["results"]
+        a.plot([r["images"] for r in rs], [r["wall_s"] for r in rs], "o-", label="measured")
+        fit = scaling["by_images"].get("fit")
+        if fit:
+            xs = [0, max(r["images"] for r in rs)]
+            a.plot(xs, [fit["fixed_s"] + fit["per_image_s"] * x for x in xs], "--",
+                   label=f"{fit['fixed_s']:.1f} s + {fit['per_image_s'] * 1e3:.0f} ms/image")
+        a.set_xlabel("images")
+        a.set_ylabel("Beam job wall time, s")
+        a.set_title("Beam (in-process) vs number of images")
+        a.legend()
+        rs = scaling["by_image_size"]["results"]
+        b.plot([r["pixels"] / 1e3 for r in rs], [r["ms_per_image"] for r in rs], "o-")
+        for r in rs:
+            b.annotate(f"{r['image_size'][0]}x{r['image_size'][1]}",
+                       (r["pixels"] / 1e3, r["ms_per_image"]), fontsize=8)
+        b.set_xlabel("network input, kilopixels")
+        b.set_ylabel("ms per image")
+        b.set_title("Network vs image size")
+        fig.tight_layout()
+        written.append(_save(fig, out / "scaling.png"))
+
+    grpc = result["grpc"]
+    if "wire" in grpc:
+        fig = Figure(figsize=(9, 4))
+        ax = fig.subplots()
+        w = grpc["wire"]
+        names = [f"{x['signature']}\n{','.join(x['output_filter']) if isinstance(x['output_filter'], list) else 'all'}"  # noqa: E501
+                 for x in w]
+        ax.bar([i - 0.2 for i in range(len(w))], [x["request_bytes"] / 1e3 for x in w], 0.4,
+               label="request")
+        ax.bar([i + 0.2 for i in range(len(w))], [x["response_bytes"] / 1e3 for x in w], 0.4,
+               label="response")
+        ax.set_xticks(range(len(w)), names, fontsize=6)
+        ax.set_yscale("log")
+        ax.set_ylabel("kB per image (log)")
+        ax.set_title("gRPC bytes on the wire")
+        ax.legend()
+        fig.tight_layout()
+        written.append(_save(fig, out / "wire_bytes.png"))
+
+    profile = result["profile"]
+    if profile.get("decomposition"):
+        fig = Figure(figsize=(10, 4))
+        ax = fig.subplots()
+        paths = list(profile["decomposition"])
+        for i, path in enumerate(paths):
+            left = 0.0
+            for j, (part, ms) in enumerate(profile["decomposition"][path]["parts_ms"].items()):
+                ms = max(ms, 0.0)
+                ax.barh(i, ms, left=left, color=f"C{j}")
+                if ms > 0.06 * profile["decomposition"][path]["total_ms"]:
+                    ax.text(left + ms / 2, i, part[:28], ha="center", va="center", fontsize=6)
+                left += ms
+        ax.set_yticks(range(len(paths)), paths, fontsize=8)
+        ax.set_xlabel("ms per image")
+        ax.set_title("Where the time goes")
+        fig.tight_layout()
+        written.append(_save(fig, out / "where_time_goes.png"))
+    return written
+
+
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write(result: dict, out) -> list[pathlib.Path]:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "bench.md").write_text(markdown(result))
+    return [out / "bench.json", out / "bench.md", *plots(result, out)]
