@@ -15,6 +15,12 @@ import numpy as np
 from benchmarks.common import log, measure
 
 
+# The paths compared with the floor, by the keys of path_times().
+PATH_NAMES = {"inprocess_best": "in process (best configuration)",
+              "grpc_best": "gRPC (best configuration)",
+              "beam_inprocess": "Beam job, in-process mode", "beam_grpc": "Beam job, gRPC mode"}
+
+
 def stage_times(mut, images, args) -> dict:
     """Median milliseconds of each stage for one image (batch of one)."""
     import tensorflow as tf
@@ -133,19 +139,26 @@ def run(mut, images, args, sections: dict) -> dict:
                 total - inner - proto})
     if "beam_inprocess" in paths and "beam_reference" in paths:
         total, inner = paths["beam_inprocess"], paths["beam_reference"]
-        decomposition["Beam in-process (end to end)"] = _rows(total, {
-            "network": stages["network"],
-            "decode, resize, post-process, PNG encode": model_side - stages["network"],
-            "segment_encoded rest (dispatch, batching)": inner - model_side,
-            "Beam: start-up, model load, read/validate/write files (rest)": total - inner})
-    slowest = None
+        n = sections["beam"]["images"]
+        fit = sections.get("scaling", {}).get("by_images", {}).get("fit") or {}
+        # The fixed cost (runner start-up, model load) from the scaling runs' line fit,
+        # spread over this run's N images; what remains is Beam's cost per image.
+        fixed = max(fit.get("fixed_s", 0.0), 0.0) * 1e3 / n
+        fixed = min(fixed, max(total - inner, 0.0))
+        decomposition[f"Beam in-process (end to end, {n} images)"] = _rows(total, {
+            "segment_encoded in process (same images and batches)": inner,
+            "Beam fixed cost: start-up, model load (line fit) / N": fixed,
+            "Beam per image: read, validate, RunInference, write (rest)":
+                total - inner - fixed})
+    slowest, efficiencies = None, {}
     if floor:
-        efficiencies = {k: floor / v for k, v in paths.items()
-                        if k in ("inprocess_best", "grpc_best", "beam_inprocess") and v}
+        efficiencies = {PATH_NAMES[k]: floor / v for k, v in paths.items()
+                        if k in PATH_NAMES and v}
         if efficiencies:
             slowest = min(efficiencies, key=efficiencies.get)
     out = {"stages_ms": stages, "paths_ms_per_image": paths, "decomposition": decomposition,
-           "slowest_path": slowest}
+           "slowest_path": slowest,
+           "efficiency_by_path": efficiencies}
     if args.profile_beam and "beam" in sections and "error" not in sections["beam"]:
         log("where the time goes: cProfile of one Beam job run")
         out["beam_cprofile"] = profile_beam(mut, images, args)

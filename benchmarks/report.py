@@ -48,20 +48,21 @@ def summary_rows(sections: dict) -> list[dict]:
     training = sections.get("training", {})
     if "train_step" in training:
         t = training["train_step"]
-        add("training", f"Keras train step, batch {t['batch']}", t, floor_factor=3)
+        add("training", f"Keras train step, batch {t['batch']}", t, floor_factor=3,
+            no_ratio=True)
         add("training", f"tf.data input pipeline, batch {training['input_pipeline']['batch']}",
-            training["input_pipeline"], no_floor=True)
+            training["input_pipeline"], no_floor=True, no_ratio=True)
 
     floor = sections.get("floor", {}).get("floor_ms_per_image")
     inproc = [r for r in rows if r["path"] == "in-process"]
     best = max((r["images_per_s"] for r in inproc), default=None)
     for r in rows:
         ms = 1e3 / r["images_per_s"]
+        factor, no_floor, no_ratio = (r.pop("floor_factor", 1), r.pop("no_floor", False),
+                                      r.pop("no_ratio", False))
         # A training step is ~3x the forward FLOPs (forward, and two for the backward pass).
-        if floor and not r.pop("no_floor", False):
-            r["efficiency"] = floor * r.pop("floor_factor", 1) / ms
-        r.pop("floor_factor", None)
-        r["vs_inprocess_best"] = r["images_per_s"] / best if best else None
+        r["efficiency"] = floor * factor / ms if floor and not no_floor else None
+        r["vs_inprocess_best"] = r["images_per_s"] / best if best and not no_ratio else None
     return rows
 
 
@@ -143,7 +144,8 @@ def _md_floor(s):
                                                             suffix=" G")],
             ["Conv2D FLOPs from the layers / from the graph (tf profiler)",
              f"{s['conv2d_flops'] / 1e9:.3f} G / {_f((s['graph_conv2d_flops'] or 0) / 1e9, 3)}"
-             f" G ({'agree' if s['graph_agrees'] else 'DISAGREE'})"],
+             f" G ({_f(s.get('graph_difference'), 2, 100, ' %')}: "
+             f"{'agree' if s['graph_agrees'] else 'DISAGREE'})"],
             ["Conv2DTranspose FLOPs (not counted by the profiler)",
              _f(s["conv2d_transpose_flops"] / 1e9, 3, suffix=" G")],
             [f"float32 matmul {s['matmul_float32']['n']}^2",
@@ -265,7 +267,9 @@ def _md_bf16(s):
 
 
 def _md_profile(s):
-    parts = [f"Slowest path relative to the floor: **{s['slowest_path'] or 'unknown'}**.",
+    parts = [f"Slowest path relative to the floor: **{s['slowest_path'] or 'unknown'}** "
+             f"(efficiency: " + ", ".join(f"{k} {v * 100:.1f} %" for k, v in
+                                          s.get("efficiency_by_path", {}).items()) + ").",
              "Stages of one image, each timed on its own (median ms):",
              _table(["stage", "ms"], [[k, _f(v, 1)] for k, v in s["stages_ms"].items()])]
     for path, d in s["decomposition"].items():
