@@ -48,9 +48,12 @@ def read_json(path: str):
         return json.loads(f.read().decode("utf-8"))
 
 
-def png_bytes(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG of a uint8 array. Level 1: photo-like overlays encode ~5x faster than at Pillow's
+    default 6, for files ~20% larger."""
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG",
+                                                            compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -108,6 +108,10 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
 
         from model.data.coco import select_categories
         cat_ids, coco_names = select_categories(SimpleNamespace(dataset=coco_meta), categories)
+        if names and len(names) != len(coco_names):
+            raise ValueError(f"the model has {len(names)} classes but its categories "
+                             f"{categories!r} give {len(coco_names)} labels for "
+                             f"{args.annotations}: was it trained on COCO?")
         names = names or coco_names
         coco_map = {"categories": coco_meta["categories"],
                     "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)}}
