@@ -710,28 +710,39 @@ def start_test_server(model_base_path: str | os.PathLike | None = None,
                            if model_config_file else None, config_poll_interval)
     manager.start()
     options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes)]
+               ("grpc.max_send_message_length", max_message_bytes),
+               # gRPC Python sets SO_REUSEPORT, which lets a second server bind the same port
+               # and silently take half the connections: fail to start instead.
+               ("grpc.so_reuseport", 0)]
     interceptors = [_RequireMetadata(required_metadata)] if required_metadata else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          options=options, interceptors=interceptors)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(manager), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
-    if ssl_cert:
-        credentials = grpc.ssl_server_credentials([(ssl_key, ssl_cert)])
-        bound = server.add_secure_port(f"{host}:{port}", credentials)
-    else:
-        bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        if ssl_cert:
+            credentials = grpc.ssl_server_credentials([(ssl_key, ssl_cert)])
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if not bound:
         manager.stop()
-        raise OSError(f"cannot listen on {host}:{port}")
-    server.start()
+        raise OSError(f"cannot listen on {host}:{port} (is another server using the port?)")
     http_server = None
     rest_address = None
     if rest_api_port is not None:
         handler = type("RestHandler", (_RestHandler,), {"manager": manager})
-        http_server = ThreadingHTTPServer((host, rest_api_port), handler)
+        try:
+            http_server = ThreadingHTTPServer((host, rest_api_port), handler)
+        except OSError as err:
+            manager.stop()
+            raise OSError(f"cannot listen on {host}:{rest_api_port} for REST: {err}") from err
         http_server.daemon_threads = True
+    server.start()
+    if http_server is not None:
         threading.Thread(target=http_server.serve_forever, name="rest", daemon=True).start()
         rest_address = f"{host}:{http_server.server_address[1]}"
     return TestServer(f"{host}:{bound}", rest_address, manager, server, http_server)
