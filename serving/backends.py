@@ -142,7 +142,7 @@ def _start_binary(model_base, model_name, labels) -> Backend:
     log = open(model_base / "tensorflow_model_server.log", "ab")
     command = [binary, f"--port={port}", f"--rest_api_port={rest_port}",
                f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-               "--grpc_socket_path=", f"--rest_api_num_threads=4"]
+               "--rest_api_num_threads=4"]
     process: list[subprocess.Popen] = []
 
     def start():
@@ -216,8 +216,11 @@ def _start_test_server(model_base, model_name, labels) -> Backend:
             handle.clear()
 
     start()
+    why = ("forced by FCNSEG_SERVING_BACKEND" if os.environ.get("FCNSEG_SERVING_BACKEND")
+           else "no tensorflow_model_server on PATH, no Docker engine, "
+                "no TFSERVING_GRPC_ADDRESS")
     return Backend("test-server", f"test-server (serving.test_server, in-process, "
-                   f"{HOST}:{port}; no tensorflow_model_server on PATH, no Docker engine)",
+                   f"{HOST}:{port}; {why})",
                    f"{HOST}:{port}", f"{HOST}:{rest_port}", True, True, stop, start)
 
 

@@ -152,17 +152,12 @@ def cmd_metadata(args) -> int:
     return 0
 
 
-def _tensor_infos(signature, kind: str) -> dict[str, str]:
-    """'uint8 [-1,-1,-1,3]' per tensor, from a SignatureDef proto or its JSON form."""
-    if isinstance(signature, dict):
-        infos = signature.get(kind, {})
-        def dims(info):
-            return [int(d.get("size", -1)) for d in info.get("tensor_shape", {}).get("dim", [])]
-        return {k: f"{v['dtype'][3:].lower()} {dims(v)}" for k, v in infos.items()}
-    from tensorflow.core.framework import types_pb2
-    infos = getattr(signature, kind)
-    return {k: f"{types_pb2.DataType.Name(v.dtype)[3:].lower()} "
-               f"{[d.size for d in v.tensor_shape.dim]}" for k, v in infos.items()}
+def _tensor_infos(signature: dict, kind: str) -> dict[str, str]:
+    """'uint8 [-1, -1, -1, 3]' per tensor of a signature in TF Serving's JSON form."""
+    def dims(info):
+        return [int(d.get("size", -1)) for d in info.get("tensor_shape", {}).get("dim", [])]
+    return {alias: f"{info['dtype'][3:].lower()} {dims(info)}"
+            for alias, info in signature.get(kind, {}).items()}
 
 
 def cmd_status(args) -> int:

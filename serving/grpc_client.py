@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf import json_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
@@ -179,15 +180,18 @@ class PredictionClient:
         return {**result, "model_version": version}
 
     def get_model_metadata(self, timeout: float | None = None) -> dict:
-        """{"name", "version", "signature_def": {name: SignatureDef proto}}."""
+        """{"name", "version", "signature_def": {name: {"inputs", "outputs", "method_name"}}},
+        signatures in TF Serving's JSON form (as the REST API sends them): each tensor is
+        {"name", "dtype": "DT_UINT8", "tensor_shape": {"dim": [{"size": "-1"}, ...]}}."""
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         self._model_spec(request.model_spec)
         request.metadata_field.append("signature_def")
         response = self._call(self._predict_stub.GetModelMetadata, request, timeout)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
+        signatures = json_format.MessageToDict(signature_map, preserving_proto_field_name=True)
         return {"name": response.model_spec.name, "version": response.model_spec.version.value,
-                "signature_def": dict(signature_map.signature_def)}
+                "signature_def": signatures.get("signature_def", {})}
 
     def get_model_status(self, timeout: float | None = None) -> list[dict]:
         """[{"version": int, "state": "AVAILABLE"|..., "error_code": int, "error_message": str}]"""

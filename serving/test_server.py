@@ -527,9 +527,12 @@ def _json_to_array(value, dtype: int, name: str) -> np.ndarray:
         parsed = np.array(value)
         if parsed.dtype == object or parsed.dtype.kind not in "biuf":
             raise TypeError(f"not an array of numbers (numpy made {parsed.dtype} of it)")
+        if target.kind in "iub" and parsed.dtype.kind == "f":
+            # TF Serving's JSON reader takes only JSON integers for integer tensors.
+            raise TypeError("JSON numbers with a fraction or exponent are not integers")
         converted = parsed.astype(target)
         if target.kind in "iub" and not np.array_equal(converted, parsed):
-            raise ValueError("values are not integers in the range of the type")
+            raise ValueError("values out of the range of the type")
         return converted
     except (ValueError, TypeError, OverflowError) as err:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,

@@ -48,11 +48,14 @@ def test_status_and_metadata(client):
     metadata = client.get_model_metadata()
     assert metadata["name"] == MODEL_NAME and metadata["version"] == 2  # newest by default
     signatures = metadata["signature_def"]
-    assert set(signatures["serving_default"].inputs) == {"images"}
-    assert {"class_ids", "confidence", "probabilities"} <= set(signatures["serving_default"].outputs)
-    assert set(signatures["segment_encoded"].inputs) == {"image_bytes"}
+    images = signatures["serving_default"]["inputs"]["images"]
+    assert images["dtype"] == "DT_UINT8"
+    assert [int(d["size"]) for d in images["tensor_shape"]["dim"]] == [-1, -1, -1, 3]
+    assert {"class_ids", "confidence", "probabilities"} <= set(
+        signatures["serving_default"]["outputs"])
+    assert signatures["segment_encoded"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
     assert {"mask_png", "class_ids", "heights", "widths"} <= set(
-        signatures["segment_encoded"].outputs)
+        signatures["segment_encoded"]["outputs"])
 
 
 def test_segment_images_matches_in_process(client, in_process):
