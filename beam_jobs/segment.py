@@ -33,6 +33,7 @@ from beam_jobs.validate import DEFAULT_MAX_PIXELS, ValidateImages
 
 _LOGGER = logging.getLogger("beam_jobs.segment")
 NAMESPACE = "fcnseg"
+PROGRESS_EVERY = 50
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +145,17 @@ class FinishImage(beam.DoFn):
                        for s in ("inference", "ground_truth", "write")}
         self.latency = beam.metrics.Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
+    def setup(self):
+        self._done, self._start = 0, time.perf_counter()
+
+    def _progress(self):
+        # Beam shows no progress of its own on local runners; a line every 50 images per
+        # worker does (Dataflow has its own UI).
+        self._done += 1
+        if self._done % PROGRESS_EVERY == 0:
+            rate = self._done / max(time.perf_counter() - self._start, 1e-9)
+            _LOGGER.info("segmented %d images in this worker (%.2f images/s)", self._done, rate)
+
     def _dead(self, item: ImageItem, stage: str, reason: str):
         self.failed[stage].inc()
         return beam.pvalue.TaggedOutput("dead", DeadLetter(item.path, stage, reason))
@@ -181,6 +193,7 @@ class FinishImage(beam.DoFn):
             yield self._dead(item, "write", f"{type(exc).__name__}: {exc}")
             return
         self.ok.inc()
+        self._progress()
         self.latency.update(int(seg.latency_ms))
         if label is not None:
             self.evaluated.inc()
@@ -241,11 +254,10 @@ def _write_summary(counts: dict, output: str) -> None:
         "failed_by_stage": dead_by_stage})
 
 
-def build_pipeline(p: beam.Pipeline, args, handler, classes: dict,
-                   coco_entries: Optional[list]) -> None:
+def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
     pattern = sources.expand_input(args.input, args.dataset)
-    labels_dir = args.labels_dir
-    read = p | "Read" >> sources.ReadImages(args.dataset, pattern, coco_entries, labels_dir)
+    read = p | "Read" >> sources.ReadImages(args.dataset, pattern, args.annotations,
+                                            args.labels_dir)
     checked = read.items | "Validate" >> beam.ParDo(
         ValidateImages(args.max_pixels)).with_outputs("dead", main="ok")
     predictions, dlq = (checked.ok
@@ -337,8 +349,10 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     meta: dict = {}
     if args.model_dir:
         meta = read_model_metadata(args.model_dir)
-    coco_entries, coco_meta = None, None
+    coco_meta = None
     if args.dataset == "coco":
+        # Read here for the categories and an early error; the pipeline lists the images
+        # itself, so a big annotation file does not end up in the pipeline graph.
         coco_entries, coco_meta = sources.load_coco_index(
             args.annotations, sources.expand_input(args.input, "coco"))
         if not coco_entries:
@@ -367,7 +381,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
     else:
         pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, handler, classes, coco_entries)
+    build_pipeline(pipeline, args, handler, classes)
 
     start = time.perf_counter()
     result = pipeline.run()

@@ -182,23 +182,30 @@ def load_coco_index(annotations: str, pattern: str) -> tuple[list[tuple[str, Gro
 class ReadImages(beam.PTransform):
     """PBegin -> (ImageItem, dead letters 'dead') for one dataset's inputs."""
 
-    def __init__(self, dataset: str, pattern: str, coco_entries: Optional[list] = None,
+    def __init__(self, dataset: str, pattern: str, annotations: Optional[str] = None,
                  labels_dir: Optional[str] = None):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         self.dataset = dataset
         self.pattern = pattern
-        self.coco_entries = coco_entries
+        self.annotation_file = annotations  # not .annotations: PTransform has that method
         self.labels_dir = labels_dir
 
     def expand(self, pbegin):
+        # Listing happens in one place; Reshuffle spreads the files over the workers before
+        # they are read (otherwise fusion keeps them all on the worker that listed them).
         if self.dataset == "coco":
-            files = pbegin | "ListCocoImages" >> beam.Create(self.coco_entries or [])
+            files = (pbegin
+                     | "AnnotationFile" >> beam.Create([self.annotation_file])
+                     | "ListCocoImages" >> beam.FlatMap(
+                         lambda ann, pattern: load_coco_index(ann, pattern)[0], self.pattern)
+                     | "Spread" >> beam.Reshuffle())
         else:
             files = (pbegin
                      | "MatchFiles" >> fileio.MatchFiles(self.pattern)
                      | "ImagesOnly" >> beam.Filter(_looks_like_input, self.pattern)
+                     | "Spread" >> beam.Reshuffle()
                      | "ReadMatches" >> fileio.ReadMatches())
         return files | "ReadBytes" >> beam.ParDo(
             _ReadFile(self.dataset, self.labels_dir)).with_outputs("dead", main="items")

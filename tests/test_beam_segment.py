@@ -189,7 +189,7 @@ def test_grpc_folder_with_bad_files(tmp_path, grpc_server):
     out = tmp_path / "out"
     summary = _run("--input", f"{tmp_path / 'in'}/*", "--output", out, "--dataset", "folder",
                    "--mode", "grpc", "--server", grpc_server.address, "--model-name", "fcn8s",
-                   "--max-pixels", 1_000_000, "--batch-size", 4)
+                   "--model-version", 1, "--max-pixels", 1_000_000, "--batch-size", 4)
     _check_mixed(out, summary, good, bad)
     versions = {r["model_version"] for r in _read_jsonl(out, "results")}
     assert versions == {1}
