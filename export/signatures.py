@@ -65,8 +65,14 @@ class ServingModule(tf.Module):
         model = keras_model
 
         def run_model(x):
-            probs = model(x, training=False)
-            return tf.ensure_shape(tf.cast(probs, tf.float32), [None, *image_size, num_classes])
+            def predict():
+                return tf.cast(model(x, training=False), tf.float32)
+
+            def empty():  # CPU convolutions reject a batch of 0 images
+                return tf.zeros([0, *image_size, num_classes], tf.float32)
+
+            probs = tf.cond(tf.shape(x)[0] > 0, predict, empty)
+            return tf.ensure_shape(probs, [None, *image_size, num_classes])
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
                                                     name="images")])
@@ -77,8 +83,7 @@ class ServingModule(tf.Module):
                     "confidence": confidence_of(probs),
                     "probabilities": probs}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def segment_encoded(image_bytes):
+        def encode_batch(image_bytes):
             def decode(data):
                 # channels=3 turns grayscale and RGBA into RGB; an undecodable image fails the
                 # whole request with INVALID_ARGUMENT (a graph cannot skip one batch element).
@@ -91,8 +96,7 @@ class ServingModule(tf.Module):
                                      tf.TensorSpec([2], tf.int32)))
             probs = run_model(resized)  # one model call for the whole batch
             heights, widths = sizes[:, 0], sizes[:, 1]
-            h_max = tf.reduce_max(tf.concat([heights, [0]], 0))
-            w_max = tf.reduce_max(tf.concat([widths, [0]], 0))
+            h_max, w_max = tf.reduce_max(heights), tf.reduce_max(widths)
 
             def finish(args):
                 p, hw = args
@@ -110,6 +114,17 @@ class ServingModule(tf.Module):
                                      tf.TensorSpec([None, None], tf.uint8)))
             return {"mask_png": mask_png, "confidence_png": confidence_png,
                     "class_ids": class_ids, "heights": heights, "widths": widths}
+
+        def empty_batch():  # map_fn cannot stack 0 masks of unknown shape
+            return {"mask_png": tf.zeros([0], tf.string),
+                    "confidence_png": tf.zeros([0], tf.string),
+                    "class_ids": tf.zeros([0, 0, 0], tf.uint8),
+                    "heights": tf.zeros([0], tf.int32), "widths": tf.zeros([0], tf.int32)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def segment_encoded(image_bytes):
+            return tf.cond(tf.size(image_bytes) > 0, lambda: encode_batch(image_bytes),
+                           empty_batch)
 
         self.serving_default = serving_default
         self.segment_encoded = segment_encoded
