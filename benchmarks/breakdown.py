@@ -9,20 +9,26 @@ from __future__ import annotations
 import cProfile
 import pstats
 import re
+import time
 
 import numpy as np
 
-from benchmarks.common import log, measure
+from benchmarks.common import log
 
 
+TOTAL_SE = "total: in-process segment_encoded"
+TOTAL_SD = "total: in-process serving_default"
+TOTAL_GRPC = "total: gRPC serving_default"
 # The paths compared with the floor, by the keys of path_times().
 PATH_NAMES = {"inprocess_best": "in process (best configuration)",
               "grpc_best": "gRPC (best configuration)",
               "beam_inprocess": "Beam job, in-process mode", "beam_grpc": "Beam job, gRPC mode"}
 
 
-def stage_times(mut, images, args) -> dict:
-    """Median milliseconds of each stage for one image (batch of one)."""
+def stage_times(mut, images, args, client=None) -> dict:
+    """Median milliseconds of each stage for one image (batch of one), and of the whole
+    in-process (and, given a client, gRPC) call. They are timed in interleaved rounds, so
+    that the parts and the totals they are compared with share the same machine load."""
     import tensorflow as tf
 
     from export.signatures import class_ids_of, confidence_of, from_geometry, to_geometry
@@ -44,7 +50,7 @@ def stage_times(mut, images, args) -> dict:
     ids, conf = postprocess(probs, size)
     arrays = {"class_ids": ids.numpy(), "confidence": conf.numpy()}
     protos = {k: tf.make_tensor_proto(v) for k, v in arrays.items()}
-    stages = {
+    calls = {
         "png_decode": lambda: tf.io.decode_png(blob, channels=3).numpy(),
         "resize_to_geometry": lambda: to_geometry(image[None], mut.image_size).numpy(),
         "network": lambda: network(resized).numpy(),
@@ -58,12 +64,23 @@ def stage_times(mut, images, args) -> dict:
             {"image_bytes": np.array([blob], dtype=object)}).SerializeToString(),
         "response_proto_parse_class_ids_confidence": lambda: [
             tf.make_ndarray(p) for p in protos.values()],
+        TOTAL_SE: lambda: mut.loaded.segment_encoded([blob]),
+        TOTAL_SD: lambda: mut.loaded.segment(image.numpy()[None]),
     }
-    out = {}
-    for name, fn in stages.items():
-        times = measure(fn, warmup=args.warmup, repeats=max(args.repeats, 3))
-        out[name] = float(np.median(times)) * 1e3
-    return out
+    if client is not None:
+        from benchmarks.grpc_serving import WIRE_VARIANTS
+        calls[TOTAL_GRPC] = lambda: client.predict({"images": image.numpy()[None]},
+                                                   "serving_default", WIRE_VARIANTS[0][1])
+    for fn in calls.values():
+        for _ in range(args.warmup):
+            fn()
+    samples: dict[str, list] = {name: [] for name in calls}
+    for _ in range(max(args.repeats, 3)):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: float(np.median(v)) * 1e3 for name, v in samples.items()}
 
 
 def _package(filename: str, function: str) -> str:
@@ -109,47 +126,53 @@ def profile_beam(mut, images, args) -> dict:
 
 
 def run(mut, images, args, sections: dict) -> dict:
-    log("where the time goes: timing each stage of one image on its own")
-    stages = stage_times(mut, images, args)
+    from benchmarks.grpc_serving import serve
+    from serving.grpc_client import PredictionClient
+
+    log("where the time goes: timing each stage of one image, interleaved with whole calls")
+    with serve(mut) as backend, PredictionClient(backend.address, mut.name,
+                                                 timeout=600) as client:
+        stages = stage_times(mut, images, args, client)
     floor = sections.get("floor", {}).get("floor_ms_per_image")
     paths = path_times(sections)
     decomposition = {}
     model_side = (stages["png_decode"] + stages["resize_to_geometry"] + stages["network"]
                   + stages["resize_back_argmax_confidence"]
                   + stages["png_encode_mask_and_confidence"])
-    if "inprocess_segment_encoded_b1" in paths:
-        total = paths["inprocess_segment_encoded_b1"]
-        decomposition["in-process segment_encoded (batch 1)"] = _rows(total, {
-            **{k: stages[k] for k in ("png_decode", "resize_to_geometry", "network",
-                                      "resize_back_argmax_confidence",
-                                      "png_encode_mask_and_confidence")},
-            "signature dispatch, map_fn, outputs to numpy (rest)": total - model_side})
-    if "grpc_serving_default" in paths and "inprocess_serving_default_b1" in paths:
-        total, inner = paths["grpc_serving_default"], paths["inprocess_serving_default_b1"]
-        proto = stages["request_proto_uint8_image"] + stages[
-            "response_proto_parse_class_ids_confidence"]
-        decomposition["gRPC serving_default (1 client)"] = _rows(total, {
-            "resize_to_geometry": stages["resize_to_geometry"], "network": stages["network"],
-            "resize_back_argmax_confidence": stages["resize_back_argmax_confidence"],
-            "in-process signature rest (dispatch, probabilities to numpy)":
-                inner - stages["resize_to_geometry"] - stages["network"]
-                - stages["resize_back_argmax_confidence"],
-            "client request serialization + response parsing": proto,
-            "gRPC transport + server (Python, proto conversion) (rest)":
-                total - inner - proto})
-    if "beam_inprocess" in paths and "beam_reference" in paths:
-        total, inner = paths["beam_inprocess"], paths["beam_reference"]
-        n = sections["beam"]["images"]
+    total = stages[TOTAL_SE]
+    decomposition["in-process segment_encoded (batch 1)"] = _rows(total, {
+        **{k: stages[k] for k in ("png_decode", "resize_to_geometry", "network",
+                                  "resize_back_argmax_confidence",
+                                  "png_encode_mask_and_confidence")},
+        "signature dispatch, map_fn, outputs to numpy (rest)": total - model_side})
+    total, inner = stages[TOTAL_GRPC], stages[TOTAL_SD]
+    proto = stages["request_proto_uint8_image"] + stages[
+        "response_proto_parse_class_ids_confidence"]
+    decomposition[f"gRPC serving_default (1 client, {backend.kind})"] = _rows(total, {
+        "resize_to_geometry": stages["resize_to_geometry"], "network": stages["network"],
+        "resize_back_argmax_confidence": stages["resize_back_argmax_confidence"],
+        "signature rest (dispatch, outputs to numpy)":
+            inner - stages["resize_to_geometry"] - stages["network"]
+            - stages["resize_back_argmax_confidence"],
+        "client request serialization + response parsing": proto,
+        "gRPC transport + server (Python, proto conversion) (rest)": total - inner - proto})
+    beam = sections.get("beam", {})
+    if "results" in beam:
+        rows = {r["mode"]: r for r in beam["results"]}
+        cold, warm = rows["inprocess (first run)"], rows["inprocess"]
+        n, inner = beam["images"], beam["inprocess_reference"]["ms_per_image"]
         fit = sections.get("scaling", {}).get("by_images", {}).get("fit") or {}
-        # The fixed cost (runner start-up, model load) from the scaling runs' line fit,
-        # spread over this run's N images; what remains is Beam's cost per image.
-        fixed = max(fit.get("fixed_s", 0.0), 0.0) * 1e3 / n
-        fixed = min(fixed, max(total - inner, 0.0))
-        decomposition[f"Beam in-process (end to end, {n} images)"] = _rows(total, {
-            "segment_encoded in process (same images and batches)": inner,
-            "Beam fixed cost: start-up, model load (line fit) / N": fixed,
-            "Beam per image: read, validate, RunInference, write (rest)":
-                total - inner - fixed})
+        # The pipeline's own fixed cost from the scaling runs' line fit, spread over N.
+        fixed = min(max(fit.get("fixed_s", 0.0), 0.0) * 1e3 / n,
+                    max(warm["ms_per_image"] - inner, 0.0))
+        decomposition[f"Beam in-process, first run in a process ({n} images)"] = _rows(
+            cold["ms_per_image"], {
+                "segment_encoded in process (same images and batches)": inner,
+                "model load + first-call warm-up (first run - repeat run)":
+                    cold["ms_per_image"] - warm["ms_per_image"],
+                "pipeline start-up (line fit of the scaling runs) / N": fixed,
+                "Beam per image: read, validate, RunInference, write (rest)":
+                    warm["ms_per_image"] - inner - fixed})
     slowest, efficiencies = None, {}
     if floor:
         efficiencies = {PATH_NAMES[k]: floor / v for k, v in paths.items()
@@ -157,9 +180,8 @@ def run(mut, images, args, sections: dict) -> dict:
         if efficiencies:
             slowest = min(efficiencies, key=efficiencies.get)
     out = {"stages_ms": stages, "paths_ms_per_image": paths, "decomposition": decomposition,
-           "slowest_path": slowest,
-           "efficiency_by_path": efficiencies}
-    if args.profile_beam and "beam" in sections and "error" not in sections["beam"]:
+           "slowest_path": slowest, "efficiency_by_path": efficiencies}
+    if args.profile_beam and "results" in beam:
         log("where the time goes: cProfile of one Beam job run")
         out["beam_cprofile"] = profile_beam(mut, images, args)
     return out
@@ -191,6 +213,7 @@ def path_times(sections: dict) -> dict:
     section = sections.get("beam")
     if section and "results" in section:
         for row in section["results"]:
-            paths[f"beam_{row['mode']}"] = row["ms_per_image"]
+            if row["mode"] in ("inprocess", "grpc"):  # the repeat runs
+                paths[f"beam_{row['mode']}"] = row["ms_per_image"]
         paths["beam_reference"] = section["inprocess_reference"]["ms_per_image"]
     return paths

@@ -82,10 +82,12 @@ def run(mut, args) -> dict:
         f"{args.matmul_size}^2 float32 and bfloat16")
     fp32 = matmul_rate(args.matmul_size, "float32", args.repeats)
     bf16 = matmul_rate(args.matmul_size, "bfloat16", args.repeats)
-    floor_s = counted["flops_per_image"] / fp32["flops_per_s"]
-    log(f"floor: float32 {fp32['flops_per_s'] / 1e9:.1f} GFLOP/s, bfloat16 "
-        f"{bf16['flops_per_s'] / 1e9:.1f} GFLOP/s -> best {floor_s * 1e3:.1f} ms per image")
+    # The floor is what the hardware allows: the best matmul repetition, not the median.
+    floor_s = counted["flops_per_image"] / fp32["best_flops_per_s"]
+    log(f"floor: float32 {fp32['best_flops_per_s'] / 1e9:.1f} GFLOP/s, bfloat16 "
+        f"{bf16['best_flops_per_s'] / 1e9:.1f} GFLOP/s -> best {floor_s * 1e3:.1f} ms per image")
     return {"image_size": [h, w], **counted, "matmul_float32": fp32, "matmul_bfloat16": bf16,
-            "bf16_matmul_speedup": bf16["flops_per_s"] / fp32["flops_per_s"],
+            "bf16_matmul_speedup": bf16["best_flops_per_s"] / fp32["best_flops_per_s"],
             "floor_ms_per_image": floor_s * 1e3, "floor_images_per_s": 1.0 / floor_s,
-            "floor_bf16_ms_per_image": counted["flops_per_image"] / bf16["flops_per_s"] * 1e3}
+            "floor_bf16_ms_per_image": counted["flops_per_image"] / bf16["best_flops_per_s"]
+            * 1e3}
