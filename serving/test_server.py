@@ -36,10 +36,10 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format, text_format
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+                                     prediction_log_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.errors import GRPC_TO_HTTP
@@ -48,6 +48,8 @@ log = logging.getLogger("serving.test_server")
 
 # TF Serving sets the gRPC message limit to INT32_MAX, so big batches get through.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
+# Requests TF Serving replays when it loads a version (SavedModel warm-up).
+WARMUP_FILE = "tf_serving_warmup_requests"
 VersionState = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -117,20 +119,46 @@ _DTYPE_NAMES.update({types_pb2.DT_FLOAT: "float", types_pb2.DT_DOUBLE: "double"}
 
 
 class Servable:
-    """One loaded version of one model."""
+    """One loaded version of one model, loaded the way TF Serving loads it: the 'serve'
+    MetaGraph into a TF1 Session (restore op, then the init op), run by signature tensor
+    names. Unlike tf.saved_model.load this catches exports whose variables a TF1-style
+    loader cannot restore. The warm-up requests in assets.extra are replayed, and a failing
+    one fails the load, as in TF Serving."""
 
     def __init__(self, name: str, version: int, path: pathlib.Path):
         self.name, self.version, self.path = name, version, path
-        self.signature_defs = _read_signature_defs(path)
-        self._loaded = tf.saved_model.load(str(path))
-        self._functions = dict(self._loaded.signatures)
+        graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=graph)
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"],
+                                                              str(path))
+        self.signature_defs = dict(meta_graph.signature_def)
+        self.warmup_count = self._replay_warmup()
+
+    def _replay_warmup(self) -> int:
+        warmup = self.path / "assets.extra" / WARMUP_FILE
+        if not warmup.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(warmup)):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") != "predict_log":
+                raise ValueError(f"{warmup}: only predict_log warm-up records are supported")
+            request = log.predict_log.request
+            try:
+                self.predict(request.model_spec.signature_name, dict(request.inputs),
+                             list(request.output_filter))
+            except RequestError as err:
+                raise ValueError(f"{warmup}: warm-up request {count + 1} failed: "
+                                 f"{err.code.name}: {err.message}") from err
+            count += 1
+        return count
 
     def predict(self, signature_name: str, inputs: dict[str, tensor_pb2.TensorProto],
                 output_filter: list[str]) -> dict[str, np.ndarray]:
         signature_name = signature_name or "serving_default"
         signature = self.signature_defs.get(signature_name)
-        function = self._functions.get(signature_name)
-        if signature is None or function is None:
+        if signature is None:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f'Serving signature key "{signature_name}" not found.')
         _check_input_names(signature, inputs)
@@ -144,41 +172,33 @@ class Servable:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"duplicate output tensor alias: {output_filter}")
         feeds = {}
-        specs = function.structured_input_signature[1]
         for index, name in enumerate(sorted(signature.inputs)):
-            proto, spec = inputs[name], specs[name]
-            if proto.dtype != signature.inputs[name].dtype:
+            proto, info = inputs[name], signature.inputs[name]
+            if proto.dtype != info.dtype:
+                # The Session's own check; a Python feed would silently cast instead.
                 raise RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"Expects arg[{index}] to be {_DTYPE_NAMES[signature.inputs[name].dtype]} "
+                    f"Expects arg[{index}] to be {_DTYPE_NAMES[info.dtype]} "
                     f"but {_DTYPE_NAMES.get(proto.dtype, proto.dtype)} is provided")
             try:
                 value = tf.make_ndarray(proto)
             except Exception as err:  # malformed TensorProto (content size vs shape)
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"input '{name}': cannot parse tensor: {err}") from err
-            if not spec.shape.is_compatible_with(value.shape):
+            expected = tf.TensorShape(info.tensor_shape)
+            if not expected.is_compatible_with(value.shape):
                 raise RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input '{name}' has shape {list(value.shape)} but the signature "
-                    f"'{signature_name}' expects {spec.shape.as_list()} (None = any size)")
-            feeds[name] = tf.constant(value, dtype=spec.dtype)
+                    f"'{signature_name}' expects {expected.as_list()} (None = any size)")
+            feeds[info.name] = value
+        wanted = output_filter or sorted(signature.outputs)
         try:
-            results = function(**feeds)
+            results = self._session.run({alias: signature.outputs[alias].name
+                                         for alias in wanted}, feed_dict=feeds)
         except tf.errors.OpError as err:
             raise RequestError(_grpc_code(err.error_code), _op_error_message(err)) from err
-        wanted = output_filter or list(results)
-        return {alias: results[alias].numpy() for alias in wanted}
-
-
-def _read_signature_defs(path: pathlib.Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
-    # TF Serving loads the 'serve' MetaGraph; tf.saved_model.save writes just that one.
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError(f"{path}: SavedModel has no MetaGraph tagged 'serve'")
+        return {alias: np.asarray(results[alias]) for alias in wanted}
 
 
 def _check_input_names(signature: meta_graph_pb2.SignatureDef,
@@ -330,7 +350,8 @@ class ModelManager:
                 continue
             self._failed.pop((name, version), None)
             states[version] = (VersionState.AVAILABLE, "")
-            log.info("model %s: version %d loaded from %s", name, version, path)
+            log.info("model %s: version %d loaded from %s (%d warm-up requests replayed)",
+                     name, version, path, loaded[version].warmup_count)
         for version in set(loaded) - set(wanted):
             del loaded[version]
             states[version] = (VersionState.END, "")
@@ -527,7 +548,7 @@ def _json_to_array(value, dtype: int, name: str) -> np.ndarray:
         parsed = np.array(value)
         if parsed.dtype == object or parsed.dtype.kind not in "biuf":
             raise TypeError(f"not an array of numbers (numpy made {parsed.dtype} of it)")
-        if target.kind in "iub" and parsed.dtype.kind == "f":
+        if target.kind in "iub" and parsed.dtype.kind == "f" and parsed.size:
             # TF Serving's JSON reader takes only JSON integers for integer tensors.
             raise TypeError("JSON numbers with a fraction or exponent are not integers")
         converted = parsed.astype(target)
@@ -774,6 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model_base_path and not args.model_config_file:
         parser.error("give --model_base_path or --model_config_file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # TF's own logger repeats deprecation notes about the TF1 loader, which is used on
+    # purpose (it is how TF Serving loads); keep the log to what this server says.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         server = start_test_server(
             args.model_base_path, args.model_name, args.port,

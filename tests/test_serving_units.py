@@ -314,3 +314,32 @@ def test_tls_and_auth_header(tiny_base, certificate):
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
     finally:
         server.stop()
+
+
+def test_failing_warmup_request_fails_the_load(tmp_path, tiny_base):
+    """As TF Serving: warm-up records are replayed on load, and a bad one fails the load."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from serving.grpc_client import PredictionClient
+    from serving.test_server import start_test_server
+    base = tmp_path / "fcn8s"
+    shutil.copytree(tiny_base / "1", base / "1")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "fcn8s"
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 4, 4, 3), np.float32)))
+    (base / "1" / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(base / "1" / "assets.extra" / "tf_serving_warmup_requests")) as w:
+        w.write(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+    server = start_test_server(base, "fcn8s")
+    try:
+        with PredictionClient(server.address, "fcn8s", max_retries=0) as client:
+            (status,) = client.get_model_status()
+            with pytest.raises(ServingError) as caught:
+                client.segment_images(_image())
+    finally:
+        server.stop()
+    assert status["state"] == "END"
+    assert "warm-up request 1 failed" in status["error_message"]
+    assert "Expects arg[0] to be uint8 but float is provided" in status["error_message"]
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
