@@ -418,7 +418,11 @@ def _counters(result) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    summary = run(argv)
+    try:
+        summary = run(argv)
+    except (FileNotFoundError, ValueError) as exc:  # bad paths or options: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     brief = {k: summary.get(k) for k in ("images_in", "ok", "failed", "failed_by_stage",
                                           "wall_time_s", "images_per_s")}
     print(json.dumps(brief))

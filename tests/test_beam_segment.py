@@ -157,6 +157,19 @@ def test_inprocess_handler_isolates_an_image_the_model_refuses(road_model):
     assert out[0].inference.model_name == "fcn8s" and out[0].inference.model_version == 1
 
 
+def test_inputs_and_model_are_checked_before_the_pipeline(tmp_path, road_model):
+    from beam_jobs import segment
+
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        _run("--input", tmp_path / "none" / "*.png", "--output", tmp_path / "out",
+             "--model-dir", road_model)
+    (tmp_path / "a.png").write_bytes(_png(_rgb(8, 8)))
+    with pytest.raises(FileNotFoundError, match="no SavedModel"):
+        _run("--input", tmp_path, "--output", tmp_path / "out", "--model-dir", tmp_path)
+    assert segment.main(["--input", str(tmp_path / "x*.png"), "--output", str(tmp_path / "o"),
+                         "--model-dir", str(road_model)]) == 2
+
+
 # --- pipelines --------------------------------------------------------------------------
 
 def test_inprocess_folder_with_bad_files(tmp_path, road_model):
