@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
 
 from model import metrics
 from model.data.image_io import write_png
@@ -71,8 +72,22 @@ def save_overlay(path, image: np.ndarray, class_ids: np.ndarray,
     stacked below it (same colours, ignored pixels left as the image)."""
     picture = overlay(image, class_ids, colours, alpha)
     if ground_truth is not None:
-        picture = np.concatenate([picture, overlay(image, ground_truth, colours, alpha)], axis=0)
+        truth = overlay(image, ground_truth, colours, alpha)
+        picture = np.concatenate([_caption(picture, "prediction"),
+                                  _caption(truth, "ground truth")], axis=0)
     write_png(path, picture)
+
+
+def _caption(picture: np.ndarray, text: str) -> np.ndarray:
+    """Small white-on-black caption in the top-left corner (for stacked panels)."""
+    img = Image.fromarray(picture)
+    draw = ImageDraw.Draw(img)
+    size = max(10, min(picture.shape[:2]) // 20)
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = draw.textbbox((4, 2), text, font=font)
+    draw.rectangle((0, 0, right + 4, bottom + 3), fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
 
 
 def _save_figure(fig: Figure, path) -> None:
