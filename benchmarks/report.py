@@ -395,17 +395,22 @@ def plots(result: dict, out: pathlib.Path) -> list[pathlib.Path]:
 
     profile = result["profile"]
     if profile.get("decomposition"):
-        fig = Figure(figsize=(10, 4))
-        ax = fig.subplots()
         paths = list(profile["decomposition"])
+        parts = list(dict.fromkeys(p for d in profile["decomposition"].values()
+                                   for p in d["parts_ms"]))
+        fig = Figure(figsize=(10, 3 + 0.25 * len(parts)))
+        ax = fig.subplots()
         for i, path in enumerate(paths):
             left = 0.0
-            for j, (part, ms) in enumerate(profile["decomposition"][path]["parts_ms"].items()):
-                ms = max(ms, 0.0)
-                ax.barh(i, ms, left=left, color=f"C{j}")
-                if ms > 0.06 * profile["decomposition"][path]["total_ms"]:
-                    ax.text(left + ms / 2, i, part[:28], ha="center", va="center", fontsize=6)
+            for part, ms in profile["decomposition"][path]["parts_ms"].items():
+                ms = max(ms, 0.0)  # a negative remainder is measurement noise
+                ax.barh(i, ms, left=left, color=f"C{parts.index(part) % 10}",
+                        hatch="//" if parts.index(part) >= 10 else None,
+                        label=part if i == [j for j, p in enumerate(paths) if part in
+                                            profile["decomposition"][p]["parts_ms"]][0]
+                        else None)
                 left += ms
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
         ax.set_yticks(range(len(paths)), paths, fontsize=8)
         ax.set_xlabel("ms per image")
         ax.set_title("Where the time goes")
