@@ -11,7 +11,6 @@ image's original size (model.inference), so KITTI is scored at full resolution.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys

@@ -36,7 +36,8 @@ def kitti_run(tmp_path_factory, kitti_root):
     for cat in ("um", "umm", "uu"):
         image = sorted((training / "image_2").glob(f"{cat}_0*.png"))[0]
         number = image.stem.split("_")[1]
-        val.append([f"training/image_2/{image.name}", f"training/gt_image_2/{cat}_road_{number}.png"])
+        val.append([f"training/image_2/{image.name}",
+                    f"training/gt_image_2/{cat}_road_{number}.png"])
     (run_dir / "config.json").write_text(json.dumps({**KITTI_CONFIG, "data_root": str(kitti_root)}))
     (run_dir / "split.json").write_text(json.dumps({"train": val[:1], "val": val}))
     checkpoint = save_tiny_checkpoint(run_dir, 2, KITTI_CONFIG["image_size"])
@@ -120,7 +121,8 @@ def test_evaluate_ids_labels_with_moved_data_root(tmp_path):
     assert set(result["per_class_iou"]) == {"bg", "a", "b"}
     assert 0 <= result["pixel_accuracy"] <= 1
     cm = np.array(result["confusion_matrix"])
-    assert cm.sum() == sum((h - 4) * w for h, w in [(64, 64), (80, 96), (64, 64)])  # ignored rows excluded
+    # The 4 ignored rows of each label are excluded.
+    assert cm.sum() == sum((h - 4) * w for h, w in [(64, 64), (80, 96), (64, 64)])
     assert (out / "confusion_matrix.png").stat().st_size > 0
     assert len(list((out / "overlays").glob("*.png"))) == 1
 
