@@ -12,7 +12,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import posixpath
 import time
 from typing import Any, Callable, Optional, Sequence

@@ -22,8 +22,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import PredictionResult, RunInference
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                  SetupOptions, StandardOptions)
+from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
+                                                  StandardOptions)
 
 from beam_jobs import evaluation, outputs, sources
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,

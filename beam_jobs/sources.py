@@ -1,8 +1,7 @@
 """Inputs of the Beam job per dataset: which files to read and where their ground truth is.
 
-Every input becomes one `ImageItem` (path, encoded bytes, size after validation, optional
-ground-truth reference) or one dead letter; nothing is decoded here beyond what validation
-needs (`validate.py`). Paths go through Beam's FileSystems, so local paths and gs:// work.
+Every input becomes one `ImageItem` (path, encoded bytes, optional ground-truth reference;
+its size is filled in by `validate.py`) or one dead letter; nothing is decoded here. Paths go through Beam's FileSystems, so local paths and gs:// work.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import fnmatch
 import json
 import posixpath
 import re
-from typing import Any, Optional
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -217,9 +216,3 @@ def _looks_like_input(metadata, pattern: str) -> bool:
     if not pattern.endswith("/*"):
         return True
     return metadata.path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def to_jsonable(obj: Any):
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    return obj
