@@ -44,16 +44,17 @@ KITTI_SCORE_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "threshold")
 def quantize_probability(prob: np.ndarray) -> np.ndarray:
     """Float probabilities in [0, 1] -> uint8 0..255, as written to a KITTI submission PNG.
 
-    Rounds half up in float32: v = floor(clip(p, 0, 1) * 255 + 0.5). uint8 input is returned
-    unchanged (v already means v / 255).
+    v = round(clip(p, 0, 1) * 255) in float32, halves to even: the same rule as `tf.round` in
+    the exported SavedModel's confidence output, so a float map, the exported confidence and
+    the PNG written from either get identical scores. uint8 input is returned unchanged
+    (v already means v / 255).
     """
     prob = np.asarray(prob)
     if prob.dtype == np.uint8:
         return prob
     if not np.issubdtype(prob.dtype, np.floating):
         raise ValueError(f"road probabilities must be float in [0, 1] or uint8, got {prob.dtype}")
-    scaled = np.clip(prob.astype(np.float32), 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
-    return np.floor(scaled).astype(np.uint8)
+    return np.rint(np.clip(prob.astype(np.float32), 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
 
 @dataclasses.dataclass

@@ -82,9 +82,13 @@ def test_uint8_and_float_probabilities_agree():
     assert metrics.road_counts(values, label) == metrics.road_counts(values / 255.0, label)
 
 
-def test_quantize_rounds_half_up_and_clips():
+def test_quantize_rounds_to_nearest_and_clips():
     q = metrics.quantize_probability(np.array([0.0, 0.5, 1 / 255 * 0.49, 1 / 255 * 0.51, 1.2, -1]))
     assert q.tolist() == [0, 128, 0, 1, 255, 0]
+    # Exact halves go to even, as tf.round does in the exported confidence output.
+    # (0.5, 1.5 and 2.5 / 255 in float32 times 255 give exactly 0.5, 1.5, 2.5.)
+    halves = np.array([0.5, 1.5, 2.5], np.float32) / np.float32(255)
+    assert metrics.quantize_probability(halves).tolist() == [0, 2, 2]
 
 
 def test_counts_are_additive_and_json_round_trip():
