@@ -247,8 +247,13 @@ def _calls_within(batch: Sequence[ImageItem], max_bytes: Optional[int]) -> list[
 # --- TF Serving over gRPC ---------------------------------------------------------------
 
 def _is_retryable(exc: Exception) -> bool:
-    """What Beam's retry loop should send again: transient server states, not bad input."""
-    return bool(getattr(exc, "retryable", False))
+    """What Beam's retry loop should send again: transient server states, not bad input.
+
+    Besides the client's retryable codes: CANCELLED and ABORTED, which this job only sees when
+    the server (or a proxy) drops calls in flight, e.g. while restarting.
+    """
+    code = getattr(getattr(exc, "code", None), "name", None)
+    return bool(getattr(exc, "retryable", False)) or code in ("CANCELLED", "ABORTED")
 
 
 def _is_bad_input(exc: Exception) -> bool:

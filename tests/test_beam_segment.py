@@ -139,6 +139,26 @@ def test_check_image_reasons(tmp_path):
             check_image(ImageItem(name, (tmp_path / name).read_bytes()), max_pixels=1_000_000)
 
 
+def test_grpc_error_classes():
+    import grpc
+
+    from beam_jobs.handlers import _calls_within, _is_bad_input, _is_retryable
+    from beam_jobs.sources import ImageItem
+    from serving.errors import ServingError
+
+    C = grpc.StatusCode
+    assert _is_retryable(ServingError(C.UNAVAILABLE, "restarting"))
+    assert _is_retryable(ServingError(C.CANCELLED, "dropped in flight"))
+    assert not _is_retryable(ServingError(C.INVALID_ARGUMENT, "bad png"))
+    assert not _is_retryable(ValueError("x"))
+    assert _is_bad_input(ServingError(C.INVALID_ARGUMENT, "bad png"))
+    assert not _is_bad_input(ServingError(C.NOT_FOUND, "no model"))
+    items = [ImageItem(str(i), b"x" * n) for i, n in enumerate([3, 3, 5, 1, 9])]
+    parts = _calls_within(items, 6)
+    assert [[it.path for it in p] for p in parts] == [["0", "1"], ["2", "3"], ["4"]]
+    assert _calls_within(items, None) == [items]
+
+
 def test_inprocess_handler_isolates_an_image_the_model_refuses(road_model):
     from beam_jobs.handlers import InferenceFailure, SavedModelHandler, Segmentation
     from beam_jobs.sources import ImageItem
