@@ -232,6 +232,9 @@ def main(argv=None) -> dict:
         model = runs.load_checkpoint(args.checkpoint)
         source = {"checkpoint": str(args.checkpoint)}
     else:
+        if not (pathlib.Path(args.saved_model) / "saved_model.pb").is_file():
+            raise FileNotFoundError(f"{args.saved_model}: not a SavedModel version directory "
+                                    f"(no saved_model.pb), e.g. models/fcn8s/3")
         metadata = inference.read_saved_model_metadata(args.saved_model)
         run_dir = args.run_dir or metadata.get("run_dir")
         if not run_dir:
