@@ -8,7 +8,6 @@ Layout of `<model_base>/<model_name>/<version>/`:
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from export.metadata import (LABELS_FILE, METADATA_FILE, build_metadata, write_l
 from export.precision import serving_copy
 from export.signatures import SEGMENT_ENCODED, SERVING_DEFAULT, ServingModule, describe
 from export.warmup import WARMUP_FILE, write_warmup_file
+from model.inference import read_saved_model_metadata
 
 TEMP_PREFIX = ".tmp-"  # not a number, so TF Serving never takes it for a version
 
@@ -163,8 +163,7 @@ def load_saved_model(path) -> LoadedModel:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path}: no saved_model.pb (not an exported version folder)")
-    metadata_path = path / "assets.extra" / METADATA_FILE
-    metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+    metadata = read_saved_model_metadata(path)
     labels_path = path / "assets" / LABELS_FILE
     class_names = labels_path.read_text(encoding="utf-8").splitlines() \
         if labels_path.is_file() else list(metadata.get("class_names") or [])

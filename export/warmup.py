@@ -20,7 +20,7 @@ def warmup_image(size) -> np.ndarray:
     rows = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
     sky = np.array([150, 180, 220], np.float32)
     ground = np.array([90, 90, 90], np.float32)
-    image = np.where(rows < 0.45, sky, ground) + np.random.default_rng(0).normal(0, 12, (h, w, 3))
+    image = np.where(rows < 0.45, sky, ground) + np.random.default_rng(0).normal(0, 4, (h, w, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

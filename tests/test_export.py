@@ -183,6 +183,33 @@ def test_empty_batches(loaded):
     assert out["mask_png"].shape == (0,) and out["class_ids"].shape[0] == 0
 
 
+def test_segment_encoded_calls_the_model_once_per_batch(loaded):
+    """The convolutions sit outside the per-image decode/encode loops (map_fn while bodies)."""
+    library = loaded.signatures[SEGMENT_ENCODED].graph.as_graph_def().library.function
+    convs = {f.signature.name: sum(n.op == "Conv2D" for n in f.node_def) for f in library}
+    assert sum(convs.values()) > 0
+    assert not any(count for name, count in convs.items() if "while_body" in name), convs
+
+
+def test_multiclass_confidence_is_max_probability(tmp_path):
+    import keras
+    keras.utils.set_random_seed(1)
+    model = build_fcn8s(3, (*IMAGE_SIZE, 3), fc_width=16)
+    rng = np.random.default_rng(1)
+    layer = model.get_layer("score_fr")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([rng.normal(0, 1, kernel.shape).astype("float32"), bias])
+    config = {**CONFIG, "task": None, "class_names": ["sky", "car", "road"],
+              "colours": [[0, 0, 255], [255, 0, 0], [255, 0, 255]]}
+    served = load_saved_model(export_saved_model(model, config, tmp_path, "m"))
+    assert served.class_names == ["sky", "car", "road"]
+    out = served.segment(random_image(33, 99, 11)[None])
+    assert out["probabilities"].shape == (1, 33, 99, 3)
+    expected = np.round(out["probabilities"].max(-1) * 255)
+    assert np.abs(out["confidence"].astype(int) - expected).max() <= 1
+    assert len(np.unique(out["class_ids"])) > 1
+
+
 def test_undecodable_image_fails_the_request(loaded):
     good = tf.io.encode_png(random_image(20, 20)).numpy()
     with pytest.raises(tf.errors.InvalidArgumentError):
