@@ -3,8 +3,6 @@ N images (the KITTI samples repeated to N), against the in-process signature on 
 images. End to end includes pipeline start-up, model loading, reading and writing files."""
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import pathlib
 import tempfile
@@ -37,8 +35,7 @@ def run_job(mut, images, n: int, mode: str, batch: int, address: str | None = No
                  else ["--server", address, "--model-name", mut.name])
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
         start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):  # Beam prints progress of its own
-            summary = segment.run(argv)
+        summary = segment.run(argv)
         wall = time.perf_counter() - start
     if summary.get("ok") != n:
         raise RuntimeError(f"Beam job ({mode}) segmented {summary.get('ok')} of {n} images: "

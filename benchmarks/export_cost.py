@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import log
+from benchmarks.common import REPO, log
 
 
 def _child(argv=None) -> dict:
@@ -63,7 +63,7 @@ def child_run(version_dir: Path, image_png: Path, replay_warmup: bool) -> dict:
     command = [sys.executable, "-m", "benchmarks.export_cost", str(version_dir), str(image_png)]
     if replay_warmup:
         command.append("--replay-warmup")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

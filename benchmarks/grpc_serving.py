@@ -78,27 +78,34 @@ def concurrent_run(address: str, mut, images, signature: str, output_filter, cli
     barrier = threading.Barrier(clients + 1)
 
     def worker(index: int):
-        with PredictionClient(address, mut.name, timeout=600, max_retries=0) as client:
-            client.predict(_inputs(images, signature, batch, index), signature, output_filter)
-            barrier.wait()  # everyone warmed up and connected: start together
-            mine = []
-            for r in range(requests_per_client):
-                start = time.perf_counter()
-                try:
+        try:
+            with PredictionClient(address, mut.name, timeout=600, max_retries=0) as client:
+                client.predict(_inputs(images, signature, batch, index), signature,
+                               output_filter)
+                barrier.wait()  # everyone warmed up and connected: start together
+                mine = []
+                for r in range(requests_per_client):
+                    start = time.perf_counter()
                     client.predict(_inputs(images, signature, batch, index + r * clients),
                                    signature, output_filter)
-                except Exception as err:  # noqa: BLE001 - reported, not fatal
-                    with lock:
-                        errors.append(str(err)[:200])
-                    continue
-                mine.append(time.perf_counter() - start)
+                    mine.append(time.perf_counter() - start)
+        except threading.BrokenBarrierError:
+            return
+        except Exception as err:  # noqa: BLE001 - reported in the results, not fatal
+            barrier.abort()  # do not leave the others waiting for this client
             with lock:
-                latencies.extend(mine)
+                errors.append(f"{type(err).__name__}: {err}"[:300])
+            return
+        with lock:
+            latencies.extend(mine)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
-    barrier.wait()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
     start = time.perf_counter()
     for t in threads:
         t.join()

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import platform
+import time
 
 SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "grpc": "gRPC",
                   "beam": "Beam", "training": "Training", "scaling": "Scaling",
@@ -71,7 +72,7 @@ def build(mut, images, args, sections: dict, started: float) -> dict:
 
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": round(__import__("time").time() - started, 1),
+        "duration_s": round(time.time() - started, 1),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
                     "platform": platform.platform(), "python": platform.python_version(),
                     "tensorflow": tf.__version__,
@@ -227,9 +228,15 @@ def _md_scaling(s):
                              for r in b["results"]]))
         if b.get("fit"):
             f = b["fit"]
-            parts.append(f"Line fit: {f['fixed_s']:.1f} s fixed (start-up, model load) + "
-                         f"{f['per_image_s'] * 1e3:.0f} ms per image (marginal "
-                         f"{_f(f['marginal_images_per_s'], 2)} images/s per worker).")
+            parts.append(f"Line fit: {f['fixed_s']:.1f} s fixed (pipeline start-up; the "
+                         f"model was already loaded) + {f['per_image_s'] * 1e3:.0f} ms per "
+                         f"image (marginal {_f(f['marginal_images_per_s'], 2)} images/s per "
+                         f"worker like this machine).")
+            if f["per_image_s"] > 0:
+                hours = (f["fixed_s"] + 10_000 * f["per_image_s"]) / 3600
+                parts.append(f"Sizing example: 10,000 images take about {hours:.1f} h on one "
+                             f"such worker, {hours * 60 / 10:.0f} min on 10 (plus each "
+                             f"worker's model load, see Export).")
     r = s["by_image_size"]["results"]
     parts.append(_table(["scale", "network input", "ms/image", "GFLOP/image", "GFLOP/s"],
                         [[x["scale"], f"{x['image_size'][0]}x{x['image_size'][1]}",
