@@ -184,10 +184,15 @@ class FinishImage(beam.DoFn):
                                  f"ground truth {where} is {label.shape[1]}x{label.shape[0]} "
                                  f"but the image is {item.width}x{item.height}")
                 return
+        stats = []
+        if label is not None:
+            try:
+                stats = evaluation.image_stats(self.dataset, item.category, seg, label,
+                                               len(self.classes["class_names"]))
+            except ValueError as exc:  # label values the model's classes do not cover
+                yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
+                return
         try:
-            stats = (evaluation.image_stats(self.dataset, item.category, seg, label,
-                                            len(self.classes["class_names"]))
-                     if label is not None else [])
             files = self._write(item, seg, label)
         except Exception as exc:  # noqa: BLE001 - this image's problem, not the job's
             yield self._dead(item, "write", f"{type(exc).__name__}: {exc}")

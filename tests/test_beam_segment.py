@@ -208,6 +208,29 @@ def test_inprocess_folder_with_bad_files(tmp_path, road_model):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_folder_with_labels_dir(tmp_path, road_model):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    good = np.zeros((30, 40), np.uint8)
+    good[15:] = 1
+    good[:, :5] = 255
+    for name, label in (("a", good), ("b", np.full((30, 40), 7, np.uint8)), ("c", None)):
+        (images / f"{name}.png").write_bytes(_png(_rgb(30, 40)))
+        if label is not None:
+            (labels / f"{name}.png").write_bytes(_png(label))
+    out = tmp_path / "out"
+    summary = _run("--input", images, "--labels-dir", labels, "--output", out,
+                   "--dataset", "folder", "--model-dir", road_model)
+    dead = _read_jsonl(out, "dead_letter")
+    assert [(pathlib.Path(d["path"]).name, d["stage"]) for d in dead] == [("b.png", "ground_truth")]
+    assert "label values must be in [0, 2)" in dead[0]["reason"]
+    assert summary["ok"] == 2
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split_size"] == 1 and np.sum(m["confusion_matrix"]) == np.sum(good != 255)
+    assert (out / "confusion_matrix.png").is_file()
+
+
 @pytest.fixture()
 def grpc_server(road_model):
     from serving.test_server import start_test_server
