@@ -95,9 +95,12 @@ class PredictionClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _model_spec(self, spec, signature_name: str | None = None) -> None:
+    def _model_spec(self, spec, signature_name: str | None = None,
+                    pin: int | None = None) -> None:
         spec.name = self.model_name
-        if self.version is not None:
+        if pin is not None:
+            spec.version.value = pin
+        elif self.version is not None:
             spec.version.value = self.version
         elif self.version_label is not None:
             spec.version_label = self.version_label
@@ -115,11 +118,11 @@ class PredictionClient:
 
     # -- API
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
-                output_filter: Iterable[str] | None = None,
-                timeout: float | None = None) -> tuple[dict[str, np.ndarray], int]:
+                output_filter: Iterable[str] | None = None, timeout: float | None = None,
+                *, _pin: int | None = None) -> tuple[dict[str, np.ndarray], int]:
         """One Predict request as given (no chunking): (outputs, model version that answered)."""
         request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec, signature_name)
+        self._model_spec(request.model_spec, signature_name, _pin)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         request.output_filter.extend(output_filter or ())
@@ -131,7 +134,9 @@ class PredictionClient:
                         output_filter: Iterable[str] | None = None,
                         timeout: float | None = None) -> tuple[dict[str, np.ndarray], int]:
         """Predict, split along the batch axis so that each request stays under
-        max_request_bytes; outputs are joined again. Returns the version of the last answer."""
+        max_request_bytes; outputs are joined again. When no version is pinned, the chunks
+        after the first ask for the version that answered the first, so one batch is never
+        answered by two versions while a new one is being rolled out."""
         lengths = {len(v) for v in inputs.values()}
         if len(lengths) != 1:
             raise ValueError(f"inputs must have the same batch size, got {sorted(lengths)}")
@@ -141,10 +146,12 @@ class PredictionClient:
         sizes = np.zeros(n, dtype=np.int64)
         for value in inputs.values():
             sizes += [_nbytes(row) for row in value]
-        parts, version = [], 0
+        parts, first_version = [], None
         for part in chunk_slices(sizes.tolist(), self.max_request_bytes):
             outputs, version = self.predict({k: v[part] for k, v in inputs.items()},
-                                            signature_name, output_filter, timeout)
+                                            signature_name, output_filter, timeout,
+                                            _pin=first_version)
+            first_version = first_version or version
             parts.append(outputs)
         return concat_outputs(parts), version
 

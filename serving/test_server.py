@@ -341,6 +341,7 @@ class ModelManager:
                 continue  # retry a broken version now and then, not every poll
             path = pathlib.Path(config.base_path) / str(version)
             states[version] = (VersionState.LOADING, "")
+            self._states = {**self._states, name: dict(states)}  # visible while it loads
             try:
                 loaded[version] = Servable(name, version, path)
             except Exception as err:
@@ -356,9 +357,10 @@ class ModelManager:
             del loaded[version]
             states[version] = (VersionState.END, "")
             log.info("model %s: version %d unloaded", name, version)
-        if loaded != current or states != self._states[name]:
-            # Replace, never mutate: in-flight readers keep the dict they got.
+        # Replace, never mutate: in-flight readers keep the dicts they got.
+        if loaded != current:
             self._servables = {**self._servables, name: loaded}
+        if states != self._states[name]:
             self._states = {**self._states, name: states}
 
     # -- lookups

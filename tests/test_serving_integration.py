@@ -4,7 +4,6 @@ swap of a new version, restarts. Which backend ran is printed as 'serving backen
 from __future__ import annotations
 
 import io
-import pathlib
 import shutil
 import socket
 import threading

@@ -343,3 +343,25 @@ def test_failing_warmup_request_fails_the_load(tmp_path, tiny_base):
     assert "warm-up request 1 failed" in status["error_message"]
     assert "Expects arg[0] to be uint8 but float is provided" in status["error_message"]
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_chunks_after_the_first_ask_for_the_version_that_answered_it():
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+    from serving.grpc_client import PredictionClient
+    seen = []
+
+    def fake_predict(request, timeout=None, metadata=None):
+        seen.append(request.model_spec.version.value if request.model_spec.HasField("version")
+                    else None)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.version.value = 5 if len(seen) == 1 else 6  # a rollout mid-batch
+        n = tf.make_ndarray(request.inputs["images"]).shape[0]
+        response.outputs["class_ids"].CopyFrom(tf.make_tensor_proto(np.zeros((n, 2, 2), np.uint8)))
+        return response
+
+    with PredictionClient("127.0.0.1:1", "fcn8s", max_request_bytes=4096 + 12 * 2) as client:
+        client._predict_stub.Predict = fake_predict
+        result = client.segment_images(np.zeros((5, 2, 2, 3), np.uint8), outputs=["class_ids"])
+    assert seen == [None, 5, 5]  # 2 + 2 + 1 images; later chunks pinned to version 5
+    assert result["class_ids"].shape == (5, 2, 2)
