@@ -252,14 +252,14 @@ def test_versions_and_overwrite(model, tmp_path):
     first = export_saved_model(model, CONFIG, base, "m")
     second = export_saved_model(model, CONFIG, base, "m")
     assert (first.name, second.name) == ("1", "2")
-    stamp = json.loads((first / "assets.extra" / METADATA_FILE).read_text())["created"]
+    (first / "marker").write_text("old export")
     with pytest.raises(FileExistsError, match="already exists"):
         export_saved_model(model, CONFIG, base, "m", version=1)
+    assert (first / "marker").is_file()  # refused: left untouched
     replaced = export_saved_model(model, CONFIG, base, "m", version=1, overwrite=True)
     assert replaced == first and (first / "saved_model.pb").is_file()
-    assert json.loads((first / "assets.extra" / METADATA_FILE).read_text())["version"] == 1
-    assert stamp  # created time exists in both
-    assert sorted(p.name for p in (base / "m").iterdir()) == ["1", "2"]
+    assert not (first / "marker").exists()  # replaced as a whole
+    assert sorted(p.name for p in (base / "m").iterdir()) == ["1", "2"]  # no temp folders
     assert sorted(version_dirs(base / "m")) == [1, 2]
 
 
