@@ -365,3 +365,13 @@ def test_chunks_after_the_first_ask_for_the_version_that_answered_it():
         result = client.segment_images(np.zeros((5, 2, 2, 3), np.uint8), outputs=["class_ids"])
     assert seen == [None, 5, 5]  # 2 + 2 + 1 images; later chunks pinned to version 5
     assert result["class_ids"].shape == (5, 2, 2)
+
+
+def test_cli_expands_folders_to_their_images(tmp_path):
+    from serving.client import expand_images
+    (tmp_path / "b.PNG").write_bytes(b"")
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    single = tmp_path / "x.png"
+    assert expand_images([str(tmp_path), str(single)]) == [tmp_path / "a.jpg",
+                                                           tmp_path / "b.PNG", single]
