@@ -375,3 +375,23 @@ def test_cli_expands_folders_to_their_images(tmp_path):
     single = tmp_path / "x.png"
     assert expand_images([str(tmp_path), str(single)]) == [tmp_path / "a.jpg",
                                                            tmp_path / "b.PNG", single]
+
+
+def test_test_server_rest_row_format_and_errors(tiny_server):
+    import base64
+    import requests
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(_image()[0]).save(buffer, "PNG")
+    url = f"http://{tiny_server.rest_address}/v1/models/fcn8s"
+    body = {"signature_name": "segment_encoded",
+            "instances": [{"b64": base64.b64encode(buffer.getvalue()).decode()}]}
+    answer = requests.post(url + ":predict", json=body, timeout=30)
+    assert answer.status_code == 200
+    (row,) = answer.json()["predictions"]
+    assert row["heights"] == 7 and row["widths"] == 9
+    missing = requests.post(url + "/versions/9:predict", json=body, timeout=30)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "Servable not found for request: Specific(fcn8s, 9)"}
+    bad = requests.post(url + ":predict", data=b"{not json", timeout=30)
+    assert bad.status_code == 400 and "JSON" in bad.json()["error"]
