@@ -37,6 +37,12 @@ def main(argv=None) -> int:
     from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
     from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
 
+    target = args.model_base / args.model_name / str(args.version)
+    if args.version is not None and target.exists() and not args.overwrite:
+        # Checked again by export_saved_model; here so we fail before loading the checkpoint.
+        print(f"error: {target} already exists (pass --overwrite to replace it, or choose "
+              f"another version)", file=sys.stderr)
+        return 1
     config = load_run_config(args.run_dir)
     checkpoint = args.checkpoint or checkpoint_path(args.run_dir, "best")
     metrics_path = args.run_dir / "metrics.json"
