@@ -58,14 +58,31 @@ def sample_images(seed: int = 0) -> list[np.ndarray]:
             for h, w in ((75, 124), (48, 96), (100, 60))]
 
 
-@pytest.fixture(scope="session")
-def model_base(tmp_path_factory) -> pathlib.Path:
-    """models/fcn8s/{1,2}: two tiny FCN versions with different random weights."""
-    pytest.importorskip("export.savedmodel", reason="export/savedmodel.py not available")
-    base = tmp_path_factory.mktemp("models")
+def write_test_models(base: pathlib.Path, served_base: str | None = None) -> pathlib.Path:
+    """<base>/fcn8s/{1,2} (two tiny FCNs, different random weights) and <base>/models.config
+    (labels stable=1, canary=2; base_path `served_base`, e.g. /models/fcn8s in a container)."""
+    from serving.backends import write_models_config
     export_version(base, 1, seed=1)
     export_version(base, 2, seed=3)  # seeds whose masks have both classes
+    write_models_config(base / "models.config", MODEL_NAME,
+                        served_base or str(base / MODEL_NAME), {"stable": 1, "canary": 2})
     return base
+
+
+@pytest.fixture(scope="session")
+def model_base(tmp_path_factory) -> pathlib.Path:
+    """The folder with fcn8s/1 and fcn8s/2: exported here, or $TFSERVING_MODEL_BASE (the
+    models an external server at $TFSERVING_GRPC_ADDRESS serves, made by
+    `python -m tests.serving_fixtures DIR`)."""
+    pytest.importorskip("export.savedmodel", reason="export/savedmodel.py not available")
+    given = os.environ.get("TFSERVING_MODEL_BASE")
+    if given:
+        base = pathlib.Path(given)
+        if not all((base / MODEL_NAME / v / "saved_model.pb").is_file() for v in ("1", "2")):
+            pytest.fail(f"TFSERVING_MODEL_BASE={given} has no {MODEL_NAME}/1 and /2 "
+                        "(make them with: python -m tests.serving_fixtures DIR)")
+        return base
+    return write_test_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +108,14 @@ class _SummaryLine:
 
     def pytest_terminal_summary(self, terminalreporter):
         terminalreporter.write_line(self.line)
+
+
+if __name__ == "__main__":
+    # python -m tests.serving_fixtures DIR [SERVED_BASE_PATH]: the test models for a server
+    # started by hand (then set TFSERVING_GRPC_ADDRESS and TFSERVING_MODEL_BASE=DIR).
+    import sys
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m tests.serving_fixtures DIR [SERVED_BASE_PATH]")
+    folder = write_test_models(pathlib.Path(sys.argv[1]),
+                               sys.argv[2] if len(sys.argv) == 3 else None)
+    print(f"wrote {folder}/{MODEL_NAME}/1, /2 and {folder}/models.config")
