@@ -28,7 +28,8 @@ HOST = "127.0.0.1"
 
 @dataclass
 class Backend:
-    """A running server. `restart()` stops it and starts it again on the same ports."""
+    """A running server. `stop()` and `start()` again keep the same ports (for restart
+    tests); `close()` stops it for good and cleans up."""
 
     kind: str                    # 'binary' | 'docker' | 'external' | 'test-server'
     description: str
@@ -38,6 +39,7 @@ class Backend:
     sees_model_base: bool        # whether versions written to model_base get loaded
     _stop: Callable[[], None] = field(repr=False, default=lambda: None)
     _start: Callable[[], None] = field(repr=False, default=lambda: None)
+    _close: Callable[[], None] | None = field(repr=False, default=None)
 
     def stop(self) -> None:
         self._stop()
@@ -45,9 +47,8 @@ class Backend:
     def start(self) -> None:
         self._start()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    def close(self) -> None:
+        (self._close or self._stop)()
 
 
 def write_models_config(path: pathlib.Path, model_name: str, base_path: str,
@@ -129,7 +130,7 @@ def start_backend(model_base: pathlib.Path, model_name: str, labels: dict[str, i
         wait_until_available(backend.address, model_name,
                              versions if backend.sees_model_base else [])
     except Exception:
-        backend.stop()
+        backend.close()
         raise
     return backend
 
@@ -185,10 +186,9 @@ def _start_docker(model_base, model_name, labels) -> Backend:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
 
     _wait_for_port(port)
-    backend = Backend("docker", f"{TFSERVING_IMAGE} in Docker on {HOST}:{port}",
-                      f"{HOST}:{port}", f"{HOST}:{rest_port}", True, True, remove, start)
-    backend.restart = lambda: (stop(), start())  # keep the container, same ports
-    return backend
+    # stop/start keep the container (same ports); close removes it.
+    return Backend("docker", f"{TFSERVING_IMAGE} in Docker on {HOST}:{port}",
+                   f"{HOST}:{port}", f"{HOST}:{rest_port}", True, True, stop, start, remove)
 
 
 def _use_external(model_base, model_name, labels) -> Backend:

@@ -793,10 +793,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     parser.add_argument("--ssl_cert", help="PEM server certificate (enables TLS on gRPC)")
     parser.add_argument("--ssl_key", help="PEM private key for --ssl_cert")
-    args = parser.parse_args(argv)
+    # Other tensorflow_model_server flags (--enable_batching, --rest_api_num_threads, ...) are
+    # accepted and ignored, so command lines written for TF Serving run here too.
+    args, ignored = parser.parse_known_args(argv)
     if not args.model_base_path and not args.model_config_file:
         parser.error("give --model_base_path or --model_config_file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if ignored:
+        log.warning("ignoring flags the test server does not implement: %s", " ".join(ignored))
     # TF's own logger repeats deprecation notes about the TF1 loader, which is used on
     # purpose (it is how TF Serving loads); keep the log to what this server says.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)

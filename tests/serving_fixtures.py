@@ -97,7 +97,7 @@ def serving_backend(model_base, request):
     if reporter is not None:
         reporter.write_line("\n" + line)
     yield backend
-    backend.stop()
+    backend.close()
 
 
 class _SummaryLine:
