@@ -2,12 +2,13 @@
 
 It speaks the same gRPC API (PredictionService.Predict, GetModelMetadata and
 ModelService.GetModelStatus) and, optionally, the REST API on a second port, loads SavedModels
-from a model base path with numeric version folders, follows a models.config (version
-policies and labels), polls the file system so new versions are swapped in under running
-clients, and answers bad requests with TF Serving's status codes and messages.
+from a model base path with numeric version folders the way TF Serving does (TF1 session,
+warm-up records replayed), follows a models.config (version policies and labels), polls the
+file system so new versions are swapped in under running clients, and answers bad requests
+with TF Serving's status codes and messages.
 
-It is NOT a production server: no request batching, no model warm-up, no monitoring, one Python
-process whose throughput is bounded by the GIL between TensorFlow calls. Use the official
+It is NOT a production server: no request batching, no monitoring, one Python process whose
+throughput is bounded by the GIL between TensorFlow calls. Use the official
 `tensorflow/serving` image (serving/docker-compose.yml) for anything real.
 
     python -m serving.test_server --port 8500 --rest_api_port 8501 \
