@@ -110,6 +110,9 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     colours = config.get("colours")
     label_format = config.get("label_format", "ids")
     is_kitti = label_format == "kitti"
+    # Any binary model (KITTI, synthetic roads, a two-class folder) gets the devkit's road
+    # scores with class 1 as positive; only KITTI images are also grouped by category.
+    road_scores = num_classes == 2
     if is_kitti and num_classes != 2:
         raise ValueError(f"KITTI evaluation needs a binary model, config has {num_classes} classes")
     if not pairs:
@@ -135,8 +138,8 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                                      f"{(*image.shape[:2], num_classes)}")
                 pred = _argmax(prob)
                 cm += metrics.confusion_matrix(pred, label, num_classes)
-                if is_kitti:
-                    category = _category(image_path)
+                if road_scores:
+                    category = _category(image_path) if is_kitti else "overall"
                     counts = metrics.road_counts(prob[..., 1], label)
                     road[category] = road.get(category, metrics.RoadCounts()) + counts
                     images_per_category[category] = images_per_category.get(category, 0) + 1
@@ -150,9 +153,10 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     result: dict = {"split_size": len(pairs), "class_names": class_names,
                     "label_format": label_format, **(source or {})}
     result.update(metrics.segmentation_scores(cm, class_names))
-    if is_kitti:
+    if road_scores:
         road = dict(sorted(road.items()))
-        road["overall"] = sum(road.values(), metrics.RoadCounts())
+        if is_kitti:
+            road["overall"] = sum(road.values(), metrics.RoadCounts())
         images_per_category["overall"] = len(pairs)
         result["kitti"] = {
             name: {**metrics.kitti_scores(counts), "IoU": metrics.road_iou(counts),

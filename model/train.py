@@ -6,7 +6,6 @@ logs, CSV history, a curves plot and the final validation metrics of the best ch
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pathlib
@@ -194,7 +193,10 @@ def main(argv=None) -> dict:
     metrics = finish_run(run_dir, config, val_pairs, overlays=args.eval_overlays)
     metrics["train_seconds"] = round(train_seconds, 1)
     runs.write_json(run_dir / "metrics.json", metrics)
-    print(json.dumps(metrics, indent=2))
+    from model.evaluate import format_summary
+
+    print(format_summary(metrics))
+    print(f"trained in {train_seconds:.0f} s; wrote {run_dir}/metrics.json")
     return metrics
 
 

@@ -1,6 +1,7 @@
 """Training: the tf.data pipeline, a few steps that reduce the loss, resuming a run."""
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def _history(run_dir):
 
 TINY = ["--dataset", "synthetic", "--encoder-weights", "none", "--image-size", "64", "128",
         "--num-synthetic", "12", "--fc-width", "16", "--batch-size", "4",
-        "--learning-rate", "1e-3", "--eval-overlays", "1", "--verbose", "0"]
+        "--learning-rate", "3e-4", "--eval-overlays", "1", "--verbose", "0"]
 
 
 def test_few_steps_reduce_loss_and_resume(tmp_path):
@@ -85,12 +86,17 @@ def test_few_steps_reduce_loss_and_resume(tmp_path):
     train_main(common + ["--epochs", "3"])
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    # Zero-initialised score layers make the untrained model output 50/50 everywhere, a loss
+    # of ln 2; training must get well below that.
+    assert float(rows[-1]["loss"]) < math.log(2) - 0.1
     config = runs.load_run_config(run_dir)
     assert config["class_names"] == ["not road", "road"] and config["image_size"] == [64, 128]
     assert runs.checkpoint_path(run_dir, "best").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"mean_iou", "pixel_accuracy", "train_seconds"} <= set(metrics)
+    # A binary model also gets the devkit's road scores, over the whole split.
+    assert set(metrics["kitti"]) == {"overall"}
+    assert 0.0 <= metrics["kitti"]["overall"]["MaxF"] <= 1.0
     assert (run_dir / "curves.png").is_file()
 
     steps_before = int(runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"),
