@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
@@ -38,17 +37,6 @@ def export_version(model_base: pathlib.Path, version: int, seed: int = 0) -> pat
               "num_classes": NUM_CLASSES, "fc_width": 16, "normalization": "caffe",
               "label_format": "ids"}
     return export_saved_model(model, config, model_base, MODEL_NAME, version=version)
-
-
-def copy_version(model_base: pathlib.Path, source: int, target: int) -> pathlib.Path:
-    """Publish a copy of a version under a new number the way exports do: write next to the
-    base path, then rename, so a polling server never sees half a version."""
-    base = model_base / MODEL_NAME
-    staging = model_base / f".staging-{target}"
-    shutil.copytree(base / str(source), staging)
-    final = base / str(target)
-    os.rename(staging, final)
-    return final
 
 
 def sample_images(seed: int = 0) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from serving.errors import ServingError
 from serving.grpc_client import PredictionClient
-from tests.serving_fixtures import (MODEL_NAME, copy_version, model_base,  # noqa: F401
+from tests.serving_fixtures import (MODEL_NAME, export_version, model_base,  # noqa: F401
                                     sample_images, serving_backend)
 
 pytestmark = pytest.mark.timeout(300)
@@ -315,7 +315,7 @@ def test_new_version_is_picked_up_without_failed_requests(serving_backend,  # no
         pytest.skip(f"{serving_backend.kind} backend does not watch our model folder")
     with _Hammer(serving_backend.address, timeout=60) as h:
         h.wait_for(lambda: h.versions and h.versions[-1] == 2, 60, "version 2")
-        copy_version(model_base, 2, 3)
+        export_version(model_base, 3, seed=5)  # the real export, while requests run
         try:
             h.wait_for(lambda: h.versions and h.versions[-1] == 3, 120, "version 3")
         finally:
