@@ -197,11 +197,9 @@ def _md_beam(s):
             for r in s["results"]]
     rows.append([ref["mode"], ref["images"], ref["batch"], _f(ref["wall_s"], 1),
                  _f(ref["images_per_s"], 2), _f(ref["ms_per_image"], 0), "1.00x"])
-    return (f"End to end: pipeline start-up, reading and writing files included. The first "
-            f"in-process run in a process also loads the model and pays its first-call "
-            f"warm-up; Beam keeps the model for later pipelines of the same process, as a "
-            f"long-running worker does. The gRPC server was warmed up by one request. "
-            f"gRPC backend: {s['backend']}.\n\n" +
+    return (f"End to end: pipeline start-up, model load and first-call warm-up (in-process "
+            f"mode), reading, validating and writing files included; the gRPC server was "
+            f"warmed up by one request. gRPC backend: {s['backend']}.\n\n" +
             _table(["mode", "images", "batch", "wall s", "images/s", "ms/image",
                     "vs in-process"], rows))
 
@@ -228,15 +226,15 @@ def _md_scaling(s):
                              for r in b["results"]]))
         if b.get("fit"):
             f = b["fit"]
-            parts.append(f"Line fit: {f['fixed_s']:.1f} s fixed (pipeline start-up; the "
-                         f"model was already loaded) + {f['per_image_s'] * 1e3:.0f} ms per "
+            parts.append(f"Line fit: {f['fixed_s']:.1f} s fixed per run (pipeline start-up, "
+                         f"model load, warm-up) + {f['per_image_s'] * 1e3:.0f} ms per "
                          f"image (marginal {_f(f['marginal_images_per_s'], 2)} images/s per "
                          f"worker like this machine).")
             if f["per_image_s"] > 0:
                 hours = (f["fixed_s"] + 10_000 * f["per_image_s"]) / 3600
                 parts.append(f"Sizing example: 10,000 images take about {hours:.1f} h on one "
-                             f"such worker, {hours * 60 / 10:.0f} min on 10 (plus each "
-                             f"worker's model load, see Export).")
+                             f"such worker, about {hours * 60 / 10:.0f} min on 10 (each "
+                             f"worker also loads the model once: see Export).")
     r = s["by_image_size"]["results"]
     parts.append(_table(["scale", "network input", "ms/image", "GFLOP/image", "GFLOP/s"],
                         [[x["scale"], f"{x['image_size'][0]}x{x['image_size'][1]}",
@@ -283,8 +281,11 @@ def _md_profile(s):
              f"(efficiency: " + ", ".join(f"{k} {v * 100:.1f} %" for k, v in
                                           s.get("efficiency_by_path", {}).items()) + ").",
              "Stages of one KITTI image (batch of one), each timed on its own, in rounds "
-             "interleaved with the whole calls they make up (median ms):",
-             _table(["stage", "ms"], [[k, _f(v, 1)] for k, v in s["stages_ms"].items()])]
+             "interleaved with the whole calls they make up (ms; the parts below use the "
+             "fastest round, since other load only ever adds time):",
+             _table(["stage", "fastest ms", "median ms"],
+                    [[k, _f(v, 1), _f(s["stages_median_ms"].get(k), 1)]
+                     for k, v in s["stages_ms"].items()])]
     for path, d in s["decomposition"].items():
         parts.append(f"**{path}**: {d['total_ms']:.0f} ms per image")
         parts.append(_table(["part", "ms", "share"],
