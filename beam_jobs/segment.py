@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
 from beam_jobs import evaluation, outputs, sources
+from model.data import ROAD_COLOURS, palette
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
 from beam_jobs.sources import DeadLetter, ImageItem
@@ -94,11 +95,6 @@ def _check_args(args, parser) -> None:
         parser.error("need 1 <= --min-batch-size <= --batch-size")
 
 
-def _palette(n: int) -> list[list[int]]:
-    rng = np.random.default_rng(0)
-    return [[0, 0, 0]] + rng.integers(40, 256, size=(max(n - 1, 0), 3)).tolist()
-
-
 def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
     """Class names, colours and (coco) category mapping, from the model's metadata when known."""
     names = list(meta.get("class_names") or [])
@@ -120,7 +116,7 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
         names = ["non-road", "road"]
     colours = meta.get("colours") or None
     if names and (not colours or len(colours) != len(names)):
-        colours = ([[0, 0, 0], [255, 0, 255]] if len(names) == 2 else _palette(len(names)))
+        colours = ROAD_COLOURS if len(names) == 2 else palette(len(names))
     return {"class_names": names, "colours": colours, "coco": coco_map}
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model import metrics, plots, runs
-from model.data import image_io, kitti
+from model.data import image_io, kitti, palette
 
 KITTI_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "IoU")
 
@@ -145,7 +145,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     images_per_category[category] = images_per_category.get(category, 0) + 1
                 if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
-                                       image, pred, colours or _default_colours(num_classes),
+                                       image, pred, colours or palette(num_classes),
                                        ground_truth=label)
                     overlays_written += 1
                 progress.update(1)
@@ -169,11 +169,6 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     result = _json_safe(result)
     runs.write_json(out_dir / "metrics.json", result)
     return result
-
-
-def _default_colours(n: int) -> list[list[int]]:
-    rng = np.random.default_rng(0)
-    return [[0, 0, 0]] + rng.integers(40, 256, (n - 1, 3)).tolist()
 
 
 def format_summary(result: dict) -> str:

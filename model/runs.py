@@ -60,7 +60,8 @@ def load_checkpoint(path, compile: bool = False):
     """Load a Keras checkpoint written by model.train (custom layers registered on import)."""
     import keras
 
-    import model.fcn8s  # noqa: F401  registers InputNormalization and BilinearUpsampling
+    # Importing registers the custom layers, initializer and (for compile=True) metrics.
+    from model import fcn8s, keras_metrics  # noqa: F401
 
     path = pathlib.Path(path)
     if not path.is_file():

@@ -144,8 +144,6 @@ def main(argv=None) -> dict:
         train_pairs, val_pairs = split["train"], split["val"]
         state = runs.read_json(run_dir / runs.CHECKPOINTS / runs.STATE)
         initial_epoch, best = state["epoch"], state["best_val_iou"]
-        import model.keras_metrics  # noqa: F401  registers the metrics for compile=True
-
         # compile=True restores the optimizer with its moments and step count.
         model = runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"), compile=True)
         print(f"resuming {run_dir} after epoch {initial_epoch} (best val_iou {best:.4f})")
