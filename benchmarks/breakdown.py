@@ -101,16 +101,22 @@ def _package(filename: str, function: str) -> str:
     return "python stdlib"
 
 
-def profile_beam(mut, images, args) -> dict:
-    """cProfile of one Beam job run (in-process mode): total seconds by package and the
-    functions with the most own time."""
+def profile_beam(mut, images, args, mode: str = "inprocess") -> dict:
+    """cProfile of one Beam job run: own seconds by package and the functions with the most
+    own time. Only the calling thread is profiled: in gRPC mode the in-process test server's
+    threads are not (its time shows as waiting in grpc)."""
+    import contextlib
+
     from benchmarks import beam
+    from benchmarks.grpc_serving import serve
 
     n = args.beam_images
-    profiler = cProfile.Profile()
-    profiler.enable()
-    row = beam.run_job(mut, images, n, "inprocess", args.beam_batch)
-    profiler.disable()
+    with serve(mut) if mode == "grpc" else contextlib.nullcontext() as backend:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        row = beam.run_job(mut, images, n, mode, args.beam_batch,
+                           backend.address if backend else None)
+        profiler.disable()
     stats = pstats.Stats(profiler)
     by_package: dict[str, float] = {}
     functions = []
@@ -122,7 +128,7 @@ def profile_beam(mut, images, args) -> dict:
                           "own_s": own, "cumulative_s": cumulative})
     functions.sort(key=lambda f: -f["own_s"])
     profiled = sum(by_package.values())
-    return {"images": n, "wall_s": row["wall_s"], "profiled_s": profiled,
+    return {"mode": mode, "images": n, "wall_s": row["wall_s"], "profiled_s": profiled,
             "by_package": dict(sorted(((k, v) for k, v in by_package.items()),
                                       key=lambda kv: -kv[1])),
             "top_functions": functions[:15]}
@@ -183,8 +189,9 @@ def run(mut, images, args, sections: dict) -> dict:
            "paths_ms_per_image": paths, "decomposition": decomposition,
            "slowest_path": slowest, "efficiency_by_path": efficiencies}
     if args.profile_beam and "results" in beam:
-        log("where the time goes: cProfile of one Beam job run")
-        out["beam_cprofile"] = profile_beam(mut, images, args)
+        mode = "grpc" if slowest == PATH_NAMES["beam_grpc"] else "inprocess"
+        log(f"where the time goes: cProfile of one Beam job run ({mode} mode)")
+        out["beam_cprofile"] = profile_beam(mut, images, args, mode)
     return out
 
 

@@ -294,8 +294,9 @@ def _md_profile(s):
                              for k, v in d["parts_ms"].items()]))
     prof = s.get("beam_cprofile")
     if prof:
-        parts.append(f"cProfile of the Beam job ({prof['images']} images, {prof['wall_s']:.1f} s "
-                     f"wall, profiled: own time by package):")
+        parts.append(f"cProfile of the Beam job ({prof.get('mode', 'inprocess')} mode, "
+                     f"{prof['images']} images, {prof['wall_s']:.1f} s wall; own time by "
+                     f"package, calling thread only):")
         parts.append(_table(["package", "own s", "share"],
                             [[k, _f(v, 2), _f(v / prof["profiled_s"], 0, 100, " %")]
                              for k, v in list(prof["by_package"].items())[:10]]))
