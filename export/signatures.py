@@ -43,6 +43,15 @@ def confidence_of(probabilities):
     return tf.cast(tf.round(tf.clip_by_value(p, 0.0, 1.0) * 255.0), tf.uint8)
 
 
+def require_images(batch):
+    """An empty batch is a bad request: INVALID_ARGUMENT with a message saying so (TF Serving
+    passes the graph's InvalidArgumentError through), rather than empty outputs."""
+    check = tf.debugging.assert_positive(
+        tf.shape(batch)[0], message="empty batch: a request must hold at least one image")
+    with tf.control_dependencies([check]):
+        return tf.identity(batch)
+
+
 class ServingModule(tf.Module):
     """What tf.saved_model.save writes.
 
@@ -65,18 +74,13 @@ class ServingModule(tf.Module):
         model = keras_model
 
         def run_model(x):
-            def predict():
-                return tf.cast(model(x, training=False), tf.float32)
-
-            def empty():  # CPU convolutions reject a batch of 0 images
-                return tf.zeros([0, *image_size, num_classes], tf.float32)
-
-            probs = tf.cond(tf.shape(x)[0] > 0, predict, empty)
+            probs = tf.cast(model(x, training=False), tf.float32)
             return tf.ensure_shape(probs, [None, *image_size, num_classes])
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
                                                     name="images")])
         def serving_default(images):
+            images = require_images(images)
             size = tf.shape(images)[1:3]
             probs = from_geometry(run_model(to_geometry(images, image_size)), size)
             return {"class_ids": class_ids_of(probs),
@@ -115,16 +119,9 @@ class ServingModule(tf.Module):
             return {"mask_png": mask_png, "confidence_png": confidence_png,
                     "class_ids": class_ids, "heights": heights, "widths": widths}
 
-        def empty_batch():  # map_fn cannot stack 0 masks of unknown shape
-            return {"mask_png": tf.zeros([0], tf.string),
-                    "confidence_png": tf.zeros([0], tf.string),
-                    "class_ids": tf.zeros([0, 0, 0], tf.uint8),
-                    "heights": tf.zeros([0], tf.int32), "widths": tf.zeros([0], tf.int32)}
-
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def segment_encoded(image_bytes):
-            return tf.cond(tf.size(image_bytes) > 0, lambda: encode_batch(image_bytes),
-                           empty_batch)
+            return encode_batch(require_images(image_bytes))
 
         self.serving_default = serving_default
         self.segment_encoded = segment_encoded

@@ -148,7 +148,7 @@ class RestPredictionClient:
         if len(lengths) != 1:
             raise ValueError(f"inputs must have the same batch size, got {sorted(lengths)}")
         (n,) = lengths
-        if n == 0:  # the export answers an empty batch with empty outputs
+        if n == 0:  # nothing to split: the server answers INVALID_ARGUMENT 'empty batch'
             return self.predict(inputs, signature_name, output_filter, timeout)
         sizes = np.zeros(n, dtype=np.float64)
         for value in inputs.values():

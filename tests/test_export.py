@@ -176,11 +176,13 @@ def test_segment_encoded_mixed_sizes_and_modes(loaded):
     np.testing.assert_array_equal(out["class_ids"][2, :30, :90], gray_rgb)
 
 
-def test_empty_batches(loaded):
-    out = loaded.segment(np.zeros((0, 30, 40, 3), np.uint8))
-    assert out["class_ids"].shape == (0, 30, 40) and out["probabilities"].shape == (0, 30, 40, 2)
-    out = loaded.segment_encoded([])
-    assert out["mask_png"].shape == (0,) and out["class_ids"].shape[0] == 0
+def test_empty_batches_are_invalid_arguments(loaded):
+    import tensorflow as tf
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+        loaded.segment(np.zeros((0, 30, 40, 3), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+        loaded.segment_encoded([])
 
 
 def test_segment_encoded_calls_the_model_once_per_batch(loaded):

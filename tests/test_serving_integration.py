@@ -153,13 +153,14 @@ def test_bad_request_is_refused_and_server_keeps_serving(client, case, code, wor
     assert client.segment_images(sample_images(8)[1])["model_version"] == 2
 
 
-def test_empty_batch_gets_empty_outputs(client):
-    # The export answers a batch of 0 images with 0 results (no convolution on 0 images).
-    result = client.segment_images(np.zeros((0, 48, 96, 3), np.uint8), outputs=None)
-    assert result["class_ids"].shape == (0, 48, 96) and result["class_ids"].dtype == np.uint8
-    assert result["probabilities"].shape[0] == 0
-    encoded = client.segment_encoded([])
-    assert encoded["mask_png"].shape == (0,) and encoded["heights"].shape == (0,)
+def test_empty_batch_is_invalid_argument(client):
+    for call in (lambda: client.segment_images(np.zeros((0, 48, 96, 3), np.uint8)),
+                 lambda: client.segment_encoded([])):
+        with pytest.raises(ServingError) as caught:
+            call()
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "empty batch" in caught.value.message
+        assert caught.value.attempts == 1  # never retried
     assert client.segment_images(sample_images(8)[1])["model_version"] == 2
 
 
