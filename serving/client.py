@@ -22,24 +22,10 @@ from collections import defaultdict
 
 import numpy as np
 
+from model.data import palette
 from serving.errors import ServingError
 
 METADATA_FILE = "fcnseg_metadata.json"
-
-
-def default_palette(num_classes: int) -> list[list[int]]:
-    """The PASCAL VOC colour map: distinct colours for any number of classes."""
-    palette = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append([r, g, b])
-    return palette
 
 
 def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -133,7 +119,7 @@ def cmd_segment(args) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names, colours = read_class_info(args.metadata)
-    colours = colours or default_palette(255)  # any class id gets a colour
+    colours = colours or palette(255)  # any class id gets a colour
     paths = expand_images(args.images)
     if not paths:
         print(f"error: no images in {' '.join(args.images)}", file=sys.stderr)

@@ -175,3 +175,9 @@ def test_folder_palette_labels_become_plain_ids(tmp_path):
         assert im.mode == "L"
         np.testing.assert_array_equal(np.asarray(im), ids)
     assert str(root / "labels" / "a.png") in [lab for _, lab in data.train]  # L kept as is
+
+
+def test_palette_is_the_voc_colour_map():
+    colours = palette(21)
+    assert colours[0] == (0, 0, 0) and colours[1] == (128, 0, 0) and colours[2] == (0, 128, 0)
+    assert len(set(colours)) == 21

@@ -162,13 +162,6 @@ def test_monitoring_config_and_compose_file():
 
 # --------------------------------------------------------------------------- CLI pieces
 
-def test_default_palette_is_distinct():
-    from serving.client import default_palette
-    palette = default_palette(21)
-    assert palette[0] == [0, 0, 0] and palette[1] == [128, 0, 0]
-    assert len({tuple(c) for c in palette}) == 21
-
-
 def test_cli_reports_unreadable_image(tmp_path, capsys):
     from serving.client import main
     bad = tmp_path / "broken.png"
