@@ -109,3 +109,18 @@ def test_few_steps_reduce_loss_and_resume(tmp_path):
     resumed = runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"), compile=True)
     # Optimizer state carried over: step count continues instead of restarting at zero.
     assert int(resumed.optimizer.iterations) == steps_before * 5 // 3
+
+
+def test_mixed_precision_run_keeps_float32_outputs(tmp_path):
+    import keras
+
+    run_dir = tmp_path / "mp"
+    try:
+        train_main(TINY + ["--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"),
+                           "--epochs", "1", "--mixed-precision"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"))
+    assert model.get_layer("fc6").compute_dtype == "bfloat16"  # no GPU here: mixed_bfloat16
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert model.output.dtype == "float32"
