@@ -121,8 +121,8 @@ def summary_markdown(result: dict) -> str:
             f"{m['images']['size'][0]}: {m['images']['source']}")
     if "floor_ms_per_image" in floor:
         head += (f"\n\nFloor: {floor['flops_per_image'] / 1e9:.2f} GFLOP per image at "
-                 f"{floor['matmul_float32']['best_flops_per_s'] / 1e9:.1f} GFLOP/s (best float32 "
-                 f"matmul) = {floor['floor_ms_per_image']:.0f} ms per image "
+                 f"{floor['float32_flops_per_s'] / 1e9:.1f} GFLOP/s (best float32 "
+                 f"matmul or conv) = {floor['floor_ms_per_image']:.0f} ms per image "
                  f"({floor['floor_images_per_s']:.2f} images/s at best).")
     return head + "\n\n" + _table(
         ["path", "configuration", "images/s", "ms/image", "p50 ms", "p95 ms", "p99 ms",
@@ -156,6 +156,14 @@ def _md_floor(s):
              _f(s["matmul_bfloat16"]["best_flops_per_s"] / 1e9, 1) + " / " +
              _f(s["matmul_bfloat16"]["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s") +
              f" ({s['bf16_matmul_speedup']:.2f}x float32)"],
+            *[[f"{c['dtype']} {c['shape']} (best / median)",
+               _f(c["best_flops_per_s"] / 1e9, 1) + " / " +
+               _f(c["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s")]
+              for c in (s["conv_float32"], s["conv_bfloat16"])],
+            ["rate used for the floor: float32 / bfloat16 (fastest kernel, best repetition)",
+             _f(s["float32_flops_per_s"] / 1e9, 1) + " / " +
+             _f(s["bfloat16_flops_per_s"] / 1e9, 1, suffix=" GFLOP/s") +
+             f" ({s['bf16_speedup']:.2f}x)"],
             ["floor: best time per image (float32)", _f(s["floor_ms_per_image"], 1,
                                                         suffix=" ms")],
             ["floor: best time per image (bfloat16)", _f(s["floor_bf16_ms_per_image"], 1,
@@ -331,7 +339,7 @@ def plots(result: dict, out: pathlib.Path) -> list[pathlib.Path]:
         ax.barh(range(len(rows)), [r["images_per_s"] for r in rows], color="tab:blue")
         floor = result["floor"].get("floor_images_per_s")
         if floor:
-            ax.axvline(floor, color="tab:red", linestyle="--", label="floor (float32 matmul)")
+            ax.axvline(floor, color="tab:red", linestyle="--", label="floor (float32)")
             ax.legend(loc="lower right")
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.invert_yaxis()
