@@ -12,7 +12,7 @@ ServingError at once. Large batches are sent as several requests of at most
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import grpc
 import numpy as np
@@ -22,19 +22,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving.chunking import chunk_slices, concat_outputs
+from serving.base_client import DEFAULT_MAX_REQUEST_BYTES, SERVING_DEFAULT, SegmentationClient
 from serving.errors import ServingError
 from serving.retry import RetryPolicy, call_with_retries
 
-SERVING_DEFAULT = "serving_default"
-SEGMENT_ENCODED = "segment_encoded"
-# Probabilities are 4*C bytes a pixel (3.7 MB for one binary 1242x375 image): left out
-# unless asked for.
-DEFAULT_IMAGE_OUTPUTS = ("class_ids", "confidence")
-DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
-class PredictionClient:
+class PredictionClient(SegmentationClient):
     """Predict, GetModelMetadata and GetModelStatus against one model.
 
     address: "host:port" of TF Serving's gRPC port. version / version_label: pin a version
@@ -86,12 +80,6 @@ class PredictionClient:
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
     # -- plumbing
-    def __enter__(self) -> "PredictionClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         self._channel.close()
 
@@ -130,62 +118,6 @@ class PredictionClient:
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         return outputs, response.model_spec.version.value
 
-    def predict_batched(self, inputs: Mapping[str, np.ndarray], signature_name: str,
-                        output_filter: Iterable[str] | None = None,
-                        timeout: float | None = None) -> tuple[dict[str, np.ndarray], int]:
-        """Predict, split along the batch axis so that each request stays under
-        max_request_bytes; outputs are joined again. When no version is pinned, the chunks
-        after the first ask for the version that answered the first, so one batch is never
-        answered by two versions while a new one is being rolled out."""
-        lengths = {len(v) for v in inputs.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"inputs must have the same batch size, got {sorted(lengths)}")
-        (n,) = lengths
-        if n == 0:  # nothing to split: the server answers INVALID_ARGUMENT 'empty batch'
-            return self.predict(inputs, signature_name, output_filter, timeout)
-        sizes = np.zeros(n, dtype=np.int64)
-        for value in inputs.values():
-            sizes += [_nbytes(row) for row in value]
-        parts, first_version = [], None
-        for part in chunk_slices(sizes.tolist(), self.max_request_bytes):
-            outputs, version = self.predict({k: v[part] for k, v in inputs.items()},
-                                            signature_name, output_filter, timeout,
-                                            _pin=first_version)
-            first_version = first_version or version
-            parts.append(outputs)
-        return concat_outputs(parts), version
-
-    def segment_images(self, images: np.ndarray,
-                       outputs: Sequence[str] | None = DEFAULT_IMAGE_OUTPUTS,
-                       timeout: float | None = None) -> dict:
-        """uint8 [N,H,W,3] (or one [H,W,3]) -> {"class_ids": uint8 [N,H,W], "confidence":
-        uint8 [N,H,W], ("probabilities": float32 [N,H,W,C] if asked), "model_version": int}.
-        outputs=None returns every output of the signature."""
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be [N,H,W,3] (or [H,W,3]), got shape {images.shape}")
-        if images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 RGB, got {images.dtype}")
-        result, version = self.predict_batched({"images": images}, SERVING_DEFAULT, outputs,
-                                               timeout)
-        return {**result, "model_version": version}
-
-    def segment_encoded(self, encoded: Sequence[bytes],
-                        outputs: Sequence[str] | None = None,
-                        timeout: float | None = None) -> dict:
-        """PNG/JPEG bytes (mixed sizes) -> {"mask_png": object [N] of bytes, "class_ids":
-        uint8 [N,Hmax,Wmax] padded with 255, "heights", "widths": int32 [N], ...,
-        "model_version": int}."""
-        encoded = list(encoded)
-        if not all(isinstance(e, (bytes, bytearray)) for e in encoded):
-            raise ValueError("segment_encoded takes a list of bytes (encoded PNG/JPEG files)")
-        array = np.array([bytes(e) for e in encoded], dtype=object)
-        result, version = self.predict_batched({"image_bytes": array}, SEGMENT_ENCODED,
-                                               outputs, timeout)
-        return {**result, "model_version": version}
-
     def get_model_metadata(self, timeout: float | None = None) -> dict:
         """{"name", "version", "signature_def": {name: {"inputs", "outputs", "method_name"}}},
         signatures in TF Serving's JSON form (as the REST API sends them): each tensor is
@@ -209,12 +141,3 @@ class PredictionClient:
         return [{"version": s.version, "state": state_name(s.state),
                  "error_code": s.status.error_code, "error_message": s.status.error_message}
                 for s in response.model_version_status]
-
-
-def _nbytes(row) -> int:
-    if isinstance(row, (bytes, bytearray)):
-        return len(row)
-    row = np.asarray(row)
-    if row.dtype == object:
-        return sum(len(x) for x in row.ravel())
-    return row.nbytes

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import grpc
 import numpy as np
 import requests
 
-from serving.chunking import chunk_slices, concat_outputs
+from serving.base_client import (DEFAULT_MAX_REQUEST_BYTES, SERVING_DEFAULT,
+                                 SegmentationClient, row_nbytes)
 from serving.errors import HTTP_TO_GRPC, ServingError
-from serving.grpc_client import (DEFAULT_IMAGE_OUTPUTS, DEFAULT_MAX_REQUEST_BYTES,
-                                 SEGMENT_ENCODED, SERVING_DEFAULT, _nbytes)
 from serving.retry import RetryPolicy, call_with_retries
 
 # TensorFlow DataType names (as in metadata JSON) -> numpy dtypes.
@@ -37,7 +36,7 @@ _NUMPY_DTYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_INT32": np
 _JSON_BYTES_PER_VALUE = 3.6
 
 
-class RestPredictionClient:
+class RestPredictionClient(SegmentationClient):
     """REST twin of PredictionClient. address: "host:port" or "http(s)://host:port".
 
     verify: TLS verification (True, False or a CA bundle path); cert: client certificate
@@ -65,20 +64,14 @@ class RestPredictionClient:
         self._session.headers.update(headers or {})
         self._signatures: dict | None = None
 
-    def __enter__(self) -> "RestPredictionClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         self._session.close()
 
     # -- plumbing
-    def _url(self, suffix: str = "") -> str:
+    def _url(self, suffix: str = "", pin: int | None = None) -> str:
         url = f"{self.base_url}/v1/models/{self.model_name}"
-        if self.version is not None:
-            url += f"/versions/{self.version}"
+        if pin is not None or self.version is not None:
+            url += f"/versions/{self.version if pin is None else pin}"
         elif self.version_label is not None:
             url += f"/labels/{self.version_label}"
         return url + suffix
@@ -118,12 +111,12 @@ class RestPredictionClient:
 
     # -- API
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
-                output_filter: Iterable[str] | None = None,
-                timeout: float | None = None) -> tuple[dict[str, np.ndarray], int | None]:
+                output_filter: Iterable[str] | None = None, timeout: float | None = None,
+                *, _pin: int | None = None) -> tuple[dict[str, np.ndarray], int | None]:
         """One :predict call in the columnar ("inputs") format: (outputs, version or None)."""
         body = {"signature_name": signature_name,
                 "inputs": {name: _to_json(np.asarray(value)) for name, value in inputs.items()}}
-        raw = self._call("POST", self._url(":predict"), body, timeout)
+        raw = self._call("POST", self._url(":predict", _pin), body, timeout)
         # surrogateescape: raw bytes inside strings (see module doc) survive the round trip.
         answer = json.loads(raw.decode("utf-8", "surrogateescape"))["outputs"]
         outputs_meta = self._signature(signature_name).get("outputs", {})
@@ -139,48 +132,12 @@ class RestPredictionClient:
         outputs = {name: _from_json(name, answer[name],
                                     outputs_meta.get(name, {}).get("dtype", "DT_FLOAT"))
                    for name in wanted}
-        return outputs, self.version
+        return outputs, self.version if _pin is None else _pin
 
-    def predict_batched(self, inputs: Mapping[str, np.ndarray], signature_name: str,
-                        output_filter: Iterable[str] | None = None,
-                        timeout: float | None = None) -> tuple[dict[str, np.ndarray], int | None]:
-        lengths = {len(v) for v in inputs.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"inputs must have the same batch size, got {sorted(lengths)}")
-        (n,) = lengths
-        if n == 0:  # nothing to split: the server answers INVALID_ARGUMENT 'empty batch'
-            return self.predict(inputs, signature_name, output_filter, timeout)
-        sizes = np.zeros(n, dtype=np.float64)
-        for value in inputs.values():
-            arr = np.asarray(value)
-            scale = 4 / 3 if arr.dtype == object else _JSON_BYTES_PER_VALUE  # base64 vs numbers
-            sizes += [_nbytes(row) * scale for row in arr]
-        parts, version = [], None
-        for part in chunk_slices(sizes.astype(np.int64).tolist(), self.max_request_bytes):
-            outputs, version = self.predict({k: np.asarray(v)[part] for k, v in inputs.items()},
-                                            signature_name, output_filter, timeout)
-            parts.append(outputs)
-        return concat_outputs(parts), version
-
-    def segment_images(self, images: np.ndarray,
-                       outputs: Sequence[str] | None = DEFAULT_IMAGE_OUTPUTS,
-                       timeout: float | None = None) -> dict:
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} "
-                             f"{images.shape}")
-        result, version = self.predict_batched({"images": images}, SERVING_DEFAULT, outputs,
-                                               timeout)
-        return {**result, "model_version": version}
-
-    def segment_encoded(self, encoded: Sequence[bytes], outputs: Sequence[str] | None = None,
-                        timeout: float | None = None) -> dict:
-        encoded = [bytes(e) for e in encoded]
-        result, version = self.predict_batched(
-            {"image_bytes": np.array(encoded, dtype=object)}, SEGMENT_ENCODED, outputs, timeout)
-        return {**result, "model_version": version}
+    def _request_bytes(self, value: np.ndarray) -> list[int]:
+        # base64 for encoded images, JSON text for numbers
+        scale = 4 / 3 if value.dtype == object else _JSON_BYTES_PER_VALUE
+        return [int(row_nbytes(row) * scale) for row in value]
 
     def get_model_metadata(self, timeout: float | None = None) -> dict:
         """{"name", "version", "signature_def": {name: {"inputs", "outputs", "method_name"}}}
