@@ -174,7 +174,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
 def format_summary(result: dict) -> str:
     lines = []
     if "kitti" in result:
-        lines.append("KITTI road (devkit, perspective view; values in %)")
+        lines.append("Road scores (KITTI devkit method, perspective view; values in %)")
         lines.append(f"{'category':<10}{'images':>7}" + "".join(f"{k:>8}" for k in KITTI_KEYS)
                      + f"{'thresh':>8}")
         for name, scores in result["kitti"].items():
