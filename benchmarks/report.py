@@ -91,6 +91,15 @@ def build(mut, images, args, sections: dict, started: float) -> dict:
         "options": {k: (str(v) if isinstance(v, pathlib.Path) else v)
                     for k, v in vars(args).items()},
     }
+    floor = sections.get("floor", {}).get("floor_ms_per_image")
+    profile = sections.get("profile", {})
+    if floor and "paths_ms_per_image" in profile:
+        # Against the final floor (measured again at the end of the run); the order of the
+        # paths, and so the slowest one, does not change with it.
+        from benchmarks.breakdown import PATH_NAMES
+        profile["efficiency_by_path"] = {
+            PATH_NAMES[k]: floor / v for k, v in profile["paths_ms_per_image"].items()
+            if k in PATH_NAMES and v}
     return {"meta": meta, "summary": summary_rows(sections),
             **{name: sections.get(name, {"skipped": "not in --sections"})
                for name in SECTION_TITLES}}
@@ -165,10 +174,18 @@ def _md_floor(s):
                _f(c["best_flops_per_s"] / 1e9, 1) + " / " +
                _f(c["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s")]
               for c in (s["conv_float32"], s["conv_bfloat16"])],
-            ["rate used for the floor: float32 / bfloat16 (fastest kernel, best repetition)",
+            ["rate used for the floor: float32 / bfloat16 (fastest kernel, best repetition"
+             + (", best of the measurements at the start and the end of the run)"
+                if "second_measurement" in s else ")"),
              _f(s["float32_flops_per_s"] / 1e9, 1) + " / " +
              _f(s["bfloat16_flops_per_s"] / 1e9, 1, suffix=" GFLOP/s") +
              f" ({s['bf16_speedup']:.2f}x)"],
+            *([["kernels measured again at the end of the run (best): float32 matmul / conv, "
+                "bfloat16 matmul / conv",
+                " / ".join(_f(s["second_measurement"][k]["best_flops_per_s"] / 1e9, 1)
+                           for k in ("matmul_float32", "conv_float32", "matmul_bfloat16",
+                                     "conv_bfloat16")) + " GFLOP/s"]]
+              if "second_measurement" in s else []),
             ["floor: best time per image (float32)", _f(s["floor_ms_per_image"], 1,
                                                         suffix=" ms")],
             ["floor: best time per image (bfloat16)", _f(s["floor_bf16_ms_per_image"], 1,
@@ -323,7 +340,8 @@ def markdown(result: dict) -> str:
     parts = ["# fcnseg benchmark", summary_markdown(result)]
     for name, title in SECTION_TITLES.items():
         s = result[name]
-        seconds = f" ({s['section_seconds']} s)" if "section_seconds" in s else ""
+        seconds = (f" ({s['section_seconds']} s, load average {s['load_average'][0]} -> "
+                   f"{s['load_average'][1]})" if "section_seconds" in s else "")
         parts.append(f"## {title}{seconds}\n\n{_section_md(name, s)}")
     return "\n\n".join(parts) + "\n"
 
