@@ -1,8 +1,9 @@
 """Export: SavedModel size against the weights' size, load time, and first-request time with
 and without the warm-up records (assets.extra/tf_serving_warmup_requests).
 
-serving.test_server does not replay warm-up records (real TF Serving does), so this is
-measured in process, in fresh Python processes (a second load in one process would reuse
+A server replays the warm-up records while it loads a version, before it reports the version
+AVAILABLE, so their effect cannot be seen from a client; this is measured in process, in fresh
+Python processes (a second load in one process would reuse
 its kernel caches): load the SavedModel, optionally replay the warm-up records the way TF
 Serving does, then time the first and the second request of each signature.
 

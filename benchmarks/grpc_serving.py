@@ -41,7 +41,7 @@ def serve(mut):
         try:
             yield backend
         finally:
-            backend.stop()
+            backend.close()  # stop() keeps a Docker container for restarts
 
 
 def _inputs(images, signature: str, batch: int, start: int = 0) -> dict:
