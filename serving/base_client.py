@@ -7,6 +7,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from serving.chunking import chunk_slices, concat_outputs
+from serving.retry import RetryPolicy
 
 SERVING_DEFAULT = "serving_default"
 SEGMENT_ENCODED = "segment_encoded"
@@ -29,7 +30,17 @@ def row_nbytes(row) -> int:
 class SegmentationClient:
     """Base of PredictionClient (gRPC) and RestPredictionClient (REST)."""
 
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    def __init__(self, model_name: str, version: int | None, version_label: str | None,
+                 timeout: float, max_retries: int, initial_backoff: float, max_backoff: float,
+                 max_request_bytes: int):
+        if version is not None and version_label is not None:
+            raise ValueError("give version or version_label, not both")
+        self.model_name = model_name
+        self.version = version
+        self.version_label = version_label
+        self.timeout = timeout
+        self.retry_policy = RetryPolicy(max_retries, initial_backoff, max_backoff)
+        self.max_request_bytes = max_request_bytes
 
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
                 output_filter: Iterable[str] | None = None, timeout: float | None = None,

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from serving.base_client import DEFAULT_MAX_REQUEST_BYTES, SERVING_DEFAULT, SegmentationClient
 from serving.errors import ServingError
-from serving.retry import RetryPolicy, call_with_retries
+from serving.retry import call_with_retries
 
 
 
@@ -48,15 +48,9 @@ class PredictionClient(SegmentationClient):
                  root_certificates: bytes | None = None, private_key: bytes | None = None,
                  certificate_chain: bytes | None = None, server_name_override: str | None = None,
                  metadata: Mapping[str, str] | None = None):
-        if version is not None and version_label is not None:
-            raise ValueError("give version or version_label, not both")
+        super().__init__(model_name, version, version_label, timeout, max_retries,
+                         initial_backoff, max_backoff, max_request_bytes)
         self.address = address
-        self.model_name = model_name
-        self.version = version
-        self.version_label = version_label
-        self.timeout = timeout
-        self.retry_policy = RetryPolicy(max_retries, initial_backoff, max_backoff)
-        self.max_request_bytes = max_request_bytes
         self.metadata = tuple((k.lower(), v) for k, v in (metadata or {}).items())
         options = [
             # Requests are kept under max_request_bytes by chunking, but one image can be

@@ -24,7 +24,7 @@ import requests
 from serving.base_client import (DEFAULT_MAX_REQUEST_BYTES, SERVING_DEFAULT,
                                  SegmentationClient, row_nbytes)
 from serving.errors import HTTP_TO_GRPC, ServingError
-from serving.retry import RetryPolicy, call_with_retries
+from serving.retry import call_with_retries
 
 # TensorFlow DataType names (as in metadata JSON) -> numpy dtypes.
 _NUMPY_DTYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_INT32": np.int32,
@@ -49,15 +49,9 @@ class RestPredictionClient(SegmentationClient):
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  verify: bool | str = True, cert=None,
                  headers: Mapping[str, str] | None = None):
-        if version is not None and version_label is not None:
-            raise ValueError("give version or version_label, not both")
+        super().__init__(model_name, version, version_label, timeout, max_retries,
+                         initial_backoff, max_backoff, max_request_bytes)
         self.base_url = address if "://" in address else f"http://{address}"
-        self.model_name = model_name
-        self.version = version
-        self.version_label = version_label
-        self.timeout = timeout
-        self.retry_policy = RetryPolicy(max_retries, initial_backoff, max_backoff)
-        self.max_request_bytes = max_request_bytes
         self._session = requests.Session()
         self._session.verify = verify
         self._session.cert = cert
