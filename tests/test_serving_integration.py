@@ -94,6 +94,24 @@ def test_segment_encoded_mixed_sizes(client, in_process):
         assert (result["class_ids"][i, h:, :] == 255).all()
 
 
+def test_real_kitti_images_match_in_process(client, in_process, kitti_root):
+    """Server answer == loaded SavedModel on real samples (test_export checks SavedModel ==
+    Keras on them), for both signatures, at the images' own sizes."""
+    from model.data.image_io import read_image
+
+    paths = sorted((kitti_root / "training" / "image_2").glob("*.png"))[::12][:3]
+    for path in paths:
+        image = read_image(path)
+        got = client.segment_images(image)
+        expected = in_process[2].segment(image[None])["class_ids"]
+        np.testing.assert_array_equal(got["class_ids"], expected)
+    blobs = [p.read_bytes() for p in paths]
+    got = client.segment_encoded(blobs, outputs=["class_ids", "heights", "widths"])
+    expected = in_process[2].segment_encoded(blobs)
+    np.testing.assert_array_equal(got["class_ids"], expected["class_ids"])
+    assert list(got["widths"]) == [read_image(p).shape[1] for p in paths]
+
+
 def test_chunked_batch_equals_single_request(serving_backend, in_process):  # noqa: F811
     images = sample_images(5)
     blobs = [png(im) for im in images]
