@@ -21,11 +21,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RemoteModelHandler
 
 from beam_jobs.sources import ImageItem
+from export.layout import LABELS_PATH, METADATA_PATH
 
 _LOGGER = logging.getLogger(__name__)
 SIGNATURE = "segment_encoded"
-METADATA_FILE = "assets.extra/fcnseg_metadata.json"
-LABELS_FILE = "assets/labels.txt"
 
 
 @dataclasses.dataclass
@@ -71,11 +70,11 @@ def read_model_metadata(model_dir: str) -> dict:
     """
     version_dir = resolve_model_dir(model_dir)
     meta: dict[str, Any] = {}
-    path = FileSystems.join(version_dir, METADATA_FILE)
+    path = FileSystems.join(version_dir, METADATA_PATH)
     if FileSystems.exists(path):
         with FileSystems.open(path, compression_type="uncompressed") as f:
             meta = json.loads(f.read().decode("utf-8"))
-    labels = FileSystems.join(version_dir, LABELS_FILE)
+    labels = FileSystems.join(version_dir, LABELS_PATH)
     if not meta.get("class_names") and FileSystems.exists(labels):
         with FileSystems.open(labels, compression_type="uncompressed") as f:
             meta["class_names"] = [ln for ln in f.read().decode("utf-8").splitlines() if ln]

@@ -128,10 +128,10 @@ def resolve_version(model_dir) -> pathlib.Path:
 def open_model(model_dir) -> ModelUnderTest:
     import json
 
-    from export.metadata import METADATA_FILE
+    from export.layout import METADATA_PATH
 
     path = resolve_version(model_dir)
-    meta_path = path / "assets.extra" / METADATA_FILE
+    meta_path = path / METADATA_PATH
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: missing; the benchmark needs the metadata that "
                                 f"`python -m export` writes (geometry, classes, fc_width)")

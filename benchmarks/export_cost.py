@@ -36,9 +36,10 @@ def _child(argv=None) -> dict:
     loaded = tf.saved_model.load(args.version_dir)
     out["load_s"] = time.perf_counter() - start
     if args.replay_warmup:
-        from export.warmup import WARMUP_FILE, read_warmup_file
+        from export.layout import WARMUP_PATH
+        from export.warmup import read_warmup_file
         start = time.perf_counter()
-        logs = read_warmup_file(Path(args.version_dir) / "assets.extra" / WARMUP_FILE)
+        logs = read_warmup_file(Path(args.version_dir) / WARMUP_PATH)
         for record in logs:  # what TF Serving does with each PredictionLog on load
             request = record.predict_log.request
             fn = loaded.signatures[request.model_spec.signature_name or "serving_default"]

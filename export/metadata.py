@@ -10,9 +10,6 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-LABELS_FILE = "labels.txt"
-METADATA_FILE = "fcnseg_metadata.json"
-
 
 def fcnseg_version() -> str:
     try:

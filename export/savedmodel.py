@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from export.metadata import (LABELS_FILE, METADATA_FILE, build_metadata, write_labels,
-                             write_metadata)
+from export.layout import LABELS_FILE, LABELS_PATH, METADATA_PATH, WARMUP_PATH
+from export.metadata import build_metadata, write_labels, write_metadata
 from export.precision import serving_copy
 from export.signatures import SEGMENT_ENCODED, SERVING_DEFAULT, ServingModule, describe
-from export.warmup import WARMUP_FILE, write_warmup_file
+from export.warmup import write_warmup_file
 from model.inference import read_saved_model_metadata
 
 TEMP_PREFIX = ".tmp-"  # not a number, so TF Serving never takes it for a version
@@ -57,7 +57,7 @@ def saved_model_sizes(path) -> dict:
     return {"total_bytes": dir_nbytes(path),
             "variables_bytes": dir_nbytes(path / "variables"),
             "saved_model_pb_bytes": (path / "saved_model.pb").stat().st_size,
-            "warmup_bytes": dir_nbytes(path / "assets.extra" / WARMUP_FILE)}
+            "warmup_bytes": dir_nbytes(path / WARMUP_PATH)}
 
 
 def _check_inputs(keras_model, config: dict) -> tuple[tuple[int, int], list[str]]:
@@ -115,8 +115,8 @@ def export_saved_model(keras_model, config: dict, model_base, model_name: str,
                                   compute_dtype=compute_dtype, signatures=describe(signatures),
                                   metrics=metrics, source=source, run_dir=run_dir,
                                   weights_bytes=weights_nbytes(keras_model))
-        write_metadata(tmp / "assets.extra" / METADATA_FILE, metadata)
-        write_warmup_file(tmp / "assets.extra" / WARMUP_FILE, model_name, image_size)
+        write_metadata(tmp / METADATA_PATH, metadata)
+        write_warmup_file(tmp / WARMUP_PATH, model_name, image_size)
         _move_into_place(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,7 +164,7 @@ def load_saved_model(path) -> LoadedModel:
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path}: no saved_model.pb (not an exported version folder)")
     metadata = read_saved_model_metadata(path)
-    labels_path = path / "assets" / LABELS_FILE
+    labels_path = path / LABELS_PATH
     class_names = labels_path.read_text(encoding="utf-8").splitlines() \
         if labels_path.is_file() else list(metadata.get("class_names") or [])
     return LoadedModel(path=path, module=tf.saved_model.load(str(path)), metadata=metadata,

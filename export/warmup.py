@@ -11,8 +11,6 @@ from tensorflow_serving.apis import prediction_log_pb2
 from export.signatures import DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED, SERVING_DEFAULT
 from export.wire import predict_request
 
-WARMUP_FILE = "tf_serving_warmup_requests"
-
 
 def warmup_image(size) -> np.ndarray:
     """A deterministic, road-scene-like uint8 RGB image (sky over a darker ground)."""

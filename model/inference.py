@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-METADATA_FILE = pathlib.Path("assets.extra") / "fcnseg_metadata.json"
+from export.layout import METADATA_PATH
 
 Predictor = Callable[[Sequence[np.ndarray]], list]
 
@@ -55,7 +55,7 @@ def keras_predictor(keras_model, image_size, batch_size: int = 4) -> Predictor:
 
 def read_saved_model_metadata(saved_model_dir) -> dict:
     """The fcnseg metadata JSON written next to an exported SavedModel ({} when absent)."""
-    path = pathlib.Path(saved_model_dir) / METADATA_FILE
+    path = pathlib.Path(saved_model_dir) / METADATA_PATH
     if not path.is_file():
         return {}
     try:

@@ -119,8 +119,9 @@ def start_backend(model_base: pathlib.Path, model_name: str, labels: dict[str, i
                   kind: str | None = None) -> Backend:
     """Start (or find) a server for <model_base>/<model_name>/<versions>, labels applied."""
     kind = kind or choose_backend()
-    versions = sorted(int(p.name) for p in (model_base / model_name).iterdir()
-                      if p.name.isdigit())
+    from export.savedmodel import version_dirs
+
+    versions = sorted(version_dirs(model_base / model_name))
     starters = {"binary": _start_binary, "docker": _start_docker,
                 "external": _use_external, "test-server": _start_test_server}
     if kind not in starters:

@@ -22,10 +22,10 @@ from collections import defaultdict
 
 import numpy as np
 
+from export.layout import METADATA_PATH
 from model.data import palette
 from serving.errors import ServingError
 
-METADATA_FILE = "fcnseg_metadata.json"
 
 
 def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -34,7 +34,7 @@ def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]]
         return None, None
     path = pathlib.Path(path)
     if path.is_dir():
-        path = path / "assets.extra" / METADATA_FILE
+        path = path / METADATA_PATH
     try:
         metadata = json.loads(path.read_text())
     except (OSError, ValueError) as err:

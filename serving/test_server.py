@@ -43,14 +43,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_log_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
+from export.layout import WARMUP_PATH
 from serving.errors import GRPC_TO_HTTP
 
 log = logging.getLogger("serving.test_server")
 
 # TF Serving sets the gRPC message limit to INT32_MAX, so big batches get through.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
-# Requests TF Serving replays when it loads a version (SavedModel warm-up).
-WARMUP_FILE = "tf_serving_warmup_requests"
 VersionState = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -137,7 +136,7 @@ class Servable:
         self.warmup_count = self._replay_warmup()
 
     def _replay_warmup(self) -> int:
-        warmup = self.path / "assets.extra" / WARMUP_FILE
+        warmup = self.path / WARMUP_PATH
         if not warmup.is_file():
             return 0
         count = 0

@@ -6,11 +6,11 @@ import pytest
 import tensorflow as tf
 
 from export import savedmodel
-from export.metadata import LABELS_FILE, METADATA_FILE
+from export.layout import LABELS_FILE, METADATA_FILE, WARMUP_FILE
 from export.savedmodel import (export_saved_model, load_saved_model, saved_model_sizes,
                                version_dirs, weights_nbytes)
 from export.signatures import DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED, SERVING_DEFAULT
-from export.warmup import WARMUP_FILE, read_warmup_file
+from export.warmup import read_warmup_file
 from export.wire import GRPC_DEFAULT_MAX_MESSAGE_BYTES, predict_request, predict_response
 from model.fcn8s import build_fcn8s
 
