@@ -1,0 +1,47 @@
+"""Signature names, tensor names and the numbers every layer must agree on."""
+from __future__ import annotations
+
+# The label of pixels that are not scored and not learned from: KITTI's don't-care area,
+# COCO crowds and overlaps, padding. Class ids are uint8, so a model has at most 255 classes.
+IGNORE_LABEL = 255
+MAX_CLASSES = 255
+
+# --- Signatures of an exported SavedModel ---------------------------------------------------
+SERVING_DEFAULT = "serving_default"        # raw uint8 arrays in, compact uint8 maps out
+SEGMENT_ENCODED = "segment_encoded"        # PNG/JPEG bytes in, PNG bytes out
+SEGMENT_PROBABILITIES = "segment_probabilities"  # raw arrays in, float32 probabilities out
+SIGNATURES = (SERVING_DEFAULT, SEGMENT_ENCODED, SEGMENT_PROBABILITIES)
+
+# --- Tensor names -----------------------------------------------------------------------------
+# Inputs
+IMAGES = "images"              # uint8 [N, H, W, 3]
+IMAGE_BYTES = "image_bytes"    # string [N]; the `_bytes` suffix makes TF Serving's REST API
+                               # accept {"b64": ...} for it (util/json_tensor.cc)
+# Outputs
+CLASS_IDS = "class_ids"        # uint8 [N, H, W] (segment_encoded: padded with IGNORE_LABEL)
+CONFIDENCE = "confidence"      # uint8 [N, H, W], probability x 255 (road for a binary model)
+PROBABILITIES = "probabilities"  # float32 [N, H, W, C]
+HEIGHTS = "heights"            # int32 [N]
+WIDTHS = "widths"              # int32 [N]
+# TF Serving's REST API base64-encodes a string output only when its name ends in "_bytes"
+# (tensorflow_serving/util/json_tensor.cc); any other name is sent as raw bytes in a JSON
+# string, which generic JSON clients cannot read. Export format 2 uses these names.
+MASK_PNG_BYTES = "mask_png_bytes"
+CONFIDENCE_PNG_BYTES = "confidence_png_bytes"
+# Export format 1 (fcnseg 0.1) named them without the suffix; clients read both.
+LEGACY_MASK_PNG = "mask_png"
+LEGACY_CONFIDENCE_PNG = "confidence_png"
+MASK_PNG_NAMES = (MASK_PNG_BYTES, LEGACY_MASK_PNG)
+CONFIDENCE_PNG_NAMES = (CONFIDENCE_PNG_BYTES, LEGACY_CONFIDENCE_PNG)
+
+EXPORT_FORMAT = 2  # recorded in the metadata; 1 = the names without `_bytes`
+
+# What a client asks serving_default for by default (TF Serving's output_filter).
+DEFAULT_OUTPUT_FILTER = (CLASS_IDS, CONFIDENCE)
+
+# --- Message limits ---------------------------------------------------------------------------
+# gRPC's default limit on a received message, on clients and servers alike (4 MiB).
+GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+# --- Tasks --------------------------------------------------------------------------------------
+KITTI_TASKS = ("road", "lane")

@@ -1,0 +1,171 @@
+"""The records that travel between layers, as typed objects that validate themselves.
+
+RunConfig      runs/<name>/config.json, written by model.train, read by evaluate and export.
+ExportMetadata <version>/assets.extra/fcnseg_metadata.json, written by export, read by
+               clients, the Beam jobs, evaluate and the development server.
+
+Unknown keys are kept (`extra`) and written back, so a newer writer's fields survive an
+older reader.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, ClassVar
+
+from contract import layout, names
+from contract.files import atomic_write_text
+
+
+class RecordError(ValueError):
+    pass
+
+
+def _read_json(path) -> dict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@dataclasses.dataclass
+class _Record:
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "record") -> "_Record":
+        missing = [k for k in cls.REQUIRED if data.get(k) is None]
+        if missing:
+            raise RecordError(f"{source}: missing {', '.join(missing)}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        record = cls(**{k: v for k, v in data.items() if k in known},
+                     extra={k: v for k, v in data.items() if k not in known})
+        record.validate(source)
+        return record
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+    @classmethod
+    def read(cls, path):
+        return cls.from_dict(_read_json(path), str(path))
+
+    def write(self, path) -> pathlib.Path:
+        self.validate(str(path))
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def validate(self, source: str) -> None:  # overridden
+        pass
+
+    def _check_classes(self, source: str) -> None:
+        if not self.class_names:
+            raise RecordError(f"{source}: class_names is empty")
+        if len(self.class_names) > names.MAX_CLASSES:
+            raise RecordError(f"{source}: {len(self.class_names)} classes do not fit uint8 ids "
+                              f"with {names.IGNORE_LABEL} = ignore")
+        if self.num_classes is not None and int(self.num_classes) != len(self.class_names):
+            raise RecordError(f"{source}: num_classes {self.num_classes} but "
+                              f"{len(self.class_names)} class_names")
+        if self.image_size is None or len(self.image_size) != 2 or min(self.image_size) <= 0:
+            raise RecordError(f"{source}: image_size must be [H, W], got {self.image_size!r}")
+        if self.task is not None and self.task not in names.KITTI_TASKS:
+            raise RecordError(f"{source}: task must be one of {names.KITTI_TASKS}, got {self.task!r}")
+
+
+@dataclasses.dataclass
+class RunConfig(_Record):
+    """What model.train decided: dataset, classes, geometry and the recipe."""
+    dataset: str = None
+    class_names: list = None
+    image_size: list = None
+    data_root: str | None = None
+    task: str | None = None
+    categories: Any = None
+    colours: list | None = None
+    label_format: str | None = None
+    num_classes: int | None = None
+    normalization: str = "caffe"
+    fc_width: int = 4096
+    encoder_weights: str | None = None
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("dataset", "class_names", "image_size")
+    FILE: ClassVar[str] = "config.json"
+
+    def validate(self, source: str) -> None:
+        self._check_classes(source)
+        self.image_size = [int(s) for s in self.image_size]
+        if self.num_classes is None:
+            self.num_classes = len(self.class_names)
+
+    @classmethod
+    def of_run(cls, run_dir) -> "RunConfig":
+        return cls.read(pathlib.Path(run_dir) / cls.FILE)
+
+
+@dataclasses.dataclass
+class ExportMetadata(_Record):
+    """What an exported version says about itself."""
+    model_name: str = None
+    version: int = None
+    class_names: list = None
+    image_size: list = None                 # the training geometry [H, W]
+    dataset: str | None = None
+    task: str | None = None                 # KITTI road / lane; None for other datasets
+    categories: Any = None                  # COCO: the category names the classes stand for
+    colours: list | None = None
+    num_classes: int | None = None
+    normalization: str | None = None
+    fc_width: int | None = None
+    compute_dtype: str = "float32"
+    ignore_label: int = names.IGNORE_LABEL
+    export_format: int = 1                  # files written before format 2 have no key
+    signatures: dict = dataclasses.field(default_factory=dict)
+    metrics: dict | None = None
+    source_checkpoint: str | None = None
+    run_dir: str | None = None
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("class_names", "image_size")
+
+    def validate(self, source: str) -> None:
+        self._check_classes(source)
+        self.image_size = [int(s) for s in self.image_size]
+        if self.num_classes is None:
+            self.num_classes = len(self.class_names)
+        if int(self.ignore_label) != names.IGNORE_LABEL:
+            raise RecordError(f"{source}: ignore_label {self.ignore_label}, this fcnseg uses "
+                              f"{names.IGNORE_LABEL}")
+
+    @property
+    def mask_png_output(self) -> str:
+        return names.MASK_PNG_BYTES if self.export_format >= 2 else names.LEGACY_MASK_PNG
+
+    @property
+    def confidence_png_output(self) -> str:
+        return (names.CONFIDENCE_PNG_BYTES if self.export_format >= 2
+                else names.LEGACY_CONFIDENCE_PNG)
+
+    def require_task(self, task: str | None, source: str = "model") -> None:
+        """A KITTI lane model scored as road (or the reverse) is an error, not a wrong score."""
+        if task is not None and self.task is not None and task != self.task:
+            raise RecordError(f"{source} was trained for the KITTI {self.task!r} task, "
+                              f"not {task!r}")
+
+    @classmethod
+    def of_version(cls, version_dir) -> "ExportMetadata":
+        """The metadata of a version folder; an export without it is an error naming the file."""
+        return cls.read(pathlib.Path(version_dir) / layout.METADATA_PATH)
+
+    @classmethod
+    def of_export(cls, path, version: int | None = None) -> "ExportMetadata":
+        """A model folder (newest version) or a version folder."""
+        return cls.of_version(layout.resolve_version_dir(path, version))
