@@ -11,7 +11,6 @@ image's original size (model.inference), so KITTI is scored at full resolution.
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import sys
 from typing import Sequence
@@ -19,6 +18,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from contract import layout
+from contract.records import ExportMetadata
 from model import metrics, plots, runs
 from model.data import image_io, kitti, palette
 
@@ -70,19 +71,6 @@ def _category(image_path: pathlib.Path) -> str:
         return kitti.category_of(image_path)
     except ValueError:
         return "other"
-
-
-def _json_safe(value):
-    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
@@ -150,23 +138,16 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     overlays_written += 1
                 progress.update(1)
 
-    result: dict = {"split_size": len(pairs), "class_names": class_names,
-                    "label_format": label_format, **(source or {})}
-    result.update(metrics.segmentation_scores(cm, class_names))
+    road = dict(sorted(road.items()))
     if road_scores:
-        road = dict(sorted(road.items()))
         if is_kitti:
-            road["overall"] = sum(road.values(), metrics.RoadCounts())
-        images_per_category["overall"] = len(pairs)
-        result["kitti"] = {
-            name: {**metrics.kitti_scores(counts), "IoU": metrics.road_iou(counts),
-                   "num_images": images_per_category[name]}
-            for name, counts in road.items()}
+            road[metrics.OVERALL] = sum(road.values(), metrics.RoadCounts())
+        images_per_category[metrics.OVERALL] = len(pairs)
         plots.save_pr_curve(out_dir / "pr_curve.png", road)
     else:
         plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
-    result["confusion_matrix"] = cm.tolist()
-    result = _json_safe(result)
+    result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
+                                    label_format=label_format, **(source or {}))
     runs.write_json(out_dir / "metrics.json", result)
     return result
 
@@ -231,10 +212,8 @@ def main(argv=None) -> dict:
         model = runs.load_checkpoint(args.checkpoint)
         source = {"checkpoint": str(args.checkpoint)}
     else:
-        if not (pathlib.Path(args.saved_model) / "saved_model.pb").is_file():
-            raise FileNotFoundError(f"{args.saved_model}: not a SavedModel version directory "
-                                    f"(no saved_model.pb), e.g. models/fcn8s/3")
-        metadata = inference.read_saved_model_metadata(args.saved_model)
+        version_dir = layout.resolve_version_dir(args.saved_model)
+        metadata = ExportMetadata.of_version(version_dir).to_dict()
         run_dir = args.run_dir or metadata.get("run_dir")
         if not run_dir:
             raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
@@ -244,8 +223,8 @@ def main(argv=None) -> dict:
         # same model keys for a model whose run directory is gone.
         config = (runs.load_run_config(run_dir) if (run_dir / runs.CONFIG).is_file()
                   else metadata)
-        model = inference.saved_model_predictor(args.saved_model, args.batch_size)
-        source = {"saved_model": str(args.saved_model)}
+        model = inference.saved_model_predictor(version_dir, args.batch_size)
+        source = {"saved_model": str(version_dir)}
     split = runs.load_split(run_dir)
     if args.split not in split:
         raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
