@@ -38,7 +38,6 @@ AP_RECALL_LEVELS = np.arange(0.0, 1.1, 0.1)
 # Threshold index used for the binary IoU: 128/255 ~ 0.502, i.e. "road probability >= 0.5"
 # after quantisation (round(0.5 * 255) = 128).
 IOU_THRESHOLD_INDEX = 128
-IGNORE_INDEX = IGNORE_LABEL
 _EPS = 1e-10
 
 KITTI_SCORE_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "threshold")
@@ -123,9 +122,9 @@ def road_counts(road_prob: np.ndarray, label: np.ndarray) -> RoadCounts:
     if values.shape != label.shape or values.ndim != 2:
         raise ValueError(f"road_prob {values.shape} and label {label.shape} must be the same "
                          f"[H, W] shape")
-    bad = (label != 0) & (label != 1) & (label != IGNORE_INDEX)
+    bad = (label != 0) & (label != 1) & (label != IGNORE_LABEL)
     if bad.any():
-        raise ValueError(f"road labels must be 0, 1 or {IGNORE_INDEX}, "
+        raise ValueError(f"road labels must be 0, 1 or {IGNORE_LABEL}, "
                          f"found {np.unique(label[bad])[:5].tolist()}")
     pos_hist = np.bincount(values[label == 1], minlength=NUM_THRESHOLDS)
     neg_hist = np.bincount(values[label == 0], minlength=NUM_THRESHOLDS)
@@ -178,7 +177,7 @@ def kitti_scores(counts: RoadCounts) -> dict:
 
 
 def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+                     ignore_index: int = IGNORE_LABEL) -> np.ndarray:
     """int64 [C, C] pixel counts, rows = ground truth, columns = prediction.
 
     Pixels whose label is `ignore_index` are skipped. Other labels and all predictions must be
