@@ -200,3 +200,101 @@ def test_calib_path_for(kitti_root):
     image = kitti_root / "training" / "image_2" / "umm_000012.png"
     assert kitti.calib_path_for(image) == kitti_root / "training" / "calib" / "umm_000012.txt"
     assert isinstance(kitti.calib_path_for(image), pathlib.Path)
+
+
+def _devkit_style_predictor(seed=0):
+    """Road probabilities k / 255 (exact after quantisation) made from the ground truth plus
+    noise: non-trivial scores, and the reference can use the integers k directly."""
+    rng = np.random.default_rng(seed)
+
+    def predict(images, labels):
+        out = []
+        for image, label in zip(images, labels):
+            k = np.clip(np.where(label == 1, 150, 60) + rng.integers(-90, 90, label.shape),
+                        0, 255)
+            road = (k / 255.0).astype(np.float32)
+            out.append(np.stack([1 - road, road], axis=-1))
+        return out, None
+    return predict
+
+
+def _three_pairs(kitti_root):
+    training = kitti_root / "training"
+    names = ("um_000000", "umm_000000", "uu_000004")
+    return [(training / "image_2" / f"{n}.png",
+             training / "gt_image_2" / f"{n.replace('_', '_road_')}.png") for n in names]
+
+
+def test_evaluate_scores_the_birds_eye_view(kitti_root, tmp_path):
+    from model import evaluate, metrics
+
+    pairs = _three_pairs(kitti_root)
+    labels = {str(image): kitti.read_gt(gt) for image, gt in pairs}
+    make = _devkit_style_predictor()
+    made = {}
+
+    def predictor(images):
+        # evaluate_pairs reads images in pair order; hand back the matching probabilities
+        keys = list(labels)[len(made):len(made) + len(images)]
+        probs, _ = make(images, [labels[k] for k in keys])
+        made.update(zip(keys, probs))
+        return probs
+
+    config = {"class_names": ["not road", "road"], "label_format": "kitti", "task": "road",
+              "image_size": [64, 192]}
+    result = evaluate.evaluate_pairs(predictor, config, pairs, tmp_path / "eval", overlays=0,
+                                     batch_size=1)
+    assert result["task"] == "road"
+    assert set(result["kitti_bev"]) == {"um", "umm", "uu", "overall"}
+    assert (tmp_path / "eval" / "pr_curve_bev.png").is_file()
+    total = metrics.RoadCounts()
+    for image, gt in pairs:
+        label = labels[str(image)]
+        calib = kitti.read_calib(kitti_root / "training" / "calib" / f"{image.stem}.txt")
+        index, _ = _reference_table(calib, label.shape)
+        k = np.rint(made[str(image)][..., 1] * 255).astype(np.uint8)
+        bev_k = np.where(index >= 0, k.ravel()[np.maximum(index, 0)], 0).astype(np.uint8)
+        bev_gt = np.where(index >= 0, label.ravel()[np.maximum(index, 0)], 255).astype(np.uint8)
+        counts = metrics.road_counts(bev_k, bev_gt)
+        total = total + counts
+        expected = metrics.kitti_scores(counts)
+        for key in ("MaxF", "AP", "PRE", "REC", "FPR", "FNR"):
+            assert result["kitti_bev"][kitti.category_of(image)][key] == pytest.approx(expected[key])
+    expected = metrics.kitti_scores(total)
+    for key in ("MaxF", "AP", "PRE", "REC", "FPR", "FNR"):
+        assert result["kitti_bev"]["overall"][key] == pytest.approx(expected[key])
+    # BEV and perspective differ: BEV weights far pixels up (one pixel covers many cells)
+    assert result["kitti_bev"]["overall"]["MaxF"] != pytest.approx(result["kitti"]["overall"]["MaxF"])
+    text = evaluate.format_summary(result)
+    assert "perspective view" in text and "bird's-eye view" in text
+
+
+def test_evaluate_without_calibration_stops_before_work(kitti_root, tmp_path):
+    import shutil
+
+    from model import evaluate
+
+    root = tmp_path / "data_road" / "training"
+    (root / "image_2").mkdir(parents=True)
+    (root / "gt_image_2").mkdir()
+    (root / "calib").mkdir()
+    pairs = []
+    for image, gt in _three_pairs(kitti_root):
+        shutil.copy(image, root / "image_2")
+        shutil.copy(gt, root / "gt_image_2")
+        if not image.name.startswith("umm"):
+            shutil.copy(kitti_root / "training" / "calib" / f"{image.stem}.txt", root / "calib")
+        pairs.append((root / "image_2" / image.name, root / "gt_image_2" / gt.name))
+    config = {"class_names": ["not road", "road"], "label_format": "kitti",
+              "image_size": [64, 192]}
+    calls = []
+    with pytest.raises(FileNotFoundError, match=r"calib/umm_000000\.txt"):
+        evaluate.evaluate_pairs(lambda images: calls.append(1), config, pairs, tmp_path / "e")
+    assert not calls  # nothing was run
+    predictor = _devkit_style_predictor()
+    labels = [kitti.read_gt(gt) for _, gt in pairs]
+    it = iter(labels)
+    result = evaluate.evaluate_pairs(
+        lambda images: predictor(images, [next(it) for _ in images])[0], config, pairs,
+        tmp_path / "e", overlays=0, bev=False)
+    assert "kitti_bev" not in result and "kitti" in result
