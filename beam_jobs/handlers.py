@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RemoteModelHandler
 
 from beam_jobs.sources import ImageItem
-from export.layout import LABELS_PATH, METADATA_PATH
+from contract.layout import LABELS_PATH, METADATA_PATH
 
 _LOGGER = logging.getLogger(__name__)
 SIGNATURE = "segment_encoded"

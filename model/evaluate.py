@@ -15,7 +15,6 @@ pr_curve_bev.png). --task road|lane must match the task the model was trained fo
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import sys
 from typing import Sequence
@@ -23,7 +22,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from contract.records import require_task
+from contract import layout
+from contract.records import ExportMetadata, require_task
 from model import metrics, plots, runs
 from model.data import image_io, kitti, kitti_bev, palette
 
@@ -77,19 +77,6 @@ def _category(image_path: pathlib.Path) -> str:
         return "other"
 
 
-def _json_safe(value):
-    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _calib_files(pairs) -> dict:
     """image -> its calibration file, or FileNotFoundError naming every missing one."""
     calibs = {image: kitti.calib_path_for(image) for image, _ in pairs}
@@ -100,12 +87,6 @@ def _calib_files(pairs) -> dict:
                                 f"missing {shown} (or pass --no-bev for the perspective view "
                                 f"only)")
     return calibs
-
-
-def _road_scores(road: dict, images_per_category: dict) -> dict:
-    return {name: {**metrics.kitti_scores(counts), "IoU": metrics.road_iou(counts),
-                   "num_images": images_per_category[name]}
-            for name, counts in road.items()}
 
 
 def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
@@ -166,7 +147,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                 pred = _argmax(prob)
                 cm += metrics.confusion_matrix(pred, label, num_classes)
                 if road_scores:
-                    category = _category(image_path) if is_kitti else "overall"
+                    category = _category(image_path) if is_kitti else metrics.OVERALL
                     counts = metrics.road_counts(prob[..., 1], label)
                     road[category] = road.get(category, metrics.RoadCounts()) + counts
                     if bev:
@@ -181,28 +162,23 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     overlays_written += 1
                 progress.update(1)
 
-    result: dict = {"split_size": len(pairs), "class_names": class_names,
-                    "label_format": label_format, **(source or {})}
-    if is_kitti:
-        result["task"] = config.get("task") or "road"
-    result.update(metrics.segmentation_scores(cm, class_names))
+    road = dict(sorted(road.items()))
     if road_scores:
-        road = dict(sorted(road.items()))
         if is_kitti:
-            road["overall"] = sum(road.values(), metrics.RoadCounts())
-        images_per_category["overall"] = len(pairs)
-        result["kitti"] = _road_scores(road, images_per_category)
+            road[metrics.OVERALL] = sum(road.values(), metrics.RoadCounts())
+        images_per_category[metrics.OVERALL] = len(pairs)
         plots.save_pr_curve(out_dir / "pr_curve.png", road)
         if bev:
             road_bev = dict(sorted(road_bev.items()))
-            road_bev["overall"] = sum(road_bev.values(), metrics.RoadCounts())
-            result["kitti_bev"] = _road_scores(road_bev, images_per_category)
+            road_bev[metrics.OVERALL] = sum(road_bev.values(), metrics.RoadCounts())
             plots.save_pr_curve(out_dir / "pr_curve_bev.png", road_bev,
                                 title="KITTI road: precision-recall, bird's-eye view")
     else:
         plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
-    result["confusion_matrix"] = cm.tolist()
-    result = _json_safe(result)
+    fields = {"task": config.get("task") or "road"} if is_kitti else {}
+    result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
+                                    road_bev=road_bev, label_format=label_format,
+                                    **fields, **(source or {}))
     runs.write_json(out_dir / "metrics.json", result)
     return result
 
@@ -277,10 +253,8 @@ def main(argv=None) -> dict:
         model = runs.load_checkpoint(args.checkpoint)
         source = {"checkpoint": str(args.checkpoint)}
     else:
-        if not (pathlib.Path(args.saved_model) / "saved_model.pb").is_file():
-            raise FileNotFoundError(f"{args.saved_model}: not a SavedModel version directory "
-                                    f"(no saved_model.pb), e.g. models/fcn8s/3")
-        metadata = inference.read_saved_model_metadata(args.saved_model)
+        version_dir = layout.resolve_version_dir(args.saved_model)
+        metadata = ExportMetadata.of_version(version_dir).to_dict()
         run_dir = args.run_dir or metadata.get("run_dir")
         if not run_dir:
             raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
@@ -290,8 +264,8 @@ def main(argv=None) -> dict:
         # same model keys for a model whose run directory is gone.
         config = (runs.load_run_config(run_dir) if (run_dir / runs.CONFIG).is_file()
                   else metadata)
-        model = inference.saved_model_predictor(args.saved_model, args.batch_size)
-        source = {"saved_model": str(args.saved_model)}
+        model = inference.saved_model_predictor(version_dir, args.batch_size)
+        source = {"saved_model": str(version_dir)}
     require_task(config.get("task") if config.get("dataset") == "kitti" else None, args.task,
                  str(args.checkpoint or args.saved_model))
     split = runs.load_split(run_dir)

@@ -26,9 +26,12 @@ Scores here are fractions in [0, 1]; the devkit prints them multiplied by 100.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from contract.names import IGNORE_LABEL
 
 NUM_THRESHOLDS = 256
 # The devkit's thresholds: np.array(range(0, 256)) / 255.0.
@@ -38,7 +41,7 @@ AP_RECALL_LEVELS = np.arange(0.0, 1.1, 0.1)
 # Threshold index used for the binary IoU: 128/255 ~ 0.502, i.e. "road probability >= 0.5"
 # after quantisation (round(0.5 * 255) = 128).
 IOU_THRESHOLD_INDEX = 128
-IGNORE_INDEX = 255
+IGNORE_INDEX = IGNORE_LABEL
 _EPS = 1e-10
 
 KITTI_SCORE_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "threshold")
@@ -281,3 +284,51 @@ def road_iou(stats: RoadCounts | np.ndarray, road_class: int = 1) -> float:
         union = tp + int(stats.fp[k]) + int(stats.fn[k])
         return tp / union if union > 0 else float("nan")
     return float(per_class_iou(stats)[road_class])
+
+
+OVERALL = "overall"
+
+
+def json_safe(value):
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    return value
+
+
+def _road_table(road: Mapping[str, RoadCounts], images_per_group: Mapping[str, int]) -> dict:
+    """Scores per group, categories sorted and OVERALL last."""
+    groups = sorted(g for g in road if g != OVERALL) + [g for g in road if g == OVERALL]
+    return {g: {**kitti_scores(road[g]), "IoU": road_iou(road[g]),
+                "num_images": int(images_per_group.get(g, 0))} for g in groups}
+
+
+def metrics_record(cm: np.ndarray, class_names: Sequence[str], num_images: int,
+                   road: Mapping[str, RoadCounts] | None = None,
+                   images_per_group: Mapping[str, int] | None = None,
+                   road_bev: Mapping[str, RoadCounts] | None = None, **fields) -> dict:
+    """The content of metrics.json, the one layout model.evaluate and the Beam job write.
+
+    cm: summed confusion matrix; road: summed RoadCounts per group (KITTI categories and
+    OVERALL, or only OVERALL for other binary models) with images_per_group beside it;
+    road_bev: the same counts in the bird's-eye view (KITTI), written as "kitti_bev";
+    fields: where the numbers come from (checkpoint, saved_model, split, protocol, ...).
+    """
+    result: dict = {"split_size": int(num_images), "class_names": list(class_names), **fields}
+    result.update(segmentation_scores(cm, class_names))
+    if road:
+        groups = sorted(g for g in road if g != OVERALL) + [g for g in road if g == OVERALL]
+        counts = dict(images_per_group or {})
+        result["kitti"] = _road_table(road, counts)
+    if road_bev:
+        result["kitti_bev"] = _road_table(road_bev, dict(images_per_group or {}))
+    result["confusion_matrix"] = np.asarray(cm).tolist()
+    return json_safe(result)

@@ -8,8 +8,8 @@ size is its `figsize * dpi`.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import pathlib
 from typing import Mapping, Sequence
 
@@ -18,10 +18,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
+from contract.files import atomic_write_bytes
+from contract.names import IGNORE_LABEL
 from model import metrics
 from model.data.image_io import write_png
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = IGNORE_LABEL
 DPI = 100
 
 
@@ -91,11 +93,9 @@ def _caption(picture: np.ndarray, text: str) -> np.ndarray:
 
 
 def _save_figure(fig: Figure, path) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_pr_curve(path, counts_by_name: Mapping[str, "metrics.RoadCounts"],

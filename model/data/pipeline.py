@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-IGNORE = 255
+from contract.names import IGNORE_LABEL
+
+IGNORE = IGNORE_LABEL
 LABEL_FORMATS = ("kitti", "ids")
 # Datasets at most this large keep decoded images in memory after the first epoch.
 CACHE_MAX_PAIRS = 2000
