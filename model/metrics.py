@@ -18,6 +18,9 @@ KITTI road (perspective view), equivalent to the official devkit (`evaluateRoad.
   r in np.arange(0, 1.1, 0.1) of the highest precision among thresholds with recall >= r.
 * PRE, REC, FPR, FNR are taken at the MaxF threshold.
 
+The benchmark ranks the same scores in the bird's-eye view (BEV): `bev_road_counts` resamples
+the map and the ground truth onto the devkit's metric grid first (model/data/kitti_bev.py).
+
 Scores here are fractions in [0, 1]; the devkit prints them multiplied by 100.
 """
 from __future__ import annotations
@@ -132,6 +135,21 @@ def road_counts(road_prob: np.ndarray, label: np.ndarray) -> RoadCounts:
     fn = np.concatenate(([0], np.cumsum(pos_hist)[:-1]))
     fp = np.cumsum(neg_hist[::-1])[::-1]
     return RoadCounts(fn, fp, int(pos_hist.sum()), int(neg_hist.sum()))
+
+
+def bev_road_counts(road_prob: np.ndarray, label: np.ndarray, table) -> RoadCounts:
+    """Devkit counts in the benchmark's bird's-eye view (model.data.kitti_bev).
+
+    The confidence is quantised first (the perspective PNG a submission starts from), then
+    it and the ground truth are resampled by the same `table` (`kitti_bev.lookup` of the
+    image's calibration): cells out of view are 0 in the map and not evaluated in the truth,
+    as when the devkit's transform2BEV is run on both.
+    """
+    from model.data import kitti_bev
+
+    values = quantize_probability(road_prob)
+    return road_counts(kitti_bev.confidence_to_bev(values, table),
+                       kitti_bev.label_to_bev(np.asarray(label), table))
 
 
 def pr_curve(counts: RoadCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -285,13 +303,22 @@ def json_safe(value):
     return value
 
 
+def _road_table(road: Mapping[str, RoadCounts], images_per_group: Mapping[str, int]) -> dict:
+    """Scores per group, categories sorted and OVERALL last."""
+    groups = sorted(g for g in road if g != OVERALL) + [g for g in road if g == OVERALL]
+    return {g: {**kitti_scores(road[g]), "IoU": road_iou(road[g]),
+                "num_images": int(images_per_group.get(g, 0))} for g in groups}
+
+
 def metrics_record(cm: np.ndarray, class_names: Sequence[str], num_images: int,
                    road: Mapping[str, RoadCounts] | None = None,
-                   images_per_group: Mapping[str, int] | None = None, **fields) -> dict:
+                   images_per_group: Mapping[str, int] | None = None,
+                   road_bev: Mapping[str, RoadCounts] | None = None, **fields) -> dict:
     """The content of metrics.json, the one layout model.evaluate and the Beam job write.
 
     cm: summed confusion matrix; road: summed RoadCounts per group (KITTI categories and
     OVERALL, or only OVERALL for other binary models) with images_per_group beside it;
+    road_bev: the same counts in the bird's-eye view (KITTI), written as "kitti_bev";
     fields: where the numbers come from (checkpoint, saved_model, split, protocol, ...).
     """
     result: dict = {"split_size": int(num_images), "class_names": list(class_names), **fields}
@@ -299,7 +326,8 @@ def metrics_record(cm: np.ndarray, class_names: Sequence[str], num_images: int,
     if road:
         groups = sorted(g for g in road if g != OVERALL) + [g for g in road if g == OVERALL]
         counts = dict(images_per_group or {})
-        result["kitti"] = {g: {**kitti_scores(road[g]), "IoU": road_iou(road[g]),
-                               "num_images": int(counts.get(g, 0))} for g in groups}
+        result["kitti"] = _road_table(road, counts)
+    if road_bev:
+        result["kitti_bev"] = _road_table(road_bev, dict(images_per_group or {}))
     result["confusion_matrix"] = np.asarray(cm).tolist()
     return json_safe(result)
