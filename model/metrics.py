@@ -323,11 +323,10 @@ def metrics_record(cm: np.ndarray, class_names: Sequence[str], num_images: int,
     """
     result: dict = {"split_size": int(num_images), "class_names": list(class_names), **fields}
     result.update(segmentation_scores(cm, class_names))
+    counts = dict(images_per_group or {})
     if road:
-        groups = sorted(g for g in road if g != OVERALL) + [g for g in road if g == OVERALL]
-        counts = dict(images_per_group or {})
         result["kitti"] = _road_table(road, counts)
     if road_bev:
-        result["kitti_bev"] = _road_table(road_bev, dict(images_per_group or {}))
+        result["kitti_bev"] = _road_table(road_bev, counts)
     result["confusion_matrix"] = np.asarray(cm).tolist()
     return json_safe(result)
