@@ -198,3 +198,24 @@ def logits_model(model) -> keras.Model:
             f"inference, export and evaluation, but cannot be trained further; start a new "
             f"run") from None
     return keras.Model(model.input, logits, name=f"{model.name}_logits")
+
+
+def free_size_config(config: dict) -> dict:
+    """A functional model's config with its input's height and width left free (in place).
+
+    Training fixes them to the training geometry; the network itself is fully convolutional,
+    so a copy built from this config runs at any size whose sides are multiples of 32."""
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            shape = list(layer["config"]["batch_shape"])
+            layer["config"]["batch_shape"] = (shape[0], *([None] * (len(shape) - 2)), shape[-1])
+    return config
+
+
+def with_free_size(model) -> keras.Model:
+    """`model` itself when its input already takes any size, else a copy (weights copied)."""
+    if all(d is None for d in model.input_shape[1:3]):
+        return model
+    copy = keras.Model.from_config(free_size_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy

@@ -60,6 +60,9 @@ def predict_probabilities(keras_model, images: Sequence[np.ndarray], image_size,
 
 
 def _predict_native(keras_model, images, batch_size):
+    from model.fcn8s import with_free_size
+
+    keras_model = with_free_size(keras_model)  # trained at a fixed size; runs at any
     results: list[np.ndarray] = []
     start = 0
     while start < len(images):
@@ -78,6 +81,10 @@ def _predict_native(keras_model, images, batch_size):
 
 
 def keras_predictor(keras_model, image_size, batch_size: int = 4) -> Predictor:
+    if image_size == NATIVE:
+        from model.fcn8s import with_free_size
+
+        keras_model = with_free_size(keras_model)  # once, not per batch
     return lambda images: predict_probabilities(keras_model, images, image_size, batch_size)
 
 

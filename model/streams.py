@@ -91,6 +91,10 @@ def measure(model, images, image_size) -> dict:
     'native'), pooled over all pixels of all images."""
     import tensorflow as tf
 
+    from model.fcn8s import with_free_size
+
+    if image_size == NATIVE:
+        model = with_free_size(model)
     pooled: dict[str, list] = {}
     for image in images:
         if image_size == NATIVE:
