@@ -27,8 +27,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--version", type=int, help="version number (default: next free)")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                    help="dtype the exported graph computes in (weights stay float32)")
+    p.add_argument("--inference-size", nargs="+", metavar="H W | native",
+                   help="geometry the graph infers at: H W (every image resized to it), or "
+                        "'native' (each image padded to a multiple of 32, no resize, cropped "
+                        "back); default: the training size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.inference_size is not None:
+        from contract.names import NATIVE
+
+        value = args.inference_size
+        if value == [NATIVE]:
+            args.inference_size = NATIVE
+        elif len(value) == 2 and all(v.isdigit() and int(v) % 32 == 0 and int(v) > 0
+                                     for v in value):
+            args.inference_size = [int(v) for v in value]
+        else:
+            p.error(f"--inference-size takes H W (positive multiples of 32) or '{NATIVE}', "
+                    f"got {' '.join(value)}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -54,7 +71,7 @@ def main(argv=None) -> int:
         path = export_saved_model(keras_model, config, args.model_dir.parent, args.model_dir.name,
                                   version=args.version, metrics=metrics, source=checkpoint,
                                   compute_dtype=args.compute_dtype, run_dir=args.run_dir,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, inference_size=args.inference_size)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
