@@ -8,6 +8,10 @@
 
 Every input file ends up in exactly one of results-*.jsonl and dead_letter-*.jsonl. See
 docs/beam.md for outputs, runners (Direct, Prism, Dataflow, Flink/Spark) and options.
+
+KITTI (--task road|lane, default the model's): confidence/<cat>_<task>_<n>.png holds the
+perspective confidence maps, kitti_submission/ the same maps in the benchmark's bird's-eye
+view (what the benchmark wants uploaded; --submission-zip zips them); scores in both views.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
 from beam_jobs import evaluation, outputs, sources
+from contract.names import KITTI_TASKS
+from contract.records import require_task
 from model.data import ROAD_COLOURS, palette
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
@@ -50,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=sources.DATASETS, default="folder")
     p.add_argument("--annotations", help="coco: instances_*.json giving images and ground truth")
     p.add_argument("--labels-dir", help="folder: ground-truth class-id PNGs named <stem>.png")
+    p.add_argument("--task", choices=KITTI_TASKS,
+                   help="kitti: road or lane (um only); must be the model's task (default: "
+                        "the model's, else road)")
+    p.add_argument("--submission-zip", nargs="?", const="", metavar="PATH",
+                   help="kitti: also zip kitti_submission/ for upload (default PATH "
+                        f"<output>/{outputs.SUBMISSION_ZIP})")
     p.add_argument("--mode", choices=("inprocess", "grpc"), default="inprocess")
     p.add_argument("--model-dir", help="inprocess: exported version folder (models/fcn8s/3) or "
                                        "model folder (newest version); grpc: optional, for class "
@@ -89,6 +101,8 @@ def _check_args(args, parser) -> None:
         parser.error("--mode grpc needs --server and --model-name")
     if args.dataset == "coco" and not args.annotations:
         parser.error("--dataset coco needs --annotations")
+    if args.dataset != "kitti" and (args.task or args.submission_zip is not None):
+        parser.error("--task and --submission-zip are for --dataset kitti")
     if args.min_batch_size is None:
         args.min_batch_size = args.batch_size
     if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
@@ -129,16 +143,17 @@ class FinishImage(beam.DoFn):
     """
 
     def __init__(self, output: str, dataset: str, classes: dict, overlays: bool,
-                 evaluate: bool):
+                 evaluate: bool, task: str = "road"):
         self.output = output
         self.dataset = dataset
+        self.task = task
         self.classes = classes
         self.overlays = overlays
         self.evaluate = evaluate
         self.ok = beam.metrics.Metrics.counter(NAMESPACE, "images_ok")
         self.evaluated = beam.metrics.Metrics.counter(NAMESPACE, "images_evaluated")
         self.failed = {s: beam.metrics.Metrics.counter(NAMESPACE, f"failed_{s}")
-                       for s in ("inference", "ground_truth", "write")}
+                       for s in ("inference", "calibration", "ground_truth", "write")}
         self.latency = beam.metrics.Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
     def setup(self):
@@ -180,16 +195,27 @@ class FinishImage(beam.DoFn):
                                  f"ground truth {where} is {label.shape[1]}x{label.shape[0]} "
                                  f"but the image is {item.width}x{item.height}")
                 return
+        table = confidence = None
+        if item.calib is not None and len(self.classes["class_names"]) == 2:
+            from model.data import kitti, kitti_bev
+            try:
+                table = kitti_bev.lookup(kitti.parse_calib(item.calib, item.calib_path),
+                                         (item.height, item.width))
+            except ValueError as exc:
+                yield self._dead(item, "calibration", str(exc))
+                return
+            confidence = evaluation.decode_confidence(seg.confidence_png)
         stats = []
         if label is not None:
             try:
                 stats = evaluation.image_stats(self.dataset, item.category, seg, label,
-                                               len(self.classes["class_names"]))
+                                               len(self.classes["class_names"]),
+                                               confidence=confidence, bev_table=table)
             except ValueError as exc:  # label values the model's classes do not cover
                 yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
                 return
         try:
-            files = self._write(item, seg, label)
+            files = self._write(item, seg, label, table, confidence)
         except Exception as exc:  # noqa: BLE001 - this image's problem, not the job's
             yield self._dead(item, "write", f"{type(exc).__name__}: {exc}")
             return
@@ -200,17 +226,26 @@ class FinishImage(beam.DoFn):
             self.evaluated.inc()
             for key, stat in stats:
                 yield beam.pvalue.TaggedOutput("stats", (key, stat))
+        if "kitti_submission" in files:
+            yield beam.pvalue.TaggedOutput("submission", files["kitti_submission"])
         yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
 
-    def _write(self, item: ImageItem, seg: Segmentation, label) -> dict:
+    def _write(self, item: ImageItem, seg: Segmentation, label, table=None,
+               confidence=None) -> dict:
         stem = sources.stem_of(item.path)
         files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
         outputs.write_bytes(files["mask"], seg.mask_png)
-        submission = sources.kitti_submission_name(item.path)
-        if self.dataset == "kitti" and submission and len(self.classes["class_names"]) == 2:
+        submission = sources.kitti_submission_name(item.path, self.task)
+        if table is not None and submission:
+            from model.data import kitti_bev
+            # perspective map as the model wrote it; the upload is its bird's-eye view
+            files["confidence"] = FileSystems.join(self.output, outputs.CONFIDENCE_MAPS,
+                                                   submission)
+            outputs.write_bytes(files["confidence"], seg.confidence_png)
             files["kitti_submission"] = FileSystems.join(self.output, outputs.SUBMISSION,
                                                          submission)
-            outputs.write_bytes(files["kitti_submission"], seg.confidence_png)
+            outputs.write_bytes(files["kitti_submission"], outputs.png_bytes(
+                kitti_bev.confidence_to_bev(confidence, table), compress_level=6))
         if self.overlays:
             from model import plots
             from model.data.image_io import decode_image_bytes
@@ -256,9 +291,9 @@ def _write_summary(counts: dict, output: str) -> None:
 
 
 def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
-    pattern = sources.expand_input(args.input, args.dataset)
+    pattern = sources.expand_input(args.input, args.dataset, args.task or "road")
     read = p | "Read" >> sources.ReadImages(args.dataset, pattern, args.annotations,
-                                            args.labels_dir)
+                                            args.labels_dir, task=args.task or "road")
     checked = read.items | "Validate" >> beam.ParDo(
         ValidateImages(args.max_pixels)).with_outputs("dead", main="ok")
     predictions, dlq = (checked.ok
@@ -266,8 +301,13 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
     failed_batches = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
-        args.output, args.dataset, classes, args.overlays, args.evaluate)).with_outputs(
-            "dead", "stats", main="results")
+        args.output, args.dataset, classes, args.overlays, args.evaluate,
+        args.task or "road")).with_outputs("dead", "stats", "submission", main="results")
+    if args.submission_zip is not None:
+        _ = (finished.submission
+             | "SubmissionFiles" >> beam.combiners.ToList()
+             | "WriteSubmissionZip" >> beam.Map(
+                 lambda files: outputs.write_submission_zip(args.submission_zip, files)))
 
     dead = ((read.dead, checked.dead, failed_batches, finished.dead)
             | "AllDeadLetters" >> beam.Flatten())
@@ -294,6 +334,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
              beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
 
     if args.evaluate:
+        score_fields = {"task": args.task} if args.dataset == "kitti" else {}
         evaluated = (finished.stats
                      | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.CONFUSION)
                      | "CountEvaluated" >> beam.combiners.Count.Globally())
@@ -302,7 +343,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
              | "StatsToDict" >> beam.combiners.ToDict()
              | "WriteMetrics" >> beam.Map(
                  lambda totals, n: evaluation.write_evaluation(
-                     totals, args.output, classes["class_names"], n),
+                     totals, args.output, classes["class_names"], n, **score_fields),
                  beam.pvalue.AsSingleton(evaluated)))
 
 
@@ -350,6 +391,14 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     meta: dict = {}
     if args.model_dir:
         meta = read_model_metadata(args.model_dir)
+    if args.dataset == "kitti":
+        # The model says what it was trained for; asking for the other task is an error,
+        # not lane scores of a road model (without --model-dir, grpc: trust --task).
+        model_task = meta.get("task") if meta.get("dataset") == "kitti" else None
+        require_task(model_task, args.task, args.model_dir or "the model")
+        args.task = args.task or model_task or "road"
+        if args.submission_zip == "":
+            args.submission_zip = FileSystems.join(args.output, outputs.SUBMISSION_ZIP)
     coco_meta = None
     if args.dataset == "coco":
         # Read here for the categories and an early error; the pipeline lists the images
@@ -359,7 +408,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         if not coco_entries:
             raise ValueError(f"{args.annotations}: no listed image matches {args.input}")
     else:
-        pattern = sources.expand_input(args.input, args.dataset)
+        pattern = sources.expand_input(args.input, args.dataset, args.task or "road")
         if not FileSystems.match([pattern], limits=[1])[0].metadata_list:
             raise FileNotFoundError(f"{args.input}: no files match {pattern}")
     classes = resolve_classes(args, meta, coco_meta)
@@ -370,7 +419,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
                          "the class names)")
 
     outputs.remove_previous_shards(args.output)
-    for stale in (outputs.SUMMARY, outputs.METRICS):
+    for stale in (outputs.SUMMARY, outputs.METRICS, outputs.SUBMISSION_ZIP):
         path = FileSystems.join(args.output, stale)
         if FileSystems.exists(path):
             FileSystems.delete([path])
@@ -398,6 +447,10 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         "model": args.model_dir if args.mode == "inprocess" else
         f"{args.server}/{args.model_name}",
         "counters": _counters(result)})
+    if args.dataset == "kitti":
+        summary["task"] = args.task
+    if args.submission_zip:
+        summary["submission_zip"] = args.submission_zip
     metrics_path = FileSystems.join(args.output, outputs.METRICS)
     if FileSystems.exists(metrics_path):
         summary["metrics"] = outputs.read_json(metrics_path)
