@@ -69,7 +69,8 @@ def load_label(gt: GroundTruth, coco_categories: Optional[dict] = None) -> np.nd
 
 
 def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
-    """model.data.coco.semantic_mask over a one-image COCO index (same label rules)."""
+    """model.data.coco.semantic_mask over a one-image COCO index (same label rules, of the
+    job's protocol; torchvision filters only training sets, so no image is dropped here)."""
     from pycocotools.coco import COCO
 
     from model.data.coco import semantic_mask
@@ -81,7 +82,8 @@ def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
                     "categories": categories.get("categories", [])}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    return semantic_mask(coco, info, categories["cat_id_to_label"])
+    return semantic_mask(coco, info, categories["cat_id_to_label"],
+                         categories.get("protocol", "fcnseg"))
 
 
 def image_stats(dataset: str, category: Optional[str], seg, label: np.ndarray,

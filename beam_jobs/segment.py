@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
 from beam_jobs import evaluation, outputs, sources
-from contract.names import KITTI_TASKS
+from contract.names import COCO_PROTOCOLS, KITTI_TASKS
 from contract.records import require_task
 from model.data import ROAD_COLOURS, palette
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=KITTI_TASKS,
                    help="kitti: road or lane (um only); must be the model's task (default: "
                         "the model's, else road)")
+    p.add_argument("--coco-protocol", choices=COCO_PROTOCOLS,
+                   help="coco: label rules of the ground truth, fcnseg or torchvision "
+                        "(default: the model's, else fcnseg); see docs/data.md")
     p.add_argument("--submission-zip", nargs="?", const="", metavar="PATH",
                    help="kitti: also zip kitti_submission/ for upload (default PATH "
                         f"<output>/{outputs.SUBMISSION_ZIP})")
@@ -103,6 +106,8 @@ def _check_args(args, parser) -> None:
         parser.error("--dataset coco needs --annotations")
     if args.dataset != "kitti" and (args.task or args.submission_zip is not None):
         parser.error("--task and --submission-zip are for --dataset kitti")
+    if args.dataset != "coco" and args.coco_protocol:
+        parser.error("--coco-protocol is for --dataset coco")
     if args.min_batch_size is None:
         args.min_batch_size = args.batch_size
     if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
@@ -125,7 +130,9 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
                              f"{args.annotations}: was it trained on COCO?")
         names = names or coco_names
         coco_map = {"categories": coco_meta["categories"],
-                    "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)}}
+                    "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)},
+                    "protocol": (args.coco_protocol or meta.get("coco_protocol")
+                                 or "fcnseg")}
     if not names and args.dataset == "kitti":
         names = ["non-road", "road"]
     colours = meta.get("colours") or None
@@ -335,6 +342,8 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
 
     if args.evaluate:
         score_fields = {"task": args.task} if args.dataset == "kitti" else {}
+        if classes.get("coco"):
+            score_fields["coco_protocol"] = classes["coco"]["protocol"]
         evaluated = (finished.stats
                      | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.CONFUSION)
                      | "CountEvaluated" >> beam.combiners.Count.Globally())

@@ -45,3 +45,6 @@ GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 # --- Tasks --------------------------------------------------------------------------------------
 KITTI_TASKS = ("road", "lane")
+# COCO label rules (model/data/coco.py): the project's own, or torchvision's segmentation
+# reference (references/segmentation/coco_utils.py), whose mIoU figures are published.
+COCO_PROTOCOLS = ("fcnseg", "torchvision")

@@ -450,7 +450,10 @@ def test_kitti_lane_submission_in_birds_eye_view(tmp_path_factory, tmp_path, kit
 
 def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     ann = json.loads((coco_root / "annotations" / "instances_val2017_sample.json").read_text())
-    images = sorted(ann["images"], key=lambda i: i["file_name"])[:3]
+    # three images with people and cars where the two label protocols differ
+    chosen = ("000000060932.jpg", "000000277005.jpg", "000000376322.jpg")
+    images = sorted((i for i in ann["images"] if i["file_name"] in chosen),
+                    key=lambda i: i["file_name"])
     ghost = {**images[0], "id": 999999999, "file_name": "000000999999.jpg"}
     keep = {i["id"] for i in images}
     small = {**ann, "images": images + [ghost],
@@ -474,6 +477,25 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     total = sum(i["height"] * i["width"] for i in images)
     assert 0 < np.sum(m["confusion_matrix"]) <= total
     assert (out / "confusion_matrix.png").is_file()
+    assert m["coco_protocol"] == "fcnseg"
+
+    # The torchvision protocol: the same predictions scored against torchvision's masks.
+    from model import metrics
+    from model.data import coco as coco_mod
+    out2 = tmp_path / "out_tv"
+    _run("--input", coco_root / "val2017", "--output", out2, "--dataset", "coco",
+         "--annotations", ann_file, "--model-dir", model, "--coco-protocol", "torchvision")
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert m2["coco_protocol"] == "torchvision"
+    index = coco_mod.load_coco(ann_file)
+    lut = {1: 1, 3: 2}  # person, car
+    cm = np.zeros((3, 3), np.int64)
+    for info in images:
+        pred = np.asarray(Image.open(out2 / "masks" / info["file_name"].replace(".jpg", ".png")))
+        label = coco_mod.semantic_mask(index, info, lut, protocol="torchvision")
+        cm += metrics.confusion_matrix(pred, label, 3)
+    assert m2["confusion_matrix"] == cm.tolist()
+    assert m2["confusion_matrix"] != m["confusion_matrix"]
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
+from contract.names import COCO_PROTOCOLS
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["VOC_CATEGORIES", "VOC_CATEGORY_IDS", "load_coco", "select_categories",
@@ -50,7 +51,7 @@ VOC_CATEGORY_IDS = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20,
 
 _CACHE_VERSION = 1  # bump when the label rules change, so old caches are not reused
 
-PROTOCOLS = ("fcnseg", "torchvision")
+PROTOCOLS = COCO_PROTOCOLS
 DEFAULT_PROTOCOL = "fcnseg"
 TORCHVISION_MIN_AREA = 1000  # coco_utils._has_valid_annotation: sum of areas > 1000
 
