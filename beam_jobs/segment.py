@@ -41,8 +41,10 @@ PROGRESS_EVERY = 50
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: unknown options go to Beam, so a prefix must not be taken for one
+    # of ours (Dataflow's --labels team=vision would otherwise become --labels-dir).
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.segment",
+        prog="python -m beam_jobs.segment", allow_abbrev=False,
         description="Segment images with an exported FCN-8s SavedModel (in process) or TF "
                     "Serving (gRPC). Unknown options go to Beam (--runner, "
                     "--direct_num_workers, Dataflow options, ...).")
@@ -104,6 +106,8 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
     """Class names, colours and (coco) category mapping, from the model's metadata when known."""
     names = list(meta.get("class_names") or [])
     categories = meta.get("categories") or "all"
+    if categories in (["all"], ["voc"]):  # exports made before train stored resolved names
+        categories = categories[0]
     coco_map = None
     if args.dataset == "coco":
         from types import SimpleNamespace

@@ -82,6 +82,16 @@ class _Record:
             raise RecordError(f"{source}: task must be one of {names.KITTI_TASKS}, got {self.task!r}")
 
 
+def require_task(model_task: str | None, task: str | None, source: str = "model") -> None:
+    """The one check that a KITTI task asked for is the task a model was trained for; a
+    record without a task (not KITTI, or written before tasks were recorded) passes."""
+    if task is not None and task not in names.KITTI_TASKS:
+        raise RecordError(f"task must be one of {names.KITTI_TASKS}, got {task!r}")
+    if task is not None and model_task is not None and task != model_task:
+        raise RecordError(f"{source} was trained for the KITTI {model_task!r} task, "
+                          f"not {task!r}")
+
+
 @dataclasses.dataclass
 class RunConfig(_Record):
     """What model.train decided: dataset, classes, geometry and the recipe."""
@@ -156,9 +166,7 @@ class ExportMetadata(_Record):
 
     def require_task(self, task: str | None, source: str = "model") -> None:
         """A KITTI lane model scored as road (or the reverse) is an error, not a wrong score."""
-        if task is not None and self.task is not None and task != self.task:
-            raise RecordError(f"{source} was trained for the KITTI {self.task!r} task, "
-                              f"not {task!r}")
+        require_task(self.task, task, source)
 
     @classmethod
     def of_version(cls, version_dir) -> "ExportMetadata":

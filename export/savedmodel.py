@@ -17,28 +17,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from export.layout import LABELS_FILE, LABELS_PATH, METADATA_PATH, WARMUP_PATH
+from contract.layout import (LABELS_FILE, LABELS_PATH, METADATA_PATH, TEMP_PREFIX, WARMUP_PATH,
+                             next_version)
+from contract.records import ExportMetadata
 from export.metadata import build_metadata, write_labels, write_metadata
 from export.precision import serving_copy
 from export.signatures import SEGMENT_ENCODED, SERVING_DEFAULT, ServingModule, describe
 from export.warmup import write_warmup_file
-from model.inference import read_saved_model_metadata
-
-TEMP_PREFIX = ".tmp-"  # not a number, so TF Serving never takes it for a version
-
-
-def version_dirs(model_dir) -> dict[int, Path]:
-    """The version folders TF Serving would see: numeric names only."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return {}
-    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
-
-
-def next_version(model_dir) -> int:
-    versions = version_dirs(model_dir)
-    return max(versions) + 1 if versions else 1
-
 
 def weights_nbytes(keras_model) -> int:
     return int(sum(np.asarray(w).nbytes for w in keras_model.weights))
@@ -163,7 +148,7 @@ def load_saved_model(path) -> LoadedModel:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path}: no saved_model.pb (not an exported version folder)")
-    metadata = read_saved_model_metadata(path)
+    metadata = ExportMetadata.of_version(path).to_dict()
     labels_path = path / LABELS_PATH
     class_names = labels_path.read_text(encoding="utf-8").splitlines() \
         if labels_path.is_file() else list(metadata.get("class_names") or [])

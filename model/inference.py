@@ -6,14 +6,12 @@ and overlays never depend on the training geometry.
 """
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from export.layout import METADATA_PATH
+from contract import layout, names
 
 Predictor = Callable[[Sequence[np.ndarray]], list]
 
@@ -53,31 +51,23 @@ def keras_predictor(keras_model, image_size, batch_size: int = 4) -> Predictor:
     return lambda images: predict_probabilities(keras_model, images, image_size, batch_size)
 
 
-def read_saved_model_metadata(saved_model_dir) -> dict:
-    """The fcnseg metadata JSON written next to an exported SavedModel ({} when absent)."""
-    path = pathlib.Path(saved_model_dir) / METADATA_PATH
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
 def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
-    """Predictor calling the SavedModel's `serving_default` signature with uint8 images.
+    """Predictor calling the SavedModel's float-probabilities signature with uint8 images.
 
     The signature resizes internally and returns `probabilities` at the input size. Images of
     equal size are sent together (up to `batch_size`); a batch must share one size.
     """
-    path = pathlib.Path(saved_model_dir)
-    if not (path / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"{path}: not a SavedModel directory (no saved_model.pb)")
+    path = layout.resolve_version_dir(saved_model_dir)
     loaded = tf.saved_model.load(str(path))
-    if "serving_default" not in loaded.signatures:
-        raise ValueError(f"{path}: SavedModel has no 'serving_default' signature "
-                         f"(has {sorted(loaded.signatures)})")
-    signature = loaded.signatures["serving_default"]
+    # Export format 2 serves float maps through their own signature; format 1 through
+    # serving_default.
+    for name in (names.SEGMENT_PROBABILITIES, names.SERVING_DEFAULT):
+        if name in loaded.signatures:
+            signature = loaded.signatures[name]
+            break
+    else:
+        raise ValueError(f"{path}: SavedModel has neither {names.SEGMENT_PROBABILITIES!r} nor "
+                         f"{names.SERVING_DEFAULT!r} (has {sorted(loaded.signatures)})")
 
     def predict(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         _check_images(images)
@@ -89,7 +79,7 @@ def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
                    and images[end].shape == images[start].shape):
                 end += 1
             batch = tf.constant(np.stack(images[start:end]))
-            probs = signature(images=batch)["probabilities"].numpy()
+            probs = signature(**{names.IMAGES: batch})[names.PROBABILITIES].numpy()
             results.extend(np.asarray(p, dtype=np.float32) for p in probs)
             start = end
         return results

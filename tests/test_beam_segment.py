@@ -22,13 +22,11 @@ KITTI_CONFIG = {"dataset": "kitti", "task": "road", "class_names": ["non-road", 
 
 
 def _export(base: pathlib.Path, config: dict, seed: int = 0) -> pathlib.Path:
-    import keras
-
+    """A tiny FCN with random score layers (tests/tiny_models.py), as models/fcn8s/1."""
     from export.savedmodel import export_saved_model
-    from model.fcn8s import build_fcn8s
+    from tests.tiny_models import tiny_fcn
 
-    keras.utils.set_random_seed(seed)
-    model = build_fcn8s(len(config["class_names"]), (*IMAGE_SIZE, 3), fc_width=16)
+    model = tiny_fcn(len(config["class_names"]), IMAGE_SIZE, seed)
     return export_saved_model(model, config, base, "fcn8s", version=1)
 
 
@@ -283,9 +281,12 @@ def _kitti_tree(root: pathlib.Path) -> None:
     gt_dir.mkdir(parents=True)
 
     def gt(h, w):
+        # Road (magenta) in the lower left, not road (red) elsewhere, the top rows outside
+        # the evaluated area: asymmetric both ways, so a mirrored or flipped ground truth
+        # scores differently.
         g = np.zeros((h, w, 3), np.uint8)
-        g[..., 0] = 255
-        g[h // 2:, :, 2] = 255  # lower half road (magenta), upper non-road (red)
+        g[h // 6:, :, 0] = 255
+        g[h // 2:, : 2 * w // 3, 2] = 255
         return g
 
     for i, (name, size, gt_size) in enumerate([("um_000000", (60, 200), (60, 200)),
