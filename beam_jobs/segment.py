@@ -121,7 +121,10 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
     colours = meta.get("colours") or None
     if names and (not colours or len(colours) != len(names)):
         colours = ROAD_COLOURS if len(names) == 2 else palette(len(names))
-    return {"class_names": names, "colours": colours, "coco": coco_map}
+    # A KITTI lane model is scored against the lane ground truth, and named so in the
+    # submission; a model without metadata (grpc) is taken for a road model.
+    task = (meta.get("task") or "road") if args.dataset == "kitti" else "road"
+    return {"class_names": names, "colours": colours, "coco": coco_map, "task": task}
 
 
 class FinishImage(beam.DoFn):
@@ -210,7 +213,7 @@ class FinishImage(beam.DoFn):
         stem = sources.stem_of(item.path)
         files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
         outputs.write_bytes(files["mask"], seg.mask_png)
-        submission = sources.kitti_submission_name(item.path)
+        submission = sources.kitti_submission_name(item.path, self.classes["task"])
         if self.dataset == "kitti" and submission and len(self.classes["class_names"]) == 2:
             files["kitti_submission"] = FileSystems.join(self.output, outputs.SUBMISSION,
                                                          submission)
@@ -262,7 +265,7 @@ def _write_summary(counts: dict, output: str) -> None:
 def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
     pattern = sources.expand_input(args.input, args.dataset)
     read = p | "Read" >> sources.ReadImages(args.dataset, pattern, args.annotations,
-                                            args.labels_dir)
+                                            args.labels_dir, task=classes["task"])
     checked = read.items | "Validate" >> beam.ParDo(
         ValidateImages(args.max_pixels)).with_outputs("dead", main="ok")
     predictions, dlq = (checked.ok

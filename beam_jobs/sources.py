@@ -138,9 +138,10 @@ class _ReadFile(beam.DoFn):
     """ReadableFile (or (path, gt) from COCO) -> ImageItem with bytes, or a dead letter."""
 
     def __init__(self, dataset: str, labels_dir: Optional[str] = None,
-                 root: Optional[str] = None):
+                 root: Optional[str] = None, task: str = "road"):
         self.dataset = dataset
         self.labels_dir = labels_dir
+        self.task = task  # kitti: whose ground truth scores the model (road or lane)
         self.root = root  # listed files must resolve inside it (COCO entries come checked)
         self.read_errors = beam.metrics.Metrics.counter("fcnseg", "failed_read")
         self.images_in = beam.metrics.Metrics.counter("fcnseg", "images_in")
@@ -171,7 +172,7 @@ class _ReadFile(beam.DoFn):
         item = ImageItem(path=path, data=data, gt=gt)
         if self.dataset == "kitti":
             item.category = kitti_category(path)
-            gt_path = kitti_gt_path(path)
+            gt_path = kitti_gt_path(path, self.task)
             item.gt = GroundTruth("kitti", path=gt_path) if gt_path else None
         elif self.dataset == "folder" and self.labels_dir:
             label = FileSystems.join(self.labels_dir, stem_of(path) + ".png")
@@ -234,7 +235,7 @@ class ReadImages(beam.PTransform):
     """PBegin -> (ImageItem, dead letters 'dead') for one dataset's inputs."""
 
     def __init__(self, dataset: str, pattern: str, annotations: Optional[str] = None,
-                 labels_dir: Optional[str] = None):
+                 labels_dir: Optional[str] = None, task: str = "road"):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -242,6 +243,7 @@ class ReadImages(beam.PTransform):
         self.pattern = pattern
         self.annotation_file = annotations  # not .annotations: PTransform has that method
         self.labels_dir = labels_dir
+        self.task = task
 
     def expand(self, pbegin):
         # Listing happens in one place; Reshuffle spreads the files over the workers before
@@ -260,7 +262,7 @@ class ReadImages(beam.PTransform):
                      | "ReadMatches" >> fileio.ReadMatches())
         root = None if self.dataset == "coco" else pattern_root(self.pattern)
         return files | "ReadBytes" >> beam.ParDo(
-            _ReadFile(self.dataset, self.labels_dir, root)).with_outputs("dead", main="items")
+            _ReadFile(self.dataset, self.labels_dir, root, self.task)).with_outputs("dead", main="items")
 
 
 def _looks_like_input(metadata, pattern: str) -> bool:
