@@ -1,14 +1,15 @@
 """Evaluate a model on its run's split, or on any data root: KITTI devkit scores or IoU.
 
     python -m model.evaluate --checkpoint runs/X/checkpoints/best.keras [--split val]
-    python -m model.evaluate --saved-model models/fcn8s/3 [--run-dir runs/X]
-    python -m model.evaluate --saved-model models/fcn8s --dataset kitti --data-root DIR [--task lane]
+    python -m model.evaluate --model-dir models/fcn8s/3 [--run-dir runs/X]
+    python -m model.evaluate --model-dir models/fcn8s --dataset kitti --data-root DIR [--task lane]
     python -m model.evaluate --checkpoint F --dataset coco --data-root DIR [--annotations JSON]
     python -m model.evaluate --checkpoint F --dataset folder --data-root DIR
 
 With --dataset the model is scored on every labelled image of --data-root (or its train/val
 part with --split, split as model.train does); no run directory is needed. COCO masks are
 rendered for the model's own categories, in its class order.
+    (--model-dir: a model folder, its newest version, or a version folder)
 
 Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
 confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
@@ -30,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract import layout
-from contract.names import NATIVE
+from contract.names import COCO_PROTOCOLS, NATIVE
 from contract.records import ExportMetadata, require_task
 from model import metrics, plots, runs
 from model.data import image_io, kitti, kitti_bev, palette
@@ -184,6 +185,8 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     else:
         plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
     fields = {"task": config.get("task") or "road"} if is_kitti else {}
+    if config.get("dataset") == "coco":
+        fields["coco_protocol"] = config.get("coco_protocol") or "fcnseg"
     result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
                                     road_bev=road_bev, label_format=label_format,
                                     **fields, **(source or {}))
@@ -191,8 +194,41 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     return result
 
 
+def _coco_protocol_pairs(config: dict, pairs, args):
+    """The split's images with masks of --coco-protocol (rendered when it is not the run's).
+
+    torchvision filters only its training images, so --split train may lose some images
+    under it; validation keeps every image under both protocols.
+    """
+    from model.data import coco
+
+    trained = config.get("coco_protocol") or coco.DEFAULT_PROTOCOL
+    wanted = args.coco_protocol or trained
+    if wanted == trained:
+        return {**config, "coco_protocol": trained}, pairs
+    root = pathlib.Path(args.data_root or config["data_root"])
+    folder = "train2017" if args.split == "train" else "val2017"
+    rendered = coco.render_masks(coco.find_annotation_file(root, folder), root / folder,
+                                 args.cache_dir, categories=_coco_categories(config),
+                                 protocol=wanted, train=args.split == "train")
+    masks = {pathlib.Path(image).name: pathlib.Path(mask) for image, mask in rendered}
+    keep = [(image, masks[image.name]) for image, _ in pairs if image.name in masks]
+    return {**config, "coco_protocol": wanted}, keep
+
+
+def _coco_categories(config: dict):
+    """The category request train used ('all', 'voc' or a list of names)."""
+    cats = config.get("categories") or ["all"]
+    if isinstance(cats, str):
+        return cats
+    return cats[0] if list(cats) in (["all"], ["voc"]) else list(cats)
+
+
 def format_summary(result: dict) -> str:
     lines = []
+    if result.get("coco_protocol"):
+        lines.append(f"COCO masks: {result['coco_protocol']} protocol (docs/data.md says "
+                     f"which published figures each compares with)")
     task = result.get("task", "road")
     views = (("kitti", "perspective view"),
              ("kitti_bev", "bird's-eye view, as the benchmark ranks"))
@@ -229,8 +265,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint, e.g. runs/X/checkpoints/best.keras")
-    which.add_argument("--saved-model", help="exported model folder (newest version) or version "
-                                             "folder, e.g. models/fcn8s/3")
+    which.add_argument("--model-dir", help="an export: a model folder (its newest version), "
+                                           "e.g. models/fcn8s, or a version folder models/fcn8s/3")
     parser.add_argument("--run-dir", help="training run directory (default: from the checkpoint "
                                           "path or the SavedModel metadata)")
     parser.add_argument("--dataset", choices=DATASETS,
@@ -249,7 +285,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --dataset and --split train|val: the split's seed")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="with --dataset and --split train|val")
-    parser.add_argument("--cache-dir", default="cache", help="coco/folder: rendered masks")
     parser.add_argument("--inference-size", nargs="+", metavar="H W | native",
                         help="checkpoint only: geometry to run at (default: the training "
                              "size; a SavedModel infers at its export's inference_size)")
@@ -263,6 +298,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "the model's)")
     parser.add_argument("--bev", action=argparse.BooleanOptionalAction, default=True,
                         help="KITTI: also score in the bird's-eye view (needs training/calib)")
+    parser.add_argument("--coco-protocol", choices=COCO_PROTOCOLS,
+                        help="COCO: score against masks of these label rules (default: the "
+                             "run's); another protocol re-renders the split's masks")
+    parser.add_argument("--cache-dir", default="cache",
+                        help="COCO: where masks of another protocol (or of --dataset coco) are "
+                             "rendered; folder: converted labels")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -277,7 +318,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     elif args.split == "all" and not args.dataset:
         parser.error("--split all goes with --dataset (a run's split has train and val)")
     if args.inference_size is not None:
-        if args.saved_model:
+        if args.model_dir:
             parser.error("--inference-size is for --checkpoint; a SavedModel infers at its "
                          "export's inference_size (python -m export --inference-size)")
         if args.inference_size == [NATIVE]:
@@ -319,8 +360,11 @@ def dataset_pairs(args, config: dict) -> tuple[list, str]:
         ann = (pathlib.Path(args.annotations) if args.annotations
                else coco.find_annotation_file(root, split))
         image_dir = root if args.annotations else root / split
+        protocol = args.coco_protocol or config.get("coco_protocol") or coco.DEFAULT_PROTOCOL
         pairs = coco.render_masks(ann, image_dir, pathlib.Path(args.cache_dir),
-                                  categories=list(names))
+                                  categories=list(names), protocol=protocol,
+                                  train=args.split == "train")
+        config["coco_protocol"] = protocol
         return pairs, "ids"
     from model.data import folder, random_split
 
@@ -335,7 +379,7 @@ def dataset_pairs(args, config: dict) -> tuple[list, str]:
 
 
 def _model_and_config(args):
-    """(model or predictor, config, run_dir or None, source) of --checkpoint/--saved-model."""
+    """(model or predictor, config, run_dir or None, source) of --checkpoint/--model-dir."""
     from model import inference  # TensorFlow import, after argument errors are reported
 
     needs_run = not args.dataset  # the run's split is read from its directory
@@ -353,11 +397,11 @@ def _model_and_config(args):
         if args.inference_size:
             source["inference_size"] = args.inference_size
         return model, config, run_dir, source
-    version_dir = layout.resolve_version_dir(args.saved_model)
+    version_dir = layout.resolve_version_dir(args.model_dir)
     metadata = ExportMetadata.of_version(version_dir).to_dict()
     run_dir = args.run_dir or metadata.get("run_dir")
     if not run_dir and needs_run:
-        raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
+        raise SystemExit(f"{version_dir}: metadata names no run directory; "
                          f"pass --run-dir, or score it on a data root with --dataset")
     run_dir = pathlib.Path(run_dir) if run_dir else None
     # The run's config is the reference (it has data_root); the metadata carries the
@@ -373,10 +417,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     model, config, run_dir, source = _model_and_config(args)
     require_task(config.get("task") if config.get("dataset") == "kitti" else None, args.task,
-                 str(args.checkpoint or args.saved_model))
+                 str(args.checkpoint or args.model_dir))
     if args.dataset:
+        config = dict(config)
         pairs, label_format = dataset_pairs(args, config)
-        config = {**config, "label_format": label_format}
+        config["label_format"] = label_format
         name = f"eval_{args.dataset}_{args.split}"
         out_dir = pathlib.Path(args.out) if args.out else (run_dir or pathlib.Path(".")) / name
         source.update(dataset=args.dataset, data_root=str(args.data_root), split=args.split)
@@ -386,6 +431,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
                              f"(has {sorted(split)})")
         pairs = resolve_pairs(split[args.split], config, args.data_root)
+        if config.get("dataset") == "coco":
+            config, pairs = _coco_protocol_pairs(config, pairs, args)
         out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
         source.update(run_dir=str(run_dir), split=args.split)
     result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source,

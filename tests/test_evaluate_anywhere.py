@@ -91,7 +91,7 @@ def test_saved_model_without_run_dir_on_kitti_root(road_model, tmp_path):
 
     model, _, root, config = road_model
     version = export_saved_model(model, config, tmp_path / "models", "road")  # no run_dir
-    result = evaluate.main(["--saved-model", str(version.parent), "--dataset", "kitti",
+    result = evaluate.main(["--model-dir", str(version.parent), "--dataset", "kitti",
                             "--data-root", str(root), "--no-bev", "--out", str(tmp_path / "e")])
     assert result["kitti"]["overall"]["MaxF"] == pytest.approx(1.0, abs=1e-3)
     assert result["inference_size"] == list(SIZE)
@@ -102,7 +102,7 @@ def test_task_and_arguments_are_checked(road_model, tmp_path):
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--checkpoint", "x", "--dataset", "kitti"])  # no --data-root
     with pytest.raises(SystemExit):
-        evaluate.parse_args(["--saved-model", "x", "--inference-size", "native"])
+        evaluate.parse_args(["--model-dir", "x", "--inference-size", "native"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti",
                        "--data-root", str(tmp_path / "nowhere"), "--no-bev"])
