@@ -27,7 +27,8 @@ def _tiny_checkpoint(run_dir, num_classes, config, scene):
         np.asarray(Image.fromarray(scene).resize(SIZE[::-1]), np.float32)[None]))
     layer = model.get_layer("score_pool3")
     kernel, bias = layer.get_weights()
-    bias[1] -= np.median(logits[..., 1] - logits[..., 0])
+    others = np.delete(logits, 1, axis=-1).max(axis=-1)
+    bias[1] -= np.median(logits[..., 1] - others)
     layer.set_weights([kernel, bias])
     path = run_dir / "checkpoints" / "best.keras"
     path.parent.mkdir(parents=True)
@@ -80,10 +81,13 @@ def test_checkpoint_on_any_kitti_root(road_model, tmp_path, capsys):
     assert 0.05 < result["kitti"]["overall"]["REC"] <= 1.0  # both classes present
     assert result["kitti"]["overall"]["MaxF"] == pytest.approx(1.0)
     assert "Road scores" in capsys.readouterr().out
-    # The stratified val part (one per category of three at 0.2: at least one each).
-    val = evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti", "--split",
-                         "val", "--data-root", str(root), "--no-bev", "--out", str(tmp_path)])
-    assert val["split_size"] == 3
+    # Split as model.train does: one image per category rounds to none in val at 0.2.
+    train = evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti", "--split",
+                           "train", "--data-root", str(root), "--no-bev", "--out", str(tmp_path)])
+    assert train["split_size"] == 3
+    with pytest.raises(ValueError, match="no images"):
+        evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti", "--split", "val",
+                       "--data-root", str(root), "--no-bev", "--out", str(tmp_path)])
 
 
 def test_saved_model_without_run_dir_on_kitti_root(road_model, tmp_path):
@@ -144,7 +148,7 @@ def test_coco_with_annotations(coco_root, tmp_path, scenes):
     images = json.loads(ann.read_text())["images"]
     assert result["split_size"] == len(images)
     assert list(result["per_class_iou"]) == ["background", "person", "car"]
-    with pytest.raises(ValueError, match="2 classes"):
+    with pytest.raises(ValueError, match="the model has 3"):
         evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "coco", "--data-root",
                        str(coco_root / "val2017"), "--annotations", str(ann),
                        "--categories", "person", "--cache-dir", str(tmp_path / "cache")])
