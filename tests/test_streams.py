@@ -64,7 +64,6 @@ def test_trained_skips_contribute(trained):
     rel = {k: v["relative_to_fc7"] for k, v in result["streams"].items()}
     # The Done-when thresholds. With the old fixed 0.01 / 0.0001 input scaling these
     # were about 4e-4 and 6e-6 on a trained model.
-    print(rel)
     assert rel["score_pool4"] >= 0.05, rel
     assert rel["score_pool3"] >= 0.01, rel
 
