@@ -1,10 +1,10 @@
 """Tiny FCN-8s models for tests whose outputs depend on the input and on every skip.
 
-FCN starts its three score layers at zero (model/fcn8s.py, as in the paper), so an untrained
-model answers 0.5 / class 0 for every pixel: a test built on it cannot tell a mirrored ground
-truth or a flipped class id from the right answer. These helpers give the score layers random
-weights, scaled up by the inverse of the skip scaling (pool4 x 0.01, pool3 x 0.0001) so that
-the pool4 and pool3 streams change the masks too and a dropped skip is visible.
+The model's own skip score layers start with tiny random weights (stddev 1e-3 / 1e-4, as
+KittiSeg; model/fcn8s.py), so an untrained model's pool4 and pool3 streams barely show. These
+helpers give all three score layers large random weights (pool4 and pool3 scaled up most) so
+that every stream changes the masks and a dropped skip is visible. A random encoder's
+features are all positive, so the masks may still fall into one class on flat inputs.
 """
 from __future__ import annotations
 
