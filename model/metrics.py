@@ -41,7 +41,6 @@ AP_RECALL_LEVELS = np.arange(0.0, 1.1, 0.1)
 # Threshold index used for the binary IoU: 128/255 ~ 0.502, i.e. "road probability >= 0.5"
 # after quantisation (round(0.5 * 255) = 128).
 IOU_THRESHOLD_INDEX = 128
-IGNORE_INDEX = IGNORE_LABEL
 _EPS = 1e-10
 
 KITTI_SCORE_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "threshold")
@@ -126,9 +125,9 @@ def road_counts(road_prob: np.ndarray, label: np.ndarray) -> RoadCounts:
     if values.shape != label.shape or values.ndim != 2:
         raise ValueError(f"road_prob {values.shape} and label {label.shape} must be the same "
                          f"[H, W] shape")
-    bad = (label != 0) & (label != 1) & (label != IGNORE_INDEX)
+    bad = (label != 0) & (label != 1) & (label != IGNORE_LABEL)
     if bad.any():
-        raise ValueError(f"road labels must be 0, 1 or {IGNORE_INDEX}, "
+        raise ValueError(f"road labels must be 0, 1 or {IGNORE_LABEL}, "
                          f"found {np.unique(label[bad])[:5].tolist()}")
     pos_hist = np.bincount(values[label == 1], minlength=NUM_THRESHOLDS)
     neg_hist = np.bincount(values[label == 0], minlength=NUM_THRESHOLDS)
@@ -196,7 +195,7 @@ def kitti_scores(counts: RoadCounts) -> dict:
 
 
 def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+                     ignore_index: int = IGNORE_LABEL) -> np.ndarray:
     """int64 [C, C] pixel counts, rows = ground truth, columns = prediction.
 
     Pixels whose label is `ignore_index` are skipped. Other labels and all predictions must be
@@ -324,11 +323,10 @@ def metrics_record(cm: np.ndarray, class_names: Sequence[str], num_images: int,
     """
     result: dict = {"split_size": int(num_images), "class_names": list(class_names), **fields}
     result.update(segmentation_scores(cm, class_names))
+    counts = dict(images_per_group or {})
     if road:
-        groups = sorted(g for g in road if g != OVERALL) + [g for g in road if g == OVERALL]
-        counts = dict(images_per_group or {})
         result["kitti"] = _road_table(road, counts)
     if road_bev:
-        result["kitti_bev"] = _road_table(road_bev, dict(images_per_group or {}))
+        result["kitti_bev"] = _road_table(road_bev, counts)
     result["confusion_matrix"] = np.asarray(cm).tolist()
     return json_safe(result)

@@ -80,7 +80,11 @@ def build_config(args, data) -> dict:
         # scored as road; other datasets have none
         "task": args.task if args.dataset == "kitti" else None,
         "coco_protocol": args.coco_protocol if args.dataset == "coco" else None,
-        "categories": args.categories, "class_names": list(data.class_names),
+        # COCO: the category names that classes 1..K stand for, resolved. 'voc' and 'all'
+        # are requests, not names; the export copies this into its metadata, where the Beam
+        # job and evaluate map annotations by these names.
+        "categories": list(data.class_names[1:]) if args.dataset == "coco" else None,
+        "class_names": list(data.class_names),
         "colours": [list(c) for c in data.colours], "label_format": data.label_format,
         "num_classes": len(data.class_names), "image_size": list(args.image_size),
         "normalization": args.normalization, "fc_width": args.fc_width,

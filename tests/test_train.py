@@ -9,7 +9,8 @@ from PIL import Image
 
 from model import runs
 from model.data import kitti
-from model.data.pipeline import IGNORE, check_pairs, decode_label, make_dataset
+from contract.names import IGNORE_LABEL as IGNORE
+from model.data.pipeline import check_pairs, decode_label, make_dataset
 from model.train import main as train_main
 
 
