@@ -18,9 +18,10 @@ completes, so they are written in place (one operation); elsewhere (local disks,
 temporary name in the same folder is renamed into place, so a retried or duplicated bundle
 never leaves half a PNG.
 
-KITTI: confidence/<cat>_<task>_<n>.png is the perspective confidence map and
-kitti_submission/<cat>_<task>_<n>.png the same map in the benchmark's bird's-eye view, the
-files the benchmark wants uploaded (kitti_submission.zip with --submission-zip).
+Names inside a run folder are deterministic: masks/<stem>.png, overlays/<stem>.png; KITTI:
+confidence/<cat>_<task>_<n>.png (the perspective confidence map) and
+kitti_submission/<cat>_<task>_<n>.png (the same map in the benchmark's bird's-eye view, the
+files the benchmark wants uploaded).
 """
 from __future__ import annotations
 

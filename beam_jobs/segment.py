@@ -232,6 +232,8 @@ class FinishImage(beam.DoFn):
             except ValueError as exc:  # label values the model's classes do not cover
                 yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
                 return
+        # I/O errors propagate: the runner retries the bundle (a dead letter would drop the
+        # image on a transient storage error and let the job "succeed").
         files = self._write(item, seg, label, table, confidence)
         self.ok.inc()
         self._progress()
@@ -328,13 +330,17 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
     dead = ((read.dead, checked.dead, failed_batches, finished.dead)
             | "AllDeadLetters" >> beam.Flatten())
     # Shards as the runner sees fit (one per writer), so no single worker writes them all.
+    # No empty shards: Beam's S3 uploader cannot create an empty object (a multipart upload
+    # without parts, refused by S3; apache/beam#21427), and none is needed to say "no rows".
     _ = (finished.results
          | "WriteResults" >> beam.io.WriteToText(
-             FileSystems.join(output, outputs.RESULTS), file_name_suffix=".jsonl"))
+             FileSystems.join(output, outputs.RESULTS), file_name_suffix=".jsonl",
+             skip_if_empty=True))
     _ = (dead
          | "DeadToJson" >> beam.Map(DeadLetter.to_json)
          | "WriteDeadLetters" >> beam.io.WriteToText(
-             FileSystems.join(output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl"))
+             FileSystems.join(output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl",
+             skip_if_empty=True))
 
     ok_count = finished.results | "CountOk" >> beam.combiners.Count.Globally()
     dead_by_stage = (dead

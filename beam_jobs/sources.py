@@ -161,8 +161,8 @@ class _ReadFile(beam.DoFn):
                  root: Optional[str] = None, task: str = "road"):
         self.dataset = dataset
         self.labels_dir = labels_dir
+        self.task = task  # kitti: whose ground truth scores the model (road or lane)
         self.root = root  # listed files must resolve inside it (COCO entries come checked)
-        self.task = task
         self.read_errors = beam.metrics.Metrics.counter("fcnseg", "failed_read")
         self.images_in = beam.metrics.Metrics.counter("fcnseg", "images_in")
 
@@ -277,6 +277,7 @@ class ReadImages(beam.PTransform):
         self.pattern = pattern
         self.annotation_file = annotations  # not .annotations: PTransform has that method
         self.labels_dir = labels_dir
+        self.task = task
 
     def expand(self, pbegin):
         # Listing happens in one place; Reshuffle spreads the files over the workers before
@@ -295,8 +296,7 @@ class ReadImages(beam.PTransform):
                      | "ReadMatches" >> fileio.ReadMatches())
         root = None if self.dataset == "coco" else pattern_root(self.pattern)
         return files | "ReadBytes" >> beam.ParDo(
-            _ReadFile(self.dataset, self.labels_dir, root, self.task)).with_outputs(
-                "dead", main="items")
+            _ReadFile(self.dataset, self.labels_dir, root, self.task)).with_outputs("dead", main="items")
 
 
 def _looks_like_input(metadata, pattern: str) -> bool:

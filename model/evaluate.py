@@ -1,7 +1,7 @@
 """Evaluate a trained model on its run's split: KITTI devkit scores or IoU, plus images.
 
     python -m model.evaluate --checkpoint runs/X/checkpoints/best.keras [--split val]
-    python -m model.evaluate --saved-model models/fcn8s/3 [--run-dir runs/X]
+    python -m model.evaluate --model-dir models/fcn8s [--run-dir runs/X]   (newest version, or models/fcn8s/3)
 
 Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
 confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
@@ -257,7 +257,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint, e.g. runs/X/checkpoints/best.keras")
-    which.add_argument("--saved-model", help="exported SavedModel version dir, e.g. models/fcn8s/3")
+    which.add_argument("--model-dir", help="an export: a model folder (its newest version), "
+                                           "e.g. models/fcn8s, or a version folder models/fcn8s/3")
     parser.add_argument("--run-dir", help="training run directory (default: from the checkpoint "
                                           "path or the SavedModel metadata)")
     parser.add_argument("--split", default="val", choices=("val", "train"))
@@ -294,11 +295,11 @@ def main(argv=None) -> dict:
         model = runs.load_checkpoint(args.checkpoint)
         source = {"checkpoint": str(args.checkpoint)}
     else:
-        version_dir = layout.resolve_version_dir(args.saved_model)
+        version_dir = layout.resolve_version_dir(args.model_dir)
         metadata = ExportMetadata.of_version(version_dir).to_dict()
         run_dir = args.run_dir or metadata.get("run_dir")
         if not run_dir:
-            raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
+            raise SystemExit(f"{version_dir}: metadata names no run directory; "
                              f"pass --run-dir")
         run_dir = pathlib.Path(run_dir)
         # The run's config is the reference (it has data_root); the metadata carries the
@@ -308,7 +309,7 @@ def main(argv=None) -> dict:
         model = inference.saved_model_predictor(version_dir, args.batch_size)
         source = {"saved_model": str(version_dir)}
     require_task(config.get("task") if config.get("dataset") == "kitti" else None, args.task,
-                 str(args.checkpoint or args.saved_model))
+                 str(args.checkpoint or args.model_dir))
     split = runs.load_split(run_dir)
     if args.split not in split:
         raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("apache_beam")
 
 IMAGE_SIZE = (64, 128)
 KITTI_CONFIG = {"dataset": "kitti", "task": "road", "class_names": ["non-road", "road"],
@@ -515,7 +514,6 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     assert m2["confusion_matrix"] != m["confusion_matrix"]
 
 
-@pytest.mark.slow
 def test_multiprocess_direct_runner(tmp_path, road_model):
     good, bad = make_mixed_folder(tmp_path / "in")
     out = tmp_path / "out"
@@ -526,7 +524,6 @@ def test_multiprocess_direct_runner(tmp_path, road_model):
     _check_mixed(out, summary, good, bad)
 
 
-@pytest.mark.slow
 def test_grpc_survives_server_restart(tmp_path, road_model):
     """Stop the server while the job runs and start it again on the same port: every image
     still comes out (client retries, then Beam's backoff)."""
@@ -534,7 +531,7 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
 
     folder = tmp_path / "in"
     folder.mkdir()
-    n = 24
+    n = 12  # enough to stop after 3 masks and still have most of the job left
     for i in range(n):
         (folder / f"img_{i:02d}.png").write_bytes(_png(_rgb(120, 300, seed=i)))
     server = start_test_server(road_model.parent, "fcn8s")

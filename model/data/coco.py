@@ -33,8 +33,8 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from contract.names import COCO_PROTOCOLS
 from contract.files import OutsideRootError, resolve_inside
+from contract.names import COCO_PROTOCOLS
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["VOC_CATEGORIES", "VOC_CATEGORY_IDS", "load_coco", "select_categories",
