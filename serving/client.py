@@ -7,7 +7,7 @@
 
 `segment` writes, per image, <stem>_mask.png (class ids, one uint8 channel, 255 = ignore),
 <stem>_overlay.png (class colours over the image) and, from segment_encoded on a binary road
-model, <stem>_confidence.png (road probability 0..255, KITTI's submission format). Class
+model, <stem>_confidence.png (road probability 0..255, the perspective map). Class
 names and colours come from the export's fcnseg_metadata.json when --metadata points at it
 (TF Serving does not serve that file); otherwise classes are numbered and a default palette
 is used.
