@@ -85,6 +85,10 @@ def test_calibration_is_read_as_written(um0_calib):
     (100, 319, 490.8054804318, 218.2985689306),
     # (X, Z) = (-9.975, 45.975) m: the far left corner of the grid
     (0, 0, 453.3536065864, 205.3383116453),
+    # (X, Z) = (2.525, 10.875) m and (5.025, 13.475) m: fractions above .5, so truncation
+    # (pixel [282, 785], [259, 887]) and rounding would differ
+    (250, 702, 786.8362813089, 283.8796088413),
+    (300, 650, 888.6820019551, 260.8492755902),
     # (X, Z) = (0.025, 6.025) m: below the image's bottom edge (v > 375)
     (200, 799, 622.2302264112, 378.4422870273),
     # (X, Z) = (9.975, 6.025) m: right of the image (u > 1242)
