@@ -226,7 +226,7 @@ def main(argv=None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("history.csv",):
             (run_dir / stale).unlink(missing_ok=True)
-        runs.write_json(run_dir / runs.CONFIG, config)
+        runs.write_run_config(run_dir, config)
         runs.write_json(run_dir / runs.SPLIT, {"train": train_pairs, "val": val_pairs})
         initial_epoch, best = 0, None
         model = build_fcn8s(config["num_classes"], (*args.image_size, 3),
