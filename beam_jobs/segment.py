@@ -497,6 +497,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         brief = {k: m.get(k) for k in ("mean_iou", "pixel_accuracy")}
         if "kitti" in m:
             brief.update({k: m["kitti"]["overall"].get(k) for k in ("MaxF", "AP", "IoU")})
+        if "kitti_bev" in m:  # the view the benchmark ranks
+            brief.update({f"BEV_{k}": m["kitti_bev"]["overall"].get(k) for k in ("MaxF", "AP")})
         print(json.dumps(brief))
     return 0
 
