@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's, else fcnseg); see docs/data.md")
     p.add_argument("--submission-zip", nargs="?", const="", metavar="PATH",
                    help="kitti: also zip kitti_submission/ for upload (default PATH "
-                        f"<output>/{outputs.SUBMISSION_ZIP})")
+                        f"{outputs.SUBMISSION_ZIP} in the run's folder)")
     p.add_argument("--mode", choices=("inprocess", "grpc"), default="inprocess")
     p.add_argument("--model-dir", help="inprocess: exported version folder (models/fcn8s/3) or "
                                        "model folder (newest version); grpc: optional, for class "
@@ -497,6 +497,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         brief = {k: m.get(k) for k in ("mean_iou", "pixel_accuracy")}
         if "kitti" in m:
             brief.update({k: m["kitti"]["overall"].get(k) for k in ("MaxF", "AP", "IoU")})
+        if "kitti_bev" in m:  # the view the benchmark ranks
+            brief.update({f"BEV_{k}": m["kitti_bev"]["overall"].get(k) for k in ("MaxF", "AP")})
         print(json.dumps(brief))
     return 0
 

@@ -7,10 +7,16 @@
 
 `segment` writes, per image, <stem>_mask.png (class ids, one uint8 channel, 255 = ignore),
 <stem>_overlay.png (class colours over the image) and, from segment_encoded on a binary road
-model, <stem>_confidence.png (road probability 0..255, KITTI's submission format). Class
+model, <stem>_confidence.png (road probability 0..255, the perspective map). Class
 names and colours come from the export's fcnseg_metadata.json when --metadata points at it
 (TF Serving does not serve that file); otherwise classes are numbered and a default palette
 is used.
+
+KITTI: `segment --kitti-submission [--task road|lane] [--submission-zip]` also writes, for
+each KITTI image (um_000012.png, ...), confidence/<cat>_<task>_<n>.png (the perspective map)
+and kitti_submission/<cat>_<task>_<n>.png: the same map in the benchmark's bird's-eye view,
+made with the image's calibration (<split>/calib/<cat>_<n>.txt, or --calib-dir), i.e. the
+files to upload (kitti_submission.zip). With --metadata, --task must be the model's.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from collections import defaultdict
 import numpy as np
 
 from contract.layout import METADATA_PATH
+from contract.names import KITTI_TASKS
 from model.data import palette
 from serving.errors import ServingError
 
@@ -111,6 +118,77 @@ def _segment_batch(client, signature: str, paths: list[pathlib.Path]) -> list[di
     return items
 
 
+class KittiSubmission:
+    """Writes the bird's-eye-view submission maps of `segment --kitti-submission`.
+
+    An image that cannot get one (not a KITTI name, a category the task lacks, a missing or
+    bad calibration file) is reported naming the file and counted; the others go on.
+    """
+
+    def __init__(self, out: pathlib.Path, task: str, calib_dir: str | None):
+        self.out, self.task = out, task
+        self.calib_dir = pathlib.Path(calib_dir) if calib_dir else None
+        self.maps: dict[str, pathlib.Path] = {}
+        self.failed = 0
+
+    def add(self, image_path: pathlib.Path, confidence_png: bytes | None) -> str:
+        """Write the maps of one image; returns a note for the progress line."""
+        from contract import kitti as contract_kitti
+        from contract.files import atomic_write_bytes, png_bytes
+        from model.data import kitti, kitti_bev
+        from model.data.image_io import decode_image_bytes
+
+        try:
+            name = contract_kitti.submission_name(image_path.name, self.task)
+            calib_path = (self.calib_dir / contract_kitti.calib_name(image_path.name)
+                          if self.calib_dir else kitti.calib_path_for(image_path))
+            if confidence_png is None:
+                raise ValueError("the server sent no confidence map (use --signature "
+                                 "segment_encoded on a binary road/lane model)")
+            confidence = decode_image_bytes(confidence_png, f"{image_path} (confidence)")
+            bev = kitti_bev.submission_map(confidence[..., 0] if confidence.ndim == 3
+                                           else confidence, kitti.read_calib(calib_path))
+        except (ValueError, FileNotFoundError) as err:
+            self.failed += 1
+            print(f"error: {image_path}: no KITTI submission map: {err}", file=sys.stderr)
+            return ""
+        atomic_write_bytes(self.out / "confidence" / name, confidence_png)
+        self.maps[name] = atomic_write_bytes(self.out / "kitti_submission" / name,
+                                             png_bytes(bev))
+        return f", bird's-eye view -> kitti_submission/{name}"
+
+    def write_zip(self) -> pathlib.Path:
+        from contract.files import atomic_write_bytes
+        from contract.kitti import submission_zip_bytes
+
+        path = self.out / "kitti_submission.zip"
+        atomic_write_bytes(path, submission_zip_bytes(
+            {name: p.read_bytes() for name, p in self.maps.items()}))
+        print(f"{path}: {len(self.maps)} bird's-eye-view maps for the {self.task} task")
+        return path
+
+
+def _submission_task(args) -> str:
+    """--task, checked against the export's metadata when given (a lane model written as
+    um_road_* would be scored against the wrong ground truth)."""
+    from contract.records import RecordError, require_task
+
+    model_task = None
+    if args.metadata:
+        path = pathlib.Path(args.metadata)
+        path = path / METADATA_PATH if path.is_dir() else path
+        try:
+            metadata = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: {path}: cannot read export metadata: {err}") from None
+        model_task = metadata.get("task") if metadata.get("dataset") == "kitti" else None
+    try:
+        require_task(model_task, args.task, str(args.metadata))
+    except RecordError as err:
+        raise SystemExit(f"error: {err}") from None
+    return args.task or model_task or "road"
+
+
 def cmd_segment(args) -> int:
     from tqdm import tqdm
     from model.data.image_io import ImageReadError, write_png
@@ -118,6 +196,16 @@ def cmd_segment(args) -> int:
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (args.task or args.submission_zip or args.calib_dir) and not args.kitti_submission:
+        print("error: --task, --calib-dir and --submission-zip go with --kitti-submission",
+              file=sys.stderr)
+        return 2
+    if args.kitti_submission and args.signature != "segment_encoded":
+        print("error: --kitti-submission needs --signature segment_encoded (confidence maps)",
+              file=sys.stderr)
+        return 2
+    submission = (KittiSubmission(out, _submission_task(args), args.calib_dir)
+                  if args.kitti_submission else None)
     names, colours = read_class_info(args.metadata)
     colours = colours or palette(255)  # any class id gets a colour
     paths = expand_images(args.images)
@@ -143,13 +231,20 @@ def cmd_segment(args) -> int:
                 save_overlay(overlay_path, item["image"], item["class_ids"], colours)
                 if item["confidence_png"] is not None:
                     (out / f"{path.stem}_confidence.png").write_bytes(item["confidence_png"])
+                note = submission.add(path, item["confidence_png"]) if submission else ""
                 h, w = item["class_ids"].shape
                 version = ("n/a (REST does not say)" if item["version"] is None
                            else item["version"])
                 tqdm.write(f"{path}: {w}x{h}, version {version}: "
                            f"{_describe(item['class_ids'], names)} -> {mask_path}, "
-                           f"{overlay_path}")
+                           f"{overlay_path}{note}")
             progress.update(len(batch))
+    if submission and args.submission_zip:
+        submission.write_zip()
+    if submission and submission.failed:
+        print(f"error: {submission.failed} image(s) got no KITTI submission map (see above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -211,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--signature", default="segment_encoded",
                          choices=["segment_encoded", "serving_default"],
                          help="send encoded files (default) or decoded pixels")
+    segment.add_argument("--kitti-submission", action="store_true",
+                         help="KITTI images: also write confidence/ and the bird's-eye-view "
+                              "kitti_submission/ maps the benchmark wants uploaded")
+    segment.add_argument("--task", choices=KITTI_TASKS,
+                         help="KITTI task of the maps (default: the model's from --metadata, "
+                              "else road); must be the model's")
+    segment.add_argument("--calib-dir", help="KITTI calibration folder (default: calib/ "
+                                             "beside each image's image_2/)")
+    segment.add_argument("--submission-zip", action="store_true",
+                         help="also write kitti_submission.zip (the maps, flat) for upload")
     segment.add_argument("--metadata", help="the export's fcnseg_metadata.json (or its version "
                                             "folder) for class names and colours")
     segment.set_defaults(run=cmd_segment)
