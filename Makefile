@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv train export evaluate test test-all serve bench data-kitti data-coco clean
+.PHONY: venv train export evaluate test test-all mutation serve bench data-kitti data-coco clean
 
 venv: $(STAMP)
 
@@ -34,7 +34,7 @@ train: $(STAMP)
 	$(PY) -m model.train --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 
 export: $(STAMP)
-	$(PY) -m export --run-dir $(RUN_DIR) --model-base $(MODEL_BASE) --model-name $(MODEL_NAME) $(EXPORT_ARGS)
+	$(PY) -m export --run-dir $(RUN_DIR) --model-dir $(MODEL_BASE)/$(MODEL_NAME) $(EXPORT_ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(RUN_DIR)/checkpoints/best.keras
@@ -45,6 +45,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Plant known bugs one at a time in a temporary copy and show the tests fail for each
+# (docs/testing.md has the table).
+MUTATION_ARGS ?=
+mutation: $(STAMP)
+	$(PY) tools/mutation.py $(MUTATION_ARGS)
 
 # Real TF Serving in Docker when an engine runs; otherwise our test server (development only).
 serve: $(STAMP)

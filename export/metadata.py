@@ -32,14 +32,16 @@ def write_labels(path, class_names) -> Path:
 
 def build_metadata(config: dict, *, model_name: str, version: int, compute_dtype: str,
                    signatures: dict, metrics=None, source=None, run_dir=None,
-                   weights_bytes: int | None = None) -> dict:
-    keys = ("dataset", "task", "categories", "class_names", "colours", "label_format",
-            "normalization", "fc_width", "num_classes", "encoder_weights")
+                   weights_bytes: int | None = None, inference_size=None) -> dict:
+    keys = ("dataset", "task", "categories", "coco_protocol", "class_names", "colours",
+            "label_format", "normalization", "fc_width", "num_classes", "encoder_weights",
+            "variant")
     return ExportMetadata.from_dict({
         "model_name": model_name,
         "version": version,
         **{key: config.get(key) for key in keys},
         "image_size": [int(s) for s in config["image_size"]],
+        "inference_size": inference_size,
         "ignore_label": IGNORE_LABEL,
         "compute_dtype": compute_dtype,
         "metrics": metrics,

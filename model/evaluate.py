@@ -1,7 +1,7 @@
 """Evaluate a trained model on its run's split: KITTI devkit scores or IoU, plus images.
 
     python -m model.evaluate --checkpoint runs/X/checkpoints/best.keras [--split val]
-    python -m model.evaluate --saved-model models/fcn8s/3 [--run-dir runs/X]
+    python -m model.evaluate --model-dir models/fcn8s [--run-dir runs/X]   (newest version, or models/fcn8s/3)
 
 Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
 confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract import layout
+from contract.names import COCO_PROTOCOLS
 from contract.records import ExportMetadata, require_task
 from model import metrics, plots, runs
 from model.data import image_io, kitti, kitti_bev, palette
@@ -176,6 +177,8 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     else:
         plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
     fields = {"task": config.get("task") or "road"} if is_kitti else {}
+    if config.get("dataset") == "coco":
+        fields["coco_protocol"] = config.get("coco_protocol") or "fcnseg"
     result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
                                     road_bev=road_bev, label_format=label_format,
                                     **fields, **(source or {}))
@@ -183,8 +186,41 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     return result
 
 
+def _coco_protocol_pairs(config: dict, pairs, args):
+    """The split's images with masks of --coco-protocol (rendered when it is not the run's).
+
+    torchvision filters only its training images, so --split train may lose some images
+    under it; validation keeps every image under both protocols.
+    """
+    from model.data import coco
+
+    trained = config.get("coco_protocol") or coco.DEFAULT_PROTOCOL
+    wanted = args.coco_protocol or trained
+    if wanted == trained:
+        return {**config, "coco_protocol": trained}, pairs
+    root = pathlib.Path(args.data_root or config["data_root"])
+    folder = "train2017" if args.split == "train" else "val2017"
+    rendered = coco.render_masks(coco.find_annotation_file(root, folder), root / folder,
+                                 args.cache_dir, categories=_coco_categories(config),
+                                 protocol=wanted, train=args.split == "train")
+    masks = {pathlib.Path(image).name: pathlib.Path(mask) for image, mask in rendered}
+    keep = [(image, masks[image.name]) for image, _ in pairs if image.name in masks]
+    return {**config, "coco_protocol": wanted}, keep
+
+
+def _coco_categories(config: dict):
+    """The category request train used ('all', 'voc' or a list of names)."""
+    cats = config.get("categories") or ["all"]
+    if isinstance(cats, str):
+        return cats
+    return cats[0] if list(cats) in (["all"], ["voc"]) else list(cats)
+
+
 def format_summary(result: dict) -> str:
     lines = []
+    if result.get("coco_protocol"):
+        lines.append(f"COCO masks: {result['coco_protocol']} protocol (docs/data.md says "
+                     f"which published figures each compares with)")
     task = result.get("task", "road")
     views = (("kitti", "perspective view"),
              ("kitti_bev", "bird's-eye view, as the benchmark ranks"))
@@ -221,7 +257,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint, e.g. runs/X/checkpoints/best.keras")
-    which.add_argument("--saved-model", help="exported SavedModel version dir, e.g. models/fcn8s/3")
+    which.add_argument("--model-dir", help="an export: a model folder (its newest version), "
+                                           "e.g. models/fcn8s, or a version folder models/fcn8s/3")
     parser.add_argument("--run-dir", help="training run directory (default: from the checkpoint "
                                           "path or the SavedModel metadata)")
     parser.add_argument("--split", default="val", choices=("val", "train"))
@@ -235,6 +272,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "the model's)")
     parser.add_argument("--bev", action=argparse.BooleanOptionalAction, default=True,
                         help="KITTI: also score in the bird's-eye view (needs training/calib)")
+    parser.add_argument("--coco-protocol", choices=COCO_PROTOCOLS,
+                        help="COCO: score against masks of these label rules (default: the "
+                             "run's); another protocol re-renders the split's masks")
+    parser.add_argument("--cache-dir", default="cache",
+                        help="COCO: where masks of another protocol are rendered")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -253,11 +295,11 @@ def main(argv=None) -> dict:
         model = runs.load_checkpoint(args.checkpoint)
         source = {"checkpoint": str(args.checkpoint)}
     else:
-        version_dir = layout.resolve_version_dir(args.saved_model)
+        version_dir = layout.resolve_version_dir(args.model_dir)
         metadata = ExportMetadata.of_version(version_dir).to_dict()
         run_dir = args.run_dir or metadata.get("run_dir")
         if not run_dir:
-            raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
+            raise SystemExit(f"{version_dir}: metadata names no run directory; "
                              f"pass --run-dir")
         run_dir = pathlib.Path(run_dir)
         # The run's config is the reference (it has data_root); the metadata carries the
@@ -267,12 +309,14 @@ def main(argv=None) -> dict:
         model = inference.saved_model_predictor(version_dir, args.batch_size)
         source = {"saved_model": str(version_dir)}
     require_task(config.get("task") if config.get("dataset") == "kitti" else None, args.task,
-                 str(args.checkpoint or args.saved_model))
+                 str(args.checkpoint or args.model_dir))
     split = runs.load_split(run_dir)
     if args.split not in split:
         raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
                          f"(has {sorted(split)})")
     pairs = resolve_pairs(split[args.split], config, args.data_root)
+    if config.get("dataset") == "coco":
+        config, pairs = _coco_protocol_pairs(config, pairs, args)
     out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
     source.update(run_dir=str(run_dir), split=args.split)
     result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source,

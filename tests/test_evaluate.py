@@ -132,8 +132,8 @@ def test_missing_split_file_is_a_clear_error(tmp_path):
 
 
 def test_saved_model_evaluation(kitti_run, tmp_path):
-    savedmodel = pytest.importorskip("export.savedmodel",
-                                     reason="export.savedmodel not available yet")
+    from export import savedmodel  # pinned dependencies: a broken import fails, never skips
+
     run_dir, checkpoint = kitti_run
     from model import runs
 
@@ -141,7 +141,7 @@ def test_saved_model_evaluation(kitti_run, tmp_path):
         runs.load_checkpoint(checkpoint), runs.load_run_config(run_dir), tmp_path / "models",
         "fcn8s", version=1, run_dir=run_dir)
     # The run directory comes from the SavedModel's metadata.
-    result = evaluate.main(["--saved-model", str(version_dir), "--out", str(tmp_path / "eval"),
+    result = evaluate.main(["--model-dir", str(version_dir), "--out", str(tmp_path / "eval"),
                             "--overlays", "0"])
     assert result["saved_model"] == str(version_dir)
     reference = evaluate.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "ref"),

@@ -304,8 +304,7 @@ def test_cli(model, tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(CONFIG))
     (run / "metrics.json").write_text(json.dumps(METRICS))
     model.save(run / "checkpoints" / "best.keras")
-    args = ["--run-dir", str(run), "--model-base", str(tmp_path / "models"),
-            "--model-name", "fcn8s"]
+    args = ["--run-dir", str(run), "--model-dir", str(tmp_path / "models" / "fcn8s")]
     assert main(args) == 0
     printed = capsys.readouterr().out
     path = tmp_path / "models" / "fcn8s" / "1"
