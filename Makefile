@@ -21,10 +21,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-aws.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# s3:// (Beam's [aws] extra) and the local S3 server the tests use
+	$(PY) -m pip install --quiet -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -32,7 +34,7 @@ train: $(STAMP)
 	$(PY) -m model.train --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 
 export: $(STAMP)
-	$(PY) -m export --run-dir $(RUN_DIR) --model-base $(MODEL_BASE) --model-name $(MODEL_NAME) $(EXPORT_ARGS)
+	$(PY) -m export --run-dir $(RUN_DIR) --model-dir $(MODEL_BASE)/$(MODEL_NAME) $(EXPORT_ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(RUN_DIR)/checkpoints/best.keras

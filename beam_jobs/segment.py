@@ -6,14 +6,21 @@
     python -m beam_jobs.segment --input ... --output ... --dataset kitti \\
         --mode grpc --server localhost:8500 --model-name fcn8s
 
-Every input file ends up in exactly one of results-*.jsonl and dead_letter-*.jsonl. See
-docs/beam.md for outputs, runners (Direct, Prism, Dataflow, Flink/Spark) and options.
+Each run writes into <output>/runs/<run id>/ and is published (<output>/LATEST, and the
+<output>/latest symlink on local disks) only when it succeeds. Every input file ends up in
+exactly one of its results-*.jsonl and dead_letter-*.jsonl. See docs/beam.md for outputs,
+runners (Direct, Portable, Dataflow, Flink, Spark), storage and options.
+
+KITTI (--task road|lane, default the model's): confidence/<cat>_<task>_<n>.png holds the
+perspective confidence maps, kitti_submission/ the same maps in the benchmark's bird's-eye
+view (what the benchmark wants uploaded; --submission-zip zips them); scores in both views.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Optional
@@ -26,6 +33,8 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
 from beam_jobs import evaluation, outputs, sources
+from contract.names import COCO_PROTOCOLS, KITTI_TASKS
+from contract.records import require_task
 from model.data import ROAD_COLOURS, palette
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
@@ -48,10 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True,
                    help="file pattern or folder (local or gs://); for kitti the data_road root "
                         "works too; for coco the image folder (or a pattern inside it)")
-    p.add_argument("--output", required=True, help="output folder (local or gs://)")
+    p.add_argument("--output", required=True,
+                   help="output folder (local, gs:// or s3://); each run goes to "
+                        "<output>/runs/<run id>, published in <output>/LATEST when it succeeds")
     p.add_argument("--dataset", choices=sources.DATASETS, default="folder")
     p.add_argument("--annotations", help="coco: instances_*.json giving images and ground truth")
     p.add_argument("--labels-dir", help="folder: ground-truth class-id PNGs named <stem>.png")
+    p.add_argument("--task", choices=KITTI_TASKS,
+                   help="kitti: road or lane (um only); must be the model's task (default: "
+                        "the model's, else road)")
+    p.add_argument("--coco-protocol", choices=COCO_PROTOCOLS,
+                   help="coco: label rules of the ground truth, fcnseg or torchvision "
+                        "(default: the model's, else fcnseg); see docs/data.md")
+    p.add_argument("--submission-zip", nargs="?", const="", metavar="PATH",
+                   help="kitti: also zip kitti_submission/ for upload (default PATH "
+                        f"<output>/{outputs.SUBMISSION_ZIP})")
     p.add_argument("--mode", choices=("inprocess", "grpc"), default="inprocess")
     p.add_argument("--model-dir", help="inprocess: exported version folder (models/fcn8s/3) or "
                                        "model folder (newest version); grpc: optional, for class "
@@ -91,6 +111,10 @@ def _check_args(args, parser) -> None:
         parser.error("--mode grpc needs --server and --model-name")
     if args.dataset == "coco" and not args.annotations:
         parser.error("--dataset coco needs --annotations")
+    if args.dataset != "kitti" and (args.task or args.submission_zip is not None):
+        parser.error("--task and --submission-zip are for --dataset kitti")
+    if args.dataset != "coco" and args.coco_protocol:
+        parser.error("--coco-protocol is for --dataset coco")
     if args.min_batch_size is None:
         args.min_batch_size = args.batch_size
     if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
@@ -115,16 +139,15 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
                              f"{args.annotations}: was it trained on COCO?")
         names = names or coco_names
         coco_map = {"categories": coco_meta["categories"],
-                    "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)}}
+                    "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)},
+                    "protocol": (args.coco_protocol or meta.get("coco_protocol")
+                                 or "fcnseg")}
     if not names and args.dataset == "kitti":
         names = ["non-road", "road"]
     colours = meta.get("colours") or None
     if names and (not colours or len(colours) != len(names)):
         colours = ROAD_COLOURS if len(names) == 2 else palette(len(names))
-    # A KITTI lane model is scored against the lane ground truth, and named so in the
-    # submission; a model without metadata (grpc) is taken for a road model.
-    task = (meta.get("task") or "road") if args.dataset == "kitti" else "road"
-    return {"class_names": names, "colours": colours, "coco": coco_map, "task": task}
+    return {"class_names": names, "colours": colours, "coco": coco_map}
 
 
 class FinishImage(beam.DoFn):
@@ -132,20 +155,23 @@ class FinishImage(beam.DoFn):
 
     An image gets its outputs only once everything about it is known to be right (inference
     succeeded, ground truth readable and of the image's size), so each input ends in exactly
-    one of the results and the dead letters.
+    one of the results and the dead letters. Only what is wrong with the input becomes a dead
+    letter; a failed write (a full disk, a storage 503) is the job's problem and propagates,
+    so that the runner retries the bundle and the image still comes out.
     """
 
     def __init__(self, output: str, dataset: str, classes: dict, overlays: bool,
-                 evaluate: bool):
+                 evaluate: bool, task: str = "road"):
         self.output = output
         self.dataset = dataset
+        self.task = task
         self.classes = classes
         self.overlays = overlays
         self.evaluate = evaluate
         self.ok = beam.metrics.Metrics.counter(NAMESPACE, "images_ok")
         self.evaluated = beam.metrics.Metrics.counter(NAMESPACE, "images_evaluated")
         self.failed = {s: beam.metrics.Metrics.counter(NAMESPACE, f"failed_{s}")
-                       for s in ("inference", "ground_truth", "write")}
+                       for s in ("inference", "calibration", "ground_truth")}
         self.latency = beam.metrics.Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
     def setup(self):
@@ -187,19 +213,28 @@ class FinishImage(beam.DoFn):
                                  f"ground truth {where} is {label.shape[1]}x{label.shape[0]} "
                                  f"but the image is {item.width}x{item.height}")
                 return
+        table = confidence = None
+        if item.calib is not None and len(self.classes["class_names"]) == 2:
+            from model.data import kitti, kitti_bev
+            try:
+                table = kitti_bev.lookup(kitti.parse_calib(item.calib, item.calib_path),
+                                         (item.height, item.width))
+            except ValueError as exc:
+                yield self._dead(item, "calibration", str(exc))
+                return
+            confidence = evaluation.decode_confidence(seg.confidence_png)
         stats = []
         if label is not None:
             try:
                 stats = evaluation.image_stats(self.dataset, item.category, seg, label,
-                                               len(self.classes["class_names"]))
+                                               len(self.classes["class_names"]),
+                                               confidence=confidence, bev_table=table)
             except ValueError as exc:  # label values the model's classes do not cover
                 yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
                 return
-        try:
-            files = self._write(item, seg, label)
-        except Exception as exc:  # noqa: BLE001 - this image's problem, not the job's
-            yield self._dead(item, "write", f"{type(exc).__name__}: {exc}")
-            return
+        # I/O errors propagate: the runner retries the bundle (a dead letter would drop the
+        # image on a transient storage error and let the job "succeed").
+        files = self._write(item, seg, label, table, confidence)
         self.ok.inc()
         self._progress()
         self.latency.update(int(seg.latency_ms))
@@ -207,17 +242,26 @@ class FinishImage(beam.DoFn):
             self.evaluated.inc()
             for key, stat in stats:
                 yield beam.pvalue.TaggedOutput("stats", (key, stat))
+        if "kitti_submission" in files:
+            yield beam.pvalue.TaggedOutput("submission", files["kitti_submission"])
         yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
 
-    def _write(self, item: ImageItem, seg: Segmentation, label) -> dict:
+    def _write(self, item: ImageItem, seg: Segmentation, label, table=None,
+               confidence=None) -> dict:
         stem = sources.stem_of(item.path)
         files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
         outputs.write_bytes(files["mask"], seg.mask_png)
-        submission = sources.kitti_submission_name(item.path, self.classes["task"])
-        if self.dataset == "kitti" and submission and len(self.classes["class_names"]) == 2:
+        submission = sources.kitti_submission_name(item.path, self.task)
+        if table is not None and submission:
+            from model.data import kitti_bev
+            # perspective map as the model wrote it; the upload is its bird's-eye view
+            files["confidence"] = FileSystems.join(self.output, outputs.CONFIDENCE_MAPS,
+                                                   submission)
+            outputs.write_bytes(files["confidence"], seg.confidence_png)
             files["kitti_submission"] = FileSystems.join(self.output, outputs.SUBMISSION,
                                                          submission)
-            outputs.write_bytes(files["kitti_submission"], seg.confidence_png)
+            outputs.write_bytes(files["kitti_submission"], outputs.png_bytes(
+                kitti_bev.confidence_to_bev(confidence, table), compress_level=6))
         if self.overlays:
             from model import plots
             from model.data.image_io import decode_image_bytes
@@ -262,10 +306,11 @@ def _write_summary(counts: dict, output: str) -> None:
         "failed_by_stage": dead_by_stage})
 
 
-def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
-    pattern = sources.expand_input(args.input, args.dataset)
+def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) -> None:
+    """The job's graph; everything it writes goes under `output` (this run's folder)."""
+    pattern = sources.expand_input(args.input, args.dataset, args.task or "road")
     read = p | "Read" >> sources.ReadImages(args.dataset, pattern, args.annotations,
-                                            args.labels_dir, task=classes["task"])
+                                            args.labels_dir, task=args.task or "road")
     checked = read.items | "Validate" >> beam.ParDo(
         ValidateImages(args.max_pixels)).with_outputs("dead", main="ok")
     predictions, dlq = (checked.ok
@@ -273,20 +318,29 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
     failed_batches = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
-        args.output, args.dataset, classes, args.overlays, args.evaluate)).with_outputs(
-            "dead", "stats", main="results")
+        output, args.dataset, classes, args.overlays, args.evaluate,
+        args.task or "road")).with_outputs("dead", "stats", "submission", main="results")
+    if args.submission_zip is not None:
+        zip_path = args.submission_zip or FileSystems.join(output, outputs.SUBMISSION_ZIP)
+        _ = (finished.submission
+             | "SubmissionFiles" >> beam.combiners.ToList()
+             | "WriteSubmissionZip" >> beam.Map(
+                 lambda files: outputs.write_submission_zip(zip_path, files)))
 
     dead = ((read.dead, checked.dead, failed_batches, finished.dead)
             | "AllDeadLetters" >> beam.Flatten())
+    # Shards as the runner sees fit (one per writer), so no single worker writes them all.
+    # No empty shards: Beam's S3 uploader cannot create an empty object (a multipart upload
+    # without parts, refused by S3; apache/beam#21427), and none is needed to say "no rows".
     _ = (finished.results
          | "WriteResults" >> beam.io.WriteToText(
-             FileSystems.join(args.output, outputs.RESULTS), file_name_suffix=".jsonl",
-             num_shards=1))
+             FileSystems.join(output, outputs.RESULTS), file_name_suffix=".jsonl",
+             skip_if_empty=True))
     _ = (dead
          | "DeadToJson" >> beam.Map(DeadLetter.to_json)
          | "WriteDeadLetters" >> beam.io.WriteToText(
-             FileSystems.join(args.output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl",
-             num_shards=1))
+             FileSystems.join(output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl",
+             skip_if_empty=True))
 
     ok_count = finished.results | "CountOk" >> beam.combiners.Count.Globally()
     dead_by_stage = (dead
@@ -297,10 +351,13 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
          | "SummaryTrigger" >> beam.Create([None])
          | "WriteSummary" >> beam.Map(
              lambda _, ok, stages: _write_summary({"ok": ok, "dead_by_stage": stages},
-                                                  args.output),
+                                                  output),
              beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
 
     if args.evaluate:
+        score_fields = {"task": args.task} if args.dataset == "kitti" else {}
+        if classes.get("coco"):
+            score_fields["coco_protocol"] = classes["coco"]["protocol"]
         evaluated = (finished.stats
                      | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.CONFUSION)
                      | "CountEvaluated" >> beam.combiners.Count.Globally())
@@ -309,7 +366,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
              | "StatsToDict" >> beam.combiners.ToDict()
              | "WriteMetrics" >> beam.Map(
                  lambda totals, n: evaluation.write_evaluation(
-                     totals, args.output, classes["class_names"], n),
+                     totals, output, classes["class_names"], n, **score_fields),
                  beam.pvalue.AsSingleton(evaluated)))
 
 
@@ -328,23 +385,6 @@ def make_handler(args):
                             max_batch_size=args.batch_size, **kwargs)
 
 
-def _local_runner(options: PipelineOptions):
-    """Beam's DirectRunner without its Prism attempt.
-
-    In Beam 2.77 'DirectRunner' first tries PrismRunner, which downloads a Go binary from
-    GitHub (fails offline, after a delay) before falling back. This is the runner it falls
-    back to (the FnApiRunner, honouring --direct_num_workers/--direct_running_mode), built
-    the same way. Ask for Prism explicitly with --runner PrismRunner.
-    """
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
-
-
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict:
     """Run the job; returns the summary (also written to <output>/summary.json)."""
     parser = build_parser()
@@ -353,10 +393,21 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = False
     runner_name = options.view_as(StandardOptions).runner
+    # Before the first path is touched here: s3:// needs --s3_endpoint_url etc. (Beam's
+    # Pipeline does this too, but the inputs and the model are checked before it exists).
+    FileSystems.set_options(options)
+    if "://" not in args.output:
+        args.output = os.path.abspath(args.output)
 
     meta: dict = {}
     if args.model_dir:
         meta = read_model_metadata(args.model_dir)
+    if args.dataset == "kitti":
+        # The model says what it was trained for; asking for the other task is an error,
+        # not lane scores of a road model (without --model-dir, grpc: trust --task).
+        model_task = meta.get("task") if meta.get("dataset") == "kitti" else None
+        require_task(model_task, args.task, args.model_dir or "the model")
+        args.task = args.task or model_task or "road"
     coco_meta = None
     if args.dataset == "coco":
         # Read here for the categories and an early error; the pipeline lists the images
@@ -366,7 +417,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         if not coco_entries:
             raise ValueError(f"{args.annotations}: no listed image matches {args.input}")
     else:
-        pattern = sources.expand_input(args.input, args.dataset)
+        pattern = sources.expand_input(args.input, args.dataset, args.task or "road")
         if not FileSystems.match([pattern], limits=[1])[0].metadata_list:
             raise FileNotFoundError(f"{args.input}: no files match {pattern}")
     classes = resolve_classes(args, meta, coco_meta)
@@ -376,39 +427,46 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         raise ValueError("scoring against --labels-dir in grpc mode needs --model-dir (for "
                          "the class names)")
 
-    outputs.remove_previous_shards(args.output)
-    for stale in (outputs.SUMMARY, outputs.METRICS):
-        path = FileSystems.join(args.output, stale)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+    # Nothing of an earlier run is touched until this one has finished (outputs.publish).
+    run_id = outputs.new_run_id()
+    output = outputs.run_folder(args.output, run_id)
     handler = make_handler(args)
 
-    if test_pipeline is not None:
-        pipeline = test_pipeline
-    elif runner_name in (None, "DirectRunner"):
-        pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
-    else:
-        pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, handler, classes)
+    # DirectRunner: Beam 2.77 skips Prism for pipelines with with_exception_handling (ours)
+    # and runs them on the FnApiRunner; --runner BundleBasedDirectRunner retries failed
+    # bundles as distributed runners do.
+    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    build_pipeline(pipeline, args, handler, classes, output)
 
     start = time.perf_counter()
     result = pipeline.run()
-    result.wait_until_finish()
+    state = result.wait_until_finish()
     wall = time.perf_counter() - start
+    if state is not None and str(state).rsplit(".", 1)[-1] not in ("DONE", "UNKNOWN"):
+        raise RuntimeError(f"the pipeline ended {state}; {args.output} still holds the "
+                           f"previous run ({outputs.published_run(args.output)})")
 
-    summary = outputs.read_json(FileSystems.join(args.output, outputs.SUMMARY))
+    summary = outputs.read_json(FileSystems.join(output, outputs.SUMMARY))
     summary.update({
         "wall_time_s": round(wall, 3),
         "images_per_s": round(summary["ok"] / wall, 3) if wall > 0 else None,
         "mode": args.mode, "dataset": args.dataset, "input": args.input,
-        "runner": runner_name or "DirectRunner",
+        "runner": runner_name or "DirectRunner", "run_id": run_id, "run_dir": output,
         "model": args.model_dir if args.mode == "inprocess" else
         f"{args.server}/{args.model_name}",
         "counters": _counters(result)})
-    metrics_path = FileSystems.join(args.output, outputs.METRICS)
+    if args.dataset == "kitti":
+        summary["task"] = args.task
+    if args.submission_zip is not None:
+        summary["submission_zip"] = (args.submission_zip
+                                     or FileSystems.join(output, outputs.SUBMISSION_ZIP))
+    metrics_path = FileSystems.join(output, outputs.METRICS)
     if FileSystems.exists(metrics_path):
         summary["metrics"] = outputs.read_json(metrics_path)
-    outputs.write_json(FileSystems.join(args.output, outputs.SUMMARY), summary)
+    outputs.write_json(FileSystems.join(output, outputs.SUMMARY), summary)
+    replaced = outputs.publish(args.output, run_id)
+    _LOGGER.info("published run %s in %s (replaced %d earlier run folders)", run_id,
+                 args.output, len(replaced))
     return summary
 
 
@@ -432,7 +490,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     brief = {k: summary.get(k) for k in ("images_in", "ok", "failed", "failed_by_stage",
-                                          "wall_time_s", "images_per_s")}
+                                          "wall_time_s", "images_per_s", "run_dir")}
     print(json.dumps(brief))
     if "metrics" in summary:
         m = summary["metrics"]

@@ -119,7 +119,7 @@ def start_backend(model_base: pathlib.Path, model_name: str, labels: dict[str, i
                   kind: str | None = None) -> Backend:
     """Start (or find) a server for <model_base>/<model_name>/<versions>, labels applied."""
     kind = kind or choose_backend()
-    from export.savedmodel import version_dirs
+    from contract.layout import versions as version_dirs
 
     versions = sorted(version_dirs(model_base / model_name))
     starters = {"binary": _start_binary, "docker": _start_docker,

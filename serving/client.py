@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from export.layout import METADATA_PATH
+from contract.layout import METADATA_PATH
 from model.data import palette
 from serving.errors import ServingError
 

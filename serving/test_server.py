@@ -43,7 +43,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_log_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from export.layout import WARMUP_PATH
+from contract.layout import WARMUP_PATH
 from serving.errors import GRPC_TO_HTTP
 
 log = logging.getLogger("serving.test_server")

@@ -97,7 +97,15 @@ def _run(*args: str) -> dict:
     return segment.run([str(a) for a in args])
 
 
+def _published(out: pathlib.Path, summary: dict) -> pathlib.Path:
+    """The run folder the job published (and the one the summary names)."""
+    run = out / "runs" / (out / "LATEST").read_text().strip()
+    assert run == pathlib.Path(summary["run_dir"]) and (out / "latest").resolve() == run
+    return run
+
+
 def _check_mixed(out: pathlib.Path, summary: dict, good: dict, bad: dict) -> None:
+    out = _published(out, summary)
     results = {pathlib.Path(r["path"]).name: r for r in _read_jsonl(out, "results")}
     dead = {pathlib.Path(d["path"]).name: d for d in _read_jsonl(out, "dead_letter")}
     assert set(results) == set(good)
@@ -195,13 +203,14 @@ def test_inprocess_folder_with_bad_files(tmp_path, road_model):
                    "--model-dir", road_model.parent, "--max-pixels", 1_000_000,
                    "--batch-size", 3, "--overlays")
     _check_mixed(out, summary, good, bad)
-    assert len(list((out / "overlays").glob("*.png"))) == len(good)
-    assert not (out / "metrics.json").exists()  # no ground truth, nothing to score
-    # Rerun: same names, files replaced, no stale shards.
+    run = _published(out, summary)
+    assert len(list((run / "overlays").glob("*.png"))) == len(good)
+    assert not (run / "metrics.json").exists()  # no ground truth, nothing to score
+    # Rerun: a new run folder replaces the first one, no stale files.
     summary2 = _run("--input", tmp_path / "in", "--output", out, "--dataset", "folder",
                     "--model-dir", road_model.parent, "--max-pixels", 1_000_000)
     assert summary2["ok"] == len(good)
-    assert len(list(out.glob("results-*.jsonl"))) == 1
+    assert [p.name for p in (out / "runs").iterdir()] == [summary2["run_id"]]
     assert not list(out.rglob("*.tmp"))
 
 
@@ -219,6 +228,7 @@ def test_folder_with_labels_dir(tmp_path, road_model):
     out = tmp_path / "out"
     summary = _run("--input", images, "--labels-dir", labels, "--output", out,
                    "--dataset", "folder", "--model-dir", road_model)
+    out = _published(out, summary)
     dead = _read_jsonl(out, "dead_letter")
     assert [(pathlib.Path(d["path"]).name, d["stage"]) for d in dead] == [("b.png", "ground_truth")]
     assert "label values must be in [0, 2)" in dead[0]["reason"]
@@ -243,7 +253,7 @@ def test_grpc_folder_with_bad_files(tmp_path, grpc_server):
                    "--mode", "grpc", "--server", grpc_server.address, "--model-name", "fcn8s",
                    "--model-version", 1, "--max-pixels", 1_000_000, "--batch-size", 4)
     _check_mixed(out, summary, good, bad)
-    versions = {r["model_version"] for r in _read_jsonl(out, "results")}
+    versions = {r["model_version"] for r in _read_jsonl(_published(out, summary), "results")}
     assert versions == {1}
 
 
@@ -262,12 +272,20 @@ def test_grpc_handler_isolates_an_image_the_server_refuses(grpc_server):
     client.close()
 
 
+# A pinhole camera 1.6 m above a flat road (f = 50 px, principal point (100, 10)): the
+# bird's-eye grid (6..46 m ahead, +-10 m) lands in rows 11..24 of these small images.
+SMALL_CALIB = ("P2: 50 0 100 0 0 50 10 0 0 0 1 0\n"
+               "R0_rect: 1 0 0 0 1 0 0 0 1\n"
+               "Tr_cam_to_road: 1 0 0 0 0 1 0 -1.6 0 0 1 0\n")
+
+
 def _kitti_tree(root: pathlib.Path) -> None:
-    """training/image_2 + gt_image_2: two well-formed pairs, one gt of the wrong size, one
-    image without gt (segmented, not scored)."""
+    """training/image_2 + gt_image_2 + calib: two well-formed pairs, one gt of the wrong
+    size, one image without gt (segmented, not scored)."""
     img_dir, gt_dir = root / "training" / "image_2", root / "training" / "gt_image_2"
     img_dir.mkdir(parents=True)
     gt_dir.mkdir(parents=True)
+    (root / "training" / "calib").mkdir()
 
     def gt(h, w):
         # Road (magenta) in the lower left, not road (red) elsewhere, the top rows outside
@@ -283,6 +301,7 @@ def _kitti_tree(root: pathlib.Path) -> None:
                                                ("umm_000002", (60, 200), (58, 200)),
                                                ("um_000003", (40, 100), None)]):
         (img_dir / f"{name}.png").write_bytes(_png(_rgb(*size, seed=i)))
+        (root / "training" / "calib" / f"{name}.txt").write_text(SMALL_CALIB)
         if gt_size:
             cat, n = name.split("_")
             (gt_dir / f"{cat}_road_{n}.png").write_bytes(_png(gt(*gt_size)))
@@ -297,6 +316,7 @@ def test_kitti_layout_gt_mismatch_and_metrics(tmp_path, road_model):
     out = tmp_path / "out"
     summary = _run("--input", tmp_path / "kitti", "--output", out, "--dataset", "kitti",
                    "--model-dir", road_model, "--batch-size", 2)
+    out = _published(out, summary)
     dead = _read_jsonl(out, "dead_letter")
     assert [(pathlib.Path(d["path"]).name, d["stage"]) for d in dead] == [
         ("umm_000002.png", "ground_truth")]
@@ -341,20 +361,110 @@ def test_kitti_real_samples_match_model_evaluate(tmp_path, kitti_root, road_mode
     assert summary["ok"] == len(pairs) and summary["failed"] == 0
     expected = evaluate.evaluate_pairs(inference.saved_model_predictor(road_model), KITTI_CONFIG,
                                        pairs, tmp_path / "eval", overlays=0)
-    got = json.loads((out / "metrics.json").read_text())
+    got = json.loads((_published(out, summary) / "metrics.json").read_text())
     # Resizing and rounding happen in the same graph; argmax ties and p = k + 0.5 / 255
     # rounding may differ in a handful of pixels.
     cm_got, cm_exp = np.array(got["confusion_matrix"]), np.array(expected["confusion_matrix"])
     assert np.abs(cm_got - cm_exp).sum() <= 1e-5 * cm_exp.sum()
-    for group, scores in expected["kitti"].items():
-        for key in ("MaxF", "AP", "PRE", "REC", "IoU"):
-            assert got["kitti"][group][key] == pytest.approx(scores[key], abs=1e-4), (group, key)
-        assert got["kitti"][group]["num_images"] == scores["num_images"]
+    for view in ("kitti", "kitti_bev"):  # perspective and bird's-eye view
+        for group, scores in expected[view].items():
+            for key in ("MaxF", "AP", "PRE", "REC", "IoU"):
+                assert got[view][group][key] == pytest.approx(scores[key], abs=1e-4), \
+                    (view, group, key)
+            assert got[view][group]["num_images"] == scores["num_images"]
+    assert got["task"] == "road" and summary["task"] == "road"
+
+
+def test_kitti_missing_calibration_is_a_dead_letter(tmp_path, road_model):
+    _kitti_tree(tmp_path / "kitti")
+    (tmp_path / "kitti" / "training" / "calib" / "uu_000001.txt").unlink()
+    (tmp_path / "kitti" / "training" / "calib" / "um_000003.txt").write_text("P2: 1 2 3\n")
+    out = tmp_path / "out"
+    summary = _run("--input", tmp_path / "kitti", "--output", out, "--dataset", "kitti",
+                   "--model-dir", road_model)
+    dead = {pathlib.Path(d["path"]).name: d for d in _read_jsonl(out, "dead_letter")}
+    assert dead["uu_000001.png"]["stage"] == "calibration"
+    assert "calib/uu_000001.txt not found" in dead["uu_000001.png"]["reason"]
+    assert dead["um_000003.png"]["stage"] == "calibration"
+    assert "um_000003.txt:1" in dead["um_000003.png"]["reason"]
+    # the others are untouched: um_000000 is written and scored
+    results = {pathlib.Path(r["path"]).name: r for r in _read_jsonl(out, "results")}
+    assert set(results) == {"um_000000.png"}
+    assert summary["failed_by_stage"]["calibration"] == 2
+    bev = np.asarray(Image.open(out / "kitti_submission" / "um_road_000000.png"))
+    assert bev.shape == (800, 400) and bev.dtype == np.uint8
+    assert (out / "confidence" / "um_road_000000.png").is_file()
+
+
+def test_kitti_task_must_be_the_models(tmp_path, road_model):
+    from contract.records import RecordError
+
+    _kitti_tree(tmp_path / "kitti")
+    with pytest.raises(RecordError, match="trained for the KITTI 'road' task, not 'lane'"):
+        _run("--input", tmp_path / "kitti", "--output", tmp_path / "out", "--dataset", "kitti",
+             "--model-dir", road_model, "--task", "lane")
+    from beam_jobs import segment
+    assert segment.main(["--input", str(tmp_path / "kitti"), "--output", str(tmp_path / "o"),
+                         "--dataset", "kitti", "--model-dir", str(road_model),
+                         "--task", "lane"]) == 2
+
+
+def test_kitti_lane_submission_in_birds_eye_view(tmp_path_factory, tmp_path, kitti_root):
+    """A lane model on real samples: um images get um_lane_* maps in BEV (the upload) and in
+    perspective; umm/uu have no lane task and are segmented only; BEV scores equal
+    model.evaluate's on the lane ground truth; the zip holds exactly the maps."""
+    import zipfile
+
+    from model import evaluate, inference
+    from model.data import kitti, kitti_bev
+
+    lane_model = _export(tmp_path_factory.mktemp("lane"), {**KITTI_CONFIG, "task": "lane"}, 1)
+    pattern = kitti_root / "training" / "image_2" / "*_00001[0-9].png"
+    out = tmp_path / "out"
+    summary = _run("--input", pattern, "--output", out, "--dataset", "kitti",
+                   "--model-dir", lane_model, "--submission-zip")
+    images = sorted(pattern.parent.glob(pattern.name))
+    um = [p for p in images if p.name.startswith("um_")]
+    assert um and len(um) < len(images)
+    assert summary["ok"] == len(images) and summary["task"] == "lane"
+    names = sorted(f"um_lane_{p.stem.split('_')[1]}.png" for p in um)
+    assert sorted(p.name for p in (out / "kitti_submission").iterdir()) == names
+    assert sorted(p.name for p in (out / "confidence").iterdir()) == names
+    results = {pathlib.Path(r["path"]).name: r for r in _read_jsonl(out, "results")}
+    for p in images:
+        assert results[p.name]["evaluated"] is p.name.startswith("um_")
+        assert ("kitti_submission" in results[p.name]) is p.name.startswith("um_")
+    # the upload is the perspective map resampled by the image's calibration
+    for name in names:
+        stem = name.replace("_lane", "")
+        conf = np.asarray(Image.open(out / "confidence" / name))
+        table = kitti_bev.lookup_for_file(kitti_root / "training" / "calib" /
+                                          stem.replace(".png", ".txt"), conf.shape)
+        bev = np.asarray(Image.open(out / "kitti_submission" / name))
+        np.testing.assert_array_equal(bev, kitti_bev.confidence_to_bev(conf, table))
+    with zipfile.ZipFile(out / "kitti_submission.zip") as archive:
+        assert sorted(archive.namelist()) == names
+        for name in names:
+            assert archive.read(name) == (out / "kitti_submission" / name).read_bytes()
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["task"] == "lane" and set(got["kitti_bev"]) == {"um", "overall"}
+    pairs = [(str(p), kitti.gt_path_for(p, "lane")) for p in um]
+    expected = evaluate.evaluate_pairs(inference.saved_model_predictor(lane_model),
+                                       {**KITTI_CONFIG, "task": "lane"}, pairs,
+                                       tmp_path / "eval", overlays=0)
+    for key in ("MaxF", "AP", "PRE", "REC"):
+        assert got["kitti_bev"]["overall"][key] == pytest.approx(
+            expected["kitti_bev"]["overall"][key], abs=1e-4)
+        assert got["kitti"]["overall"][key] == pytest.approx(
+            expected["kitti"]["overall"][key], abs=1e-4)
 
 
 def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     ann = json.loads((coco_root / "annotations" / "instances_val2017_sample.json").read_text())
-    images = sorted(ann["images"], key=lambda i: i["file_name"])[:3]
+    # three images with people and cars where the two label protocols differ
+    chosen = ("000000060932.jpg", "000000277005.jpg", "000000376322.jpg")
+    images = sorted((i for i in ann["images"] if i["file_name"] in chosen),
+                    key=lambda i: i["file_name"])
     ghost = {**images[0], "id": 999999999, "file_name": "000000999999.jpg"}
     keep = {i["id"] for i in images}
     small = {**ann, "images": images + [ghost],
@@ -369,6 +479,7 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     out = tmp_path / "out"
     summary = _run("--input", coco_root / "val2017", "--output", out, "--dataset", "coco",
                    "--annotations", ann_file, "--model-dir", model, "--batch-size", 2)
+    out = _published(out, summary)
     dead = _read_jsonl(out, "dead_letter")
     assert [(pathlib.Path(d["path"]).name, d["stage"], d["reason"]) for d in dead] == [
         ("000000999999.jpg", "read", "file not found")]
@@ -378,6 +489,25 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     total = sum(i["height"] * i["width"] for i in images)
     assert 0 < np.sum(m["confusion_matrix"]) <= total
     assert (out / "confusion_matrix.png").is_file()
+    assert m["coco_protocol"] == "fcnseg"
+
+    # The torchvision protocol: the same predictions scored against torchvision's masks.
+    from model import metrics
+    from model.data import coco as coco_mod
+    out2 = tmp_path / "out_tv"
+    _run("--input", coco_root / "val2017", "--output", out2, "--dataset", "coco",
+         "--annotations", ann_file, "--model-dir", model, "--coco-protocol", "torchvision")
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert m2["coco_protocol"] == "torchvision"
+    index = coco_mod.load_coco(ann_file)
+    lut = {1: 1, 3: 2}  # person, car
+    cm = np.zeros((3, 3), np.int64)
+    for info in images:
+        pred = np.asarray(Image.open(out2 / "masks" / info["file_name"].replace(".jpg", ".png")))
+        label = coco_mod.semantic_mask(index, info, lut, protocol="torchvision")
+        cm += metrics.confusion_matrix(pred, label, 3)
+    assert m2["confusion_matrix"] == cm.tolist()
+    assert m2["confusion_matrix"] != m["confusion_matrix"]
 
 
 def test_multiprocess_direct_runner(tmp_path, road_model):
@@ -406,10 +536,10 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
     state = {"masks_at_stop": None, "server": server}
 
     def restart():
-        while len(list((out / "masks").glob("*.png"))) < 3:
+        while len(list(out.glob("runs/*/masks/*.png"))) < 3:
             time.sleep(0.05)
         state["server"].stop(grace=0)
-        state["masks_at_stop"] = len(list((out / "masks").glob("*.png")))
+        state["masks_at_stop"] = len(list(out.glob("runs/*/masks/*.png")))
         time.sleep(3)
         state["server"] = start_test_server(road_model.parent, "fcn8s", port=port)
 
@@ -424,4 +554,4 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
         state["server"].stop()
     assert state["masks_at_stop"] is not None and state["masks_at_stop"] < n
     assert summary["ok"] == n and summary["failed"] == 0
-    assert len(list((out / "masks").glob("*.png"))) == n
+    assert len(list((_published(out, summary) / "masks").glob("*.png"))) == n

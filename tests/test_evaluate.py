@@ -141,7 +141,7 @@ def test_saved_model_evaluation(kitti_run, tmp_path):
         runs.load_checkpoint(checkpoint), runs.load_run_config(run_dir), tmp_path / "models",
         "fcn8s", version=1, run_dir=run_dir)
     # The run directory comes from the SavedModel's metadata.
-    result = evaluate.main(["--saved-model", str(version_dir), "--out", str(tmp_path / "eval"),
+    result = evaluate.main(["--model-dir", str(version_dir), "--out", str(tmp_path / "eval"),
                             "--overlays", "0"])
     assert result["saved_model"] == str(version_dir)
     reference = evaluate.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "ref"),
