@@ -10,6 +10,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from contract.names import EXPORT_FORMAT
+
 
 def fcnseg_version() -> str:
     try:
@@ -39,6 +41,8 @@ def build_metadata(config: dict, *, model_name: str, version: int, compute_dtype
         **{key: config.get(key) for key in keys},
         "image_size": [int(s) for s in config["image_size"]],
         "ignore_label": 255,
+        # 2: string outputs named *_bytes, probabilities in segment_probabilities.
+        "export_format": EXPORT_FORMAT,
         "compute_dtype": compute_dtype,
         "metrics": metrics,
         "source_checkpoint": None if source is None else str(source),

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from contract import names
 from export.layout import METADATA_PATH
 
 Predictor = Callable[[Sequence[np.ndarray]], list]
@@ -65,7 +66,8 @@ def read_saved_model_metadata(saved_model_dir) -> dict:
 
 
 def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
-    """Predictor calling the SavedModel's `serving_default` signature with uint8 images.
+    """Predictor calling the SavedModel's `segment_probabilities` signature with uint8
+    images (`serving_default` in exports before format 2, which returned probabilities too).
 
     The signature resizes internally and returns `probabilities` at the input size. Images of
     equal size are sent together (up to `batch_size`); a batch must share one size.
@@ -74,10 +76,12 @@ def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path}: not a SavedModel directory (no saved_model.pb)")
     loaded = tf.saved_model.load(str(path))
-    if "serving_default" not in loaded.signatures:
-        raise ValueError(f"{path}: SavedModel has no 'serving_default' signature "
-                         f"(has {sorted(loaded.signatures)})")
-    signature = loaded.signatures["serving_default"]
+    name = next((n for n in (names.SEGMENT_PROBABILITIES, names.SERVING_DEFAULT)
+                 if n in loaded.signatures), None)
+    if name is None:
+        raise ValueError(f"{path}: SavedModel has neither a 'segment_probabilities' nor a "
+                         f"'serving_default' signature (has {sorted(loaded.signatures)})")
+    signature = loaded.signatures[name]
 
     def predict(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         _check_images(images)
@@ -89,7 +93,7 @@ def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
                    and images[end].shape == images[start].shape):
                 end += 1
             batch = tf.constant(np.stack(images[start:end]))
-            probs = signature(images=batch)["probabilities"].numpy()
+            probs = signature(images=batch)[names.PROBABILITIES].numpy()
             results.extend(np.asarray(p, dtype=np.float32) for p in probs)
             start = end
         return results
