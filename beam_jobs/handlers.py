@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RemoteModelHandler
 
 from beam_jobs.sources import ImageItem
+from contract import names
 from export.layout import LABELS_PATH, METADATA_PATH
 
 _LOGGER = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ def _decode_png(data: bytes) -> np.ndarray:
 
 def _segmentations(outputs: dict, model_name: str, version: Optional[int],
                    latency_ms: float, n: int) -> list[Segmentation]:
-    masks = outputs["mask_png"]
-    conf = outputs["confidence_png"]
+    # Export format 2 names them *_bytes; format 1 (fcnseg 0.1) without the suffix.
+    masks = _first_of(outputs, names.MASK_PNG_NAMES)
+    conf = _first_of(outputs, names.CONFIDENCE_PNG_NAMES)
     heights, widths = outputs["heights"], outputs["widths"]
     padded = outputs.get("class_ids")
     results = []
@@ -109,6 +111,13 @@ def _segmentations(outputs: dict, model_name: str, version: Optional[int],
         results.append(Segmentation(ids, bytes(masks[i]), bytes(conf[i]), model_name, version,
                                     latency_ms, n))
     return results
+
+
+def _first_of(outputs: dict, candidates: Sequence[str]):
+    for name in candidates:
+        if name in outputs:
+            return outputs[name]
+    raise KeyError(f"the model returned none of {list(candidates)} (got {sorted(outputs)})")
 
 
 def _one_by_one(batch: Sequence[ImageItem], call: Callable[[list[bytes]], list],
@@ -300,9 +309,11 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
                 inference_args: Optional[dict] = None) -> list[PredictionResult]:
         def call(images: list[bytes]) -> list:
             start = time.perf_counter()
+            # The client asks for the names the served export uses, and answers in format 2's.
             outputs, version = model.predict(
-                {"image_bytes": np.array(images, dtype=object)}, signature_name=SIGNATURE,
-                output_filter=["mask_png", "confidence_png", "heights", "widths"])
+                {names.IMAGE_BYTES: np.array(images, dtype=object)}, signature_name=SIGNATURE,
+                output_filter=[names.MASK_PNG_BYTES, names.CONFIDENCE_PNG_BYTES, names.HEIGHTS,
+                               names.WIDTHS])
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, self._model_name, version, ms, len(images))
 
