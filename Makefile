@@ -32,7 +32,7 @@ train: $(STAMP)
 	$(PY) -m model.train --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 
 export: $(STAMP)
-	$(PY) -m export --run-dir $(RUN_DIR) --model-base $(MODEL_BASE) --model-name $(MODEL_NAME) $(EXPORT_ARGS)
+	$(PY) -m export --run-dir $(RUN_DIR) --model-dir $(MODEL_BASE)/$(MODEL_NAME) $(EXPORT_ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(RUN_DIR)/checkpoints/best.keras

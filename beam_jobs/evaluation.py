@@ -25,7 +25,7 @@ from model import metrics
 CONFUSION = "confusion_matrix"
 ROAD = "road"
 IMAGES = "images"
-OVERALL = "overall"
+OVERALL = metrics.OVERALL
 
 
 class GroundTruthError(ValueError):
@@ -118,31 +118,10 @@ class SumFn(beam.CombineFn):
 
 
 def scores(totals: dict, class_names: list[str], images: int) -> dict:
-    """metrics.json content, laid out as model.evaluate writes it."""
-    cm = totals[CONFUSION]
-    result: dict = {"split_size": images, "class_names": list(class_names),
-                    **metrics.segmentation_scores(cm, class_names)}
+    """metrics.json content: model.metrics.metrics_record of the job's sums."""
     road = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith(ROAD + "/")}
-    if road:
-        groups = sorted(g for g in road if g != OVERALL) + [OVERALL]
-        result["kitti"] = {
-            g: {**metrics.kitti_scores(road[g]), "IoU": metrics.road_iou(road[g]),
-                "num_images": totals[f"{IMAGES}/{g}"]} for g in groups}
-    result["confusion_matrix"] = np.asarray(cm).tolist()
-    return _json_safe(result)
-
-
-def _json_safe(value):
-    """NaN -> None (JSON has no NaN), numpy numbers -> Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    per_group = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith(IMAGES + "/")}
+    return metrics.metrics_record(totals[CONFUSION], class_names, images, road, per_group)
 
 
 def write_evaluation(totals: dict, output: str, class_names: list[str], images: int) -> dict:

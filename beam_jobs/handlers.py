@@ -9,11 +9,16 @@ retried image by image and only the bad image fails.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
+import os
 import posixpath
+import shutil
+import tempfile
 import time
+import uuid
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -22,10 +27,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, Remote
 
 from beam_jobs.sources import ImageItem
 from contract import names
-from export.layout import LABELS_PATH, METADATA_PATH
+from contract.layout import LABELS_PATH, METADATA_PATH, SAVED_MODEL_FILE
 
 _LOGGER = logging.getLogger(__name__)
-SIGNATURE = "segment_encoded"
+SIGNATURE = names.SEGMENT_ENCODED
 
 
 @dataclasses.dataclass
@@ -87,6 +92,48 @@ def read_model_metadata(model_dir: str) -> dict:
     return meta
 
 
+def local_model_dir(version_dir: str, cache_root: Optional[str] = None) -> str:
+    """A local folder holding the SavedModel at `version_dir` (itself when already local).
+
+    TensorFlow reads only local paths (and gs:// in some builds), so a model on s3://, gs://
+    or hdfs:// is copied through Beam's FileSystems to this machine's temporary folder first.
+    The copy is shared by every worker process of the machine: it is made under a temporary
+    name and renamed into place, so processes that race end with one complete copy.
+    """
+    if "://" not in version_dir:
+        return version_dir
+    root = cache_root or os.path.join(tempfile.gettempdir(), "fcnseg-models")
+    key = hashlib.sha256(version_dir.rstrip("/").encode()).hexdigest()[:16]
+    target = os.path.join(root, f"{posixpath.basename(version_dir.rstrip('/'))}-{key}")
+    if os.path.isfile(os.path.join(target, SAVED_MODEL_FILE)):
+        return target
+    prefix = version_dir.rstrip("/") + "/"
+    files = [m for m in FileSystems.match([prefix + "**"])[0].metadata_list
+             if not m.path.endswith("/")]
+    if not any(m.path == prefix + SAVED_MODEL_FILE for m in files):
+        raise FileNotFoundError(f"{version_dir}: no {SAVED_MODEL_FILE} to copy")
+    staging = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    start = time.perf_counter()
+    try:
+        for m in files:
+            local = os.path.join(staging, *m.path[len(prefix):].split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            with FileSystems.open(m.path, compression_type="uncompressed") as src, \
+                    open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process of this machine finished first: use its copy
+            if not os.path.isfile(os.path.join(target, SAVED_MODEL_FILE)):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _LOGGER.info("copied the model %s to %s (%d files, %.1f MB, %.1f s)", version_dir, target,
+                 len(files), sum(m.size_in_bytes for m in files) / 1e6,
+                 time.perf_counter() - start)
+    return target
+
+
 # --- shared result assembly -------------------------------------------------------------
 
 def _decode_png(data: bytes) -> np.ndarray:
@@ -95,9 +142,16 @@ def _decode_png(data: bytes) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
+def _first_of(outputs: dict, candidates: tuple[str, ...]):
+    # Export format 2 names the PNG outputs *_bytes; format 1 exports lack the suffix.
+    for name in candidates:
+        if name in outputs:
+            return outputs[name]
+    raise KeyError(f"the model returned none of {candidates} (got {sorted(outputs)})")
+
+
 def _segmentations(outputs: dict, model_name: str, version: Optional[int],
                    latency_ms: float, n: int) -> list[Segmentation]:
-    # Export format 2 names them *_bytes; format 1 (fcnseg 0.1) without the suffix.
     masks = _first_of(outputs, names.MASK_PNG_NAMES)
     conf = _first_of(outputs, names.CONFIDENCE_PNG_NAMES)
     heights, widths = outputs["heights"], outputs["widths"]
@@ -111,13 +165,6 @@ def _segmentations(outputs: dict, model_name: str, version: Optional[int],
         results.append(Segmentation(ids, bytes(masks[i]), bytes(conf[i]), model_name, version,
                                     latency_ms, n))
     return results
-
-
-def _first_of(outputs: dict, candidates: Sequence[str]):
-    for name in candidates:
-        if name in outputs:
-            return outputs[name]
-    raise KeyError(f"the model returned none of {list(candidates)} (got {sorted(outputs)})")
 
 
 def _one_by_one(batch: Sequence[ImageItem], call: Callable[[list[bytes]], list],
@@ -154,7 +201,7 @@ class SavedModelSegmenter:
 
         self.meta = read_model_metadata(model_dir)
         self._tf = tf
-        self._loaded = tf.saved_model.load(self.meta["version_dir"])
+        self._loaded = tf.saved_model.load(local_model_dir(self.meta["version_dir"]))
         if SIGNATURE not in self._loaded.signatures:
             raise ValueError(f"{self.meta['version_dir']}: SavedModel has no '{SIGNATURE}' "
                              f"signature (has {sorted(self._loaded.signatures)}); re-export it "

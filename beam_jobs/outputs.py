@@ -1,15 +1,30 @@
-"""Files the job writes, all through Beam's FileSystems (local paths and gs:// alike).
+"""Files the job writes, all through Beam's FileSystems (local paths, gs:// and s3:// alike).
 
-Per-image files are written to a temporary name and renamed into place, so a retried or
-duplicated bundle never leaves a half-written PNG, and a rerun replaces the files of the
-previous one (names are deterministic: masks/<stem>.png, kitti_submission/<cat>_road_<n>.png,
-overlays/<stem>.png).
+Every run writes into its own folder and becomes the published one only when it succeeds:
+
+    <output>/runs/<run id>/     masks/, kitti_submission/, overlays/, results-*.jsonl,
+                                dead_letter-*.jsonl, summary.json, metrics.json, ...
+    <output>/LATEST             the run id of the last run that finished (one small object)
+    <output>/latest             local filesystems only: a symlink to runs/<that id>
+
+So a rerun can never mix its maps with a previous run's (each run's folder holds only its
+own), and a run killed midway leaves the previous run published and whole: nothing of it
+is touched before the new run has finished. Publishing rewrites LATEST, then deletes the
+run folders older than the one published (killed runs' leftovers included).
+
+Per-image files: on object stores (gs://, s3://) an object appears only when its upload
+completes, so they are written in place (one operation); elsewhere (local disks, HDFS) a
+temporary name in the same folder is renamed into place, so a retried or duplicated bundle
+never leaves half a PNG.
 """
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import os
 import uuid
+from typing import Optional
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
@@ -24,10 +39,28 @@ SUMMARY = "summary.json"
 METRICS = "metrics.json"
 PR_CURVE = "pr_curve.png"
 CONFUSION = "confusion_matrix.png"
+RUNS = "runs"
+LATEST = "LATEST"          # the pointer object, readable on every filesystem
+LATEST_LINK = "latest"     # the local convenience symlink
+
+# Object stores whose object creation is atomic: a reader sees the whole object or none.
+_ATOMIC_CREATE_SCHEMES = ("gs", "s3")
+
+
+def _scheme(path: str) -> Optional[str]:
+    return path.split("://", 1)[0].lower() if "://" in path else None
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp name in the same folder, then rename."""
+    """Write `data` to `path` so that no reader ever sees half of it.
+
+    I/O errors propagate: the runner retries the bundle (Dataflow, Flink, Spark; locally the
+    BundleBasedDirectRunner), instead of the image being dropped as if it were bad input.
+    """
+    if _scheme(path) in _ATOMIC_CREATE_SCHEMES:
+        with FileSystems.create(path, compression_type="uncompressed") as f:
+            f.write(data)
+        return
     folder, name = FileSystems.split(path)
     tmp = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
     with FileSystems.create(tmp, compression_type="uncompressed") as f:
@@ -58,8 +91,7 @@ def png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 def write_figure(path: str, save_fn, *args, **kwargs) -> None:
-    """Run a model.plots `save_*(local_path, ...)` and copy its PNG to `path` (maybe gs://)."""
-    import os
+    """Run a model.plots `save_*(local_path, ...)` and copy its PNG to `path` (maybe remote)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,9 +101,60 @@ def write_figure(path: str, save_fn, *args, **kwargs) -> None:
             write_bytes(path, f.read())
 
 
-def remove_previous_shards(output: str) -> None:
-    """Delete results-*/dead_letter-* of an earlier run so a rerun replaces them."""
-    patterns = [FileSystems.join(output, f"{RESULTS}-*"), FileSystems.join(output, f"{DEAD_LETTERS}-*")]
-    old = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
-    if old:
-        FileSystems.delete(old)
+# --- runs -------------------------------------------------------------------------------
+
+def new_run_id(now: Optional[datetime.datetime] = None) -> str:
+    """A UTC timestamp (sorts in launch order) and a random suffix (two launches in the same
+    second stay apart)."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def run_folder(output: str, run_id: str) -> str:
+    return FileSystems.join(output, RUNS, run_id)
+
+
+def published_run(output: str) -> Optional[str]:
+    """The folder of the last run that finished, or None when no run has been published."""
+    pointer = FileSystems.join(output, LATEST)
+    if not FileSystems.exists(pointer):
+        return None
+    with FileSystems.open(pointer, compression_type="uncompressed") as f:
+        run_id = f.read().decode("utf-8").strip()
+    return run_folder(output, run_id) if run_id else None
+
+
+def _run_ids(output: str) -> list[str]:
+    """Every run folder under <output>/runs, finished or not (from one listing of their
+    files: object stores have no folders to list)."""
+    runs = FileSystems.join(output, RUNS).rstrip("/") + "/"
+    found = FileSystems.match([runs + "**"])[0].metadata_list
+    return sorted({m.path[len(runs):].split("/", 1)[0] for m in found
+                   if m.path.startswith(runs)})
+
+
+def publish(output: str, run_id: str) -> list[str]:
+    """Make `run_id` the published run, then delete the runs launched before it.
+
+    Returns the deleted run ids. Runs launched after it (a concurrent job) are left alone.
+    """
+    write_bytes(FileSystems.join(output, LATEST), (run_id + "\n").encode())
+    if _scheme(output) is None:
+        _point_link(output, run_id)
+    older = [r for r in _run_ids(output) if r < run_id]
+    if older:
+        # Folders are deleted recursively; object stores name them with a trailing "/"
+        # (Beam's local filesystem would match nothing with it, and delete nothing).
+        slash = "/" if _scheme(output) else ""
+        FileSystems.delete([run_folder(output, r) + slash for r in older])
+    return older
+
+
+def _point_link(output: str, run_id: str) -> None:
+    """<output>/latest -> runs/<run_id>, replaced atomically (a new link renamed over it)."""
+    link = os.path.join(output, LATEST_LINK)
+    if os.path.exists(link) and not os.path.islink(link):
+        return  # not ours (a folder someone made): leave it; LATEST is the pointer
+    tmp = os.path.join(output, f".{LATEST_LINK}.{uuid.uuid4().hex[:8]}")
+    os.symlink(os.path.join(RUNS, run_id), tmp)
+    os.replace(tmp, link)

@@ -6,14 +6,17 @@
     python -m beam_jobs.segment --input ... --output ... --dataset kitti \\
         --mode grpc --server localhost:8500 --model-name fcn8s
 
-Every input file ends up in exactly one of results-*.jsonl and dead_letter-*.jsonl. See
-docs/beam.md for outputs, runners (Direct, Prism, Dataflow, Flink/Spark) and options.
+Each run writes into <output>/runs/<run id>/ and is published (<output>/LATEST, and the
+<output>/latest symlink on local disks) only when it succeeds. Every input file ends up in
+exactly one of its results-*.jsonl and dead_letter-*.jsonl. See docs/beam.md for outputs,
+runners (Direct, Portable, Dataflow, Flink, Spark), storage and options.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Optional
@@ -38,15 +41,19 @@ PROGRESS_EVERY = 50
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: unknown options go to Beam, so a prefix must not be taken for one
+    # of ours (Dataflow's --labels team=vision would otherwise become --labels-dir).
     p = argparse.ArgumentParser(
-        prog="python -m beam_jobs.segment",
+        prog="python -m beam_jobs.segment", allow_abbrev=False,
         description="Segment images with an exported FCN-8s SavedModel (in process) or TF "
                     "Serving (gRPC). Unknown options go to Beam (--runner, "
                     "--direct_num_workers, Dataflow options, ...).")
     p.add_argument("--input", required=True,
                    help="file pattern or folder (local or gs://); for kitti the data_road root "
                         "works too; for coco the image folder (or a pattern inside it)")
-    p.add_argument("--output", required=True, help="output folder (local or gs://)")
+    p.add_argument("--output", required=True,
+                   help="output folder (local, gs:// or s3://); each run goes to "
+                        "<output>/runs/<run id>, published in <output>/LATEST when it succeeds")
     p.add_argument("--dataset", choices=sources.DATASETS, default="folder")
     p.add_argument("--annotations", help="coco: instances_*.json giving images and ground truth")
     p.add_argument("--labels-dir", help="folder: ground-truth class-id PNGs named <stem>.png")
@@ -99,6 +106,8 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
     """Class names, colours and (coco) category mapping, from the model's metadata when known."""
     names = list(meta.get("class_names") or [])
     categories = meta.get("categories") or "all"
+    if categories in (["all"], ["voc"]):  # exports made before train stored resolved names
+        categories = categories[0]
     coco_map = None
     if args.dataset == "coco":
         from types import SimpleNamespace
@@ -125,7 +134,9 @@ class FinishImage(beam.DoFn):
 
     An image gets its outputs only once everything about it is known to be right (inference
     succeeded, ground truth readable and of the image's size), so each input ends in exactly
-    one of the results and the dead letters.
+    one of the results and the dead letters. Only what is wrong with the input becomes a dead
+    letter; a failed write (a full disk, a storage 503) is the job's problem and propagates,
+    so that the runner retries the bundle and the image still comes out.
     """
 
     def __init__(self, output: str, dataset: str, classes: dict, overlays: bool,
@@ -138,7 +149,7 @@ class FinishImage(beam.DoFn):
         self.ok = beam.metrics.Metrics.counter(NAMESPACE, "images_ok")
         self.evaluated = beam.metrics.Metrics.counter(NAMESPACE, "images_evaluated")
         self.failed = {s: beam.metrics.Metrics.counter(NAMESPACE, f"failed_{s}")
-                       for s in ("inference", "ground_truth", "write")}
+                       for s in ("inference", "ground_truth")}
         self.latency = beam.metrics.Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
     def setup(self):
@@ -188,11 +199,7 @@ class FinishImage(beam.DoFn):
             except ValueError as exc:  # label values the model's classes do not cover
                 yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
                 return
-        try:
-            files = self._write(item, seg, label)
-        except Exception as exc:  # noqa: BLE001 - this image's problem, not the job's
-            yield self._dead(item, "write", f"{type(exc).__name__}: {exc}")
-            return
+        files = self._write(item, seg, label)
         self.ok.inc()
         self._progress()
         self.latency.update(int(seg.latency_ms))
@@ -255,7 +262,8 @@ def _write_summary(counts: dict, output: str) -> None:
         "failed_by_stage": dead_by_stage})
 
 
-def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
+def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) -> None:
+    """The job's graph; everything it writes goes under `output` (this run's folder)."""
     pattern = sources.expand_input(args.input, args.dataset)
     read = p | "Read" >> sources.ReadImages(args.dataset, pattern, args.annotations,
                                             args.labels_dir)
@@ -266,20 +274,19 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
     failed_batches = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
-        args.output, args.dataset, classes, args.overlays, args.evaluate)).with_outputs(
+        output, args.dataset, classes, args.overlays, args.evaluate)).with_outputs(
             "dead", "stats", main="results")
 
     dead = ((read.dead, checked.dead, failed_batches, finished.dead)
             | "AllDeadLetters" >> beam.Flatten())
+    # Shards as the runner sees fit (one per writer), so no single worker writes them all.
     _ = (finished.results
          | "WriteResults" >> beam.io.WriteToText(
-             FileSystems.join(args.output, outputs.RESULTS), file_name_suffix=".jsonl",
-             num_shards=1))
+             FileSystems.join(output, outputs.RESULTS), file_name_suffix=".jsonl"))
     _ = (dead
          | "DeadToJson" >> beam.Map(DeadLetter.to_json)
          | "WriteDeadLetters" >> beam.io.WriteToText(
-             FileSystems.join(args.output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl",
-             num_shards=1))
+             FileSystems.join(output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl"))
 
     ok_count = finished.results | "CountOk" >> beam.combiners.Count.Globally()
     dead_by_stage = (dead
@@ -290,7 +297,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
          | "SummaryTrigger" >> beam.Create([None])
          | "WriteSummary" >> beam.Map(
              lambda _, ok, stages: _write_summary({"ok": ok, "dead_by_stage": stages},
-                                                  args.output),
+                                                  output),
              beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
 
     if args.evaluate:
@@ -302,7 +309,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict) -> None:
              | "StatsToDict" >> beam.combiners.ToDict()
              | "WriteMetrics" >> beam.Map(
                  lambda totals, n: evaluation.write_evaluation(
-                     totals, args.output, classes["class_names"], n),
+                     totals, output, classes["class_names"], n),
                  beam.pvalue.AsSingleton(evaluated)))
 
 
@@ -321,23 +328,6 @@ def make_handler(args):
                             max_batch_size=args.batch_size, **kwargs)
 
 
-def _local_runner(options: PipelineOptions):
-    """Beam's DirectRunner without its Prism attempt.
-
-    In Beam 2.77 'DirectRunner' first tries PrismRunner, which downloads a Go binary from
-    GitHub (fails offline, after a delay) before falling back. This is the runner it falls
-    back to (the FnApiRunner, honouring --direct_num_workers/--direct_running_mode), built
-    the same way. Ask for Prism explicitly with --runner PrismRunner.
-    """
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
-
-
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict:
     """Run the job; returns the summary (also written to <output>/summary.json)."""
     parser = build_parser()
@@ -346,6 +336,11 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = False
     runner_name = options.view_as(StandardOptions).runner
+    # Before the first path is touched here: s3:// needs --s3_endpoint_url etc. (Beam's
+    # Pipeline does this too, but the inputs and the model are checked before it exists).
+    FileSystems.set_options(options)
+    if "://" not in args.output:
+        args.output = os.path.abspath(args.output)
 
     meta: dict = {}
     if args.model_dir:
@@ -369,39 +364,41 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         raise ValueError("scoring against --labels-dir in grpc mode needs --model-dir (for "
                          "the class names)")
 
-    outputs.remove_previous_shards(args.output)
-    for stale in (outputs.SUMMARY, outputs.METRICS):
-        path = FileSystems.join(args.output, stale)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+    # Nothing of an earlier run is touched until this one has finished (outputs.publish).
+    run_id = outputs.new_run_id()
+    output = outputs.run_folder(args.output, run_id)
     handler = make_handler(args)
 
-    if test_pipeline is not None:
-        pipeline = test_pipeline
-    elif runner_name in (None, "DirectRunner"):
-        pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
-    else:
-        pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, handler, classes)
+    # DirectRunner: Beam 2.77 skips Prism for pipelines with with_exception_handling (ours)
+    # and runs them on the FnApiRunner; --runner BundleBasedDirectRunner retries failed
+    # bundles as distributed runners do.
+    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    build_pipeline(pipeline, args, handler, classes, output)
 
     start = time.perf_counter()
     result = pipeline.run()
-    result.wait_until_finish()
+    state = result.wait_until_finish()
     wall = time.perf_counter() - start
+    if state is not None and str(state).rsplit(".", 1)[-1] not in ("DONE", "UNKNOWN"):
+        raise RuntimeError(f"the pipeline ended {state}; {args.output} still holds the "
+                           f"previous run ({outputs.published_run(args.output)})")
 
-    summary = outputs.read_json(FileSystems.join(args.output, outputs.SUMMARY))
+    summary = outputs.read_json(FileSystems.join(output, outputs.SUMMARY))
     summary.update({
         "wall_time_s": round(wall, 3),
         "images_per_s": round(summary["ok"] / wall, 3) if wall > 0 else None,
         "mode": args.mode, "dataset": args.dataset, "input": args.input,
-        "runner": runner_name or "DirectRunner",
+        "runner": runner_name or "DirectRunner", "run_id": run_id, "run_dir": output,
         "model": args.model_dir if args.mode == "inprocess" else
         f"{args.server}/{args.model_name}",
         "counters": _counters(result)})
-    metrics_path = FileSystems.join(args.output, outputs.METRICS)
+    metrics_path = FileSystems.join(output, outputs.METRICS)
     if FileSystems.exists(metrics_path):
         summary["metrics"] = outputs.read_json(metrics_path)
-    outputs.write_json(FileSystems.join(args.output, outputs.SUMMARY), summary)
+    outputs.write_json(FileSystems.join(output, outputs.SUMMARY), summary)
+    replaced = outputs.publish(args.output, run_id)
+    _LOGGER.info("published run %s in %s (replaced %d earlier run folders)", run_id,
+                 args.output, len(replaced))
     return summary
 
 
@@ -425,7 +422,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     brief = {k: summary.get(k) for k in ("images_in", "ok", "failed", "failed_by_stage",
-                                          "wall_time_s", "images_per_s")}
+                                          "wall_time_s", "images_per_s", "run_dir")}
     print(json.dumps(brief))
     if "metrics" in summary:
         m = summary["metrics"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import os
 import posixpath
 import re
 from typing import Optional
@@ -15,6 +16,8 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+
+from contract.files import OutsideRootError, resolve_inside
 
 DATASETS = ("kitti", "coco", "folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -83,6 +86,32 @@ def _is_dir(path: str) -> bool:
         return False
 
 
+def pattern_root(pattern: str) -> str:
+    """The folder a file pattern lists: its leading folders without wildcards.
+
+    Whatever the pattern matches must resolve inside it (a symlink out of it is refused)."""
+    parts = pattern.split("/")[:-1]
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?["):
+            parts = parts[:i]
+            break
+    return "/".join(parts) or "."
+
+
+def outside_root(root: str, path: str) -> Optional[str]:
+    """None when `path` resolves inside `root`, else the reason (no I/O on remote paths;
+    local paths are resolved through symlinks, so a link out of the folder is caught)."""
+    if "://" in root:
+        relative = posixpath.relpath(path.split("://", 1)[-1], root.split("://", 1)[-1])
+    else:
+        relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    try:
+        resolve_inside(root, relative)
+    except OutsideRootError as exc:
+        return f"{exc}; not opened"
+    return None
+
+
 def kitti_gt_path(image_path: str, task: str = "road") -> Optional[str]:
     """training/gt_image_2/<cat>_<task>_<n>.png next to training/image_2, if it exists."""
     m = _KITTI_IMAGE_RE.match(posixpath.basename(image_path))
@@ -108,18 +137,29 @@ def kitti_submission_name(path: str, task: str = "road") -> Optional[str]:
 class _ReadFile(beam.DoFn):
     """ReadableFile (or (path, gt) from COCO) -> ImageItem with bytes, or a dead letter."""
 
-    def __init__(self, dataset: str, labels_dir: Optional[str] = None):
+    def __init__(self, dataset: str, labels_dir: Optional[str] = None,
+                 root: Optional[str] = None):
         self.dataset = dataset
         self.labels_dir = labels_dir
+        self.root = root  # listed files must resolve inside it (COCO entries come checked)
         self.read_errors = beam.metrics.Metrics.counter("fcnseg", "failed_read")
         self.images_in = beam.metrics.Metrics.counter("fcnseg", "images_in")
 
     def process(self, element):
+        self.images_in.inc()
+        if isinstance(element, DeadLetter):  # a COCO file_name refused by load_coco_index
+            self.read_errors.inc()
+            yield beam.pvalue.TaggedOutput("dead", element)
+            return
         if isinstance(element, fileio.ReadableFile):
             path, gt = element.metadata.path, None
         else:
             path, gt = element
-        self.images_in.inc()
+        outside = self.root and outside_root(self.root, path)
+        if outside:
+            self.read_errors.inc()
+            yield beam.pvalue.TaggedOutput("dead", DeadLetter(path, "read", outside))
+            return
         try:
             with FileSystems.open(path, compression_type="uncompressed") as f:
                 data = f.read()
@@ -136,6 +176,12 @@ class _ReadFile(beam.DoFn):
         elif self.dataset == "folder" and self.labels_dir:
             label = FileSystems.join(self.labels_dir, stem_of(path) + ".png")
             item.gt = GroundTruth("ids", path=label) if FileSystems.exists(label) else None
+        if item.gt is not None and item.gt.path:
+            outside = outside_root(posixpath.dirname(item.gt.path), item.gt.path)
+            if outside:
+                yield beam.pvalue.TaggedOutput("dead", DeadLetter(
+                    path, "ground_truth", f"ground truth {item.gt.path}: {outside}"))
+                return
         yield item
 
 
@@ -166,10 +212,16 @@ def load_coco_index(annotations: str, pattern: str) -> tuple[list[tuple[str, Gro
     by_image: dict[int, list] = {}
     for ann in coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    entries = []
+    entries: list = []
     for img in sorted(coco["images"], key=lambda i: i["file_name"]):
         path = FileSystems.join(image_dir, img["file_name"])
         if image_dir != pattern and not fnmatch.fnmatch(path, pattern):
+            continue
+        try:  # a file_name such as ../../etc/passwd is refused before anything is opened
+            resolve_inside(image_dir, img["file_name"])
+        except OutsideRootError as exc:
+            entries.append(DeadLetter(path, "read", f"{annotations}: COCO file_name {exc}; "
+                                                    f"not opened"))
             continue
         gt = GroundTruth("coco", annotations=by_image.get(img["id"], []),
                          height=img["height"], width=img["width"])
@@ -206,8 +258,9 @@ class ReadImages(beam.PTransform):
                      | "ImagesOnly" >> beam.Filter(_looks_like_input, self.pattern)
                      | "Spread" >> beam.Reshuffle()
                      | "ReadMatches" >> fileio.ReadMatches())
+        root = None if self.dataset == "coco" else pattern_root(self.pattern)
         return files | "ReadBytes" >> beam.ParDo(
-            _ReadFile(self.dataset, self.labels_dir)).with_outputs("dead", main="items")
+            _ReadFile(self.dataset, self.labels_dir, root)).with_outputs("dead", main="items")
 
 
 def _looks_like_input(metadata, pattern: str) -> bool:

@@ -1,10 +1,14 @@
-"""Check each image's bytes before inference, so one bad file never reaches (and fails) a batch.
+"""Check each image's bytes before inference, so one bad file rarely reaches (and fails) a batch.
 
-Rejected, each with its reason: empty files, files that are not images, truncated or corrupt
-images, images over a pixel limit (checked from the header, before any decoding). Grayscale,
-RGBA, palette and 16-bit images are fine: PNG/JPEG in 8-bit modes go to the model as they are
-(the SavedModel decodes them to RGB); other formats and 16-bit PNGs are re-encoded as 8-bit RGB
-PNG, since TensorFlow's decoder reads only PNG/JPEG/GIF/BMP and keeps 16 bits.
+Each image is decoded once, by the model: validation reads headers and chunk structure only.
+Rejected, each with its reason: empty files, files that are not images, images over a pixel
+limit (from the header), truncated or corrupt PNGs (Pillow's `verify`: every chunk's length
+and CRC up to IEND, without inflating the pixels). What only a decode can find (a truncated
+JPEG) is refused by the model's decoder and dead-lettered at the inference stage, for that
+image alone (handlers.py splits the batch). Grayscale, RGBA, palette and 16-bit images are
+fine: PNG/JPEG in 8-bit modes go to the model as they are (the SavedModel decodes them to
+RGB); other formats and 16-bit PNGs are decoded and re-encoded as 8-bit RGB PNG, since
+TensorFlow's decoder reads only PNG/JPEG/GIF/BMP and keeps 16 bits.
 """
 from __future__ import annotations
 
@@ -45,12 +49,20 @@ def check_image(item: ImageItem, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageI
     if width * height > max_pixels:
         raise ImageRejected(f"image too large: {width}x{height} = {width * height} pixels, "
                             f"limit {max_pixels} (--max-pixels)")
-    try:
-        # A full decode is the only way to find truncated or corrupt pixel data.
-        rgb = decode_image_bytes(data, item.path)
-    except ImageReadError as exc:
-        raise ImageRejected(exc.reason) from None
+    if fmt == "PNG":
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.verify()  # chunk lengths and CRCs, no decompression
+        except OSError as exc:  # Pillow: "Truncated File Read", "image file is truncated"
+            raise ImageRejected(f"truncated PNG ({exc})") from None
+        except (SyntaxError, ValueError) as exc:  # a chunk's CRC does not match
+            raise ImageRejected(f"corrupt PNG ({exc})") from None
     if mode not in _PASS_THROUGH.get(fmt, ()):
+        # The only decode outside the model: formats or bit depths it cannot read.
+        try:
+            rgb = decode_image_bytes(data, item.path)
+        except ImageReadError as exc:
+            raise ImageRejected(exc.reason) from None
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
         data = buf.getvalue()

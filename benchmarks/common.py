@@ -112,23 +112,19 @@ class ModelUnderTest:
 
 def resolve_version(model_dir) -> pathlib.Path:
     """A version folder as is; a model folder (models/fcn8s): its newest version."""
-    from export.savedmodel import version_dirs
+    from contract.layout import resolve_version_dir
 
-    path = pathlib.Path(model_dir)
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = version_dirs(path)
-    if not versions:
-        raise FileNotFoundError(
-            f"{path}: no exported model here (expected saved_model.pb or numbered version "
-            f"folders). Run `make train export` first, or pass --full-size or --model-dir.")
-    return versions[max(versions)]
+    try:
+        return resolve_version_dir(model_dir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}. Run `make train export` first, or pass --full-size or "
+                                f"--model-dir.") from None
 
 
 def open_model(model_dir) -> ModelUnderTest:
     import json
 
-    from export.layout import METADATA_PATH
+    from contract.layout import METADATA_PATH
 
     path = resolve_version(model_dir)
     meta_path = path / METADATA_PATH

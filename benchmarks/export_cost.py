@@ -36,7 +36,7 @@ def _child(argv=None) -> dict:
     loaded = tf.saved_model.load(args.version_dir)
     out["load_s"] = time.perf_counter() - start
     if args.replay_warmup:
-        from export.layout import WARMUP_PATH
+        from contract.layout import WARMUP_PATH
         from export.warmup import read_warmup_file
         start = time.perf_counter()
         logs = read_warmup_file(Path(args.version_dir) / WARMUP_PATH)

@@ -70,14 +70,17 @@ def atomic_write_text(path, text: str) -> pathlib.Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def png_bytes(array: np.ndarray, palette=None) -> bytes:
+def png_bytes(array: np.ndarray, palette=None, compress_level: int = 6) -> bytes:
     """uint8 [H, W] (grey, or palette-indexed with `palette` = [[r, g, b], ...]) or
-    [H, W, 3] RGB -> PNG bytes."""
+    [H, W, 3|4] -> PNG bytes. compress_level 0..9 trades size for speed: level 1 encodes
+    photo-like images several times faster than 6, for files ~20 % larger."""
     from PIL import Image
 
     array = np.asarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"PNG arrays must be uint8, got {array.dtype}")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"PNG arrays must be [H, W] or [H, W, 3|4], got {array.shape}")
     image = Image.fromarray(array)
     if palette is not None:
         if array.ndim != 2:
@@ -86,5 +89,5 @@ def png_bytes(array: np.ndarray, palette=None) -> bytes:
         flat = [int(c) for colour in palette for c in colour][:768]
         image.putpalette(flat + [0] * (768 - len(flat)))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()

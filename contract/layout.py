@@ -7,7 +7,7 @@
         assets.extra/fcnseg_metadata.json
         assets.extra/tf_serving_warmup_requests
 
-A version is a folder whose name is a positive decimal number and which holds saved_model.pb:
+A version is a folder whose name is a decimal number and which holds saved_model.pb:
 TF Serving ignores other names, and a folder still being written (no saved_model.pb yet, or
 a temporary name) is not a version. Every reader uses `versions` / `newest_version` /
 `resolve_version_dir`, so no two layers disagree about which model is served.
@@ -30,11 +30,17 @@ TEMP_PREFIX = ".tmp-"  # not a number, so TF Serving never takes it for a versio
 
 
 def version_number(name: str) -> int | None:
-    """The version a folder name stands for, or None (TF Serving's rule: digits only, > 0)."""
-    if not name.isdigit() or not name.isascii():
+    """The version a folder name stands for, or None.
+
+    TF Serving parses a child of the base path with strings::safe_strto64
+    (sources/storage_path/file_system_storage_path_source.cc, ParseVersionNumber), so "7"
+    and "007" are version 7 and ".tmp-3" is no version. We accept plain decimal digits only:
+    the signed and blank-padded names safe_strto64 would also take are never written by
+    fcnseg and are refused here rather than guessed at.
+    """
+    if not name.isascii() or not name.isdigit() or len(name) > 18:
         return None
-    number = int(name)
-    return number if number > 0 else None
+    return int(name)
 
 
 def versions_from_listing(entries: Mapping[str, bool] | Iterable[tuple[str, bool]]) -> list[int]:

@@ -45,3 +45,9 @@ GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 # --- Tasks --------------------------------------------------------------------------------------
 KITTI_TASKS = ("road", "lane")
+
+# --- Inference geometry -----------------------------------------------------------------------
+# An export's `inference_size` is [H, W] (every image resized to it) or NATIVE (each image
+# padded to a multiple of SIZE_MULTIPLE, run at its own resolution, cropped back).
+NATIVE = "native"
+SIZE_MULTIPLE = 32  # FCN's output stride: pool5 is 1/32 of the input

@@ -82,6 +82,16 @@ class _Record:
             raise RecordError(f"{source}: task must be one of {names.KITTI_TASKS}, got {self.task!r}")
 
 
+def require_task(model_task: str | None, task: str | None, source: str = "model") -> None:
+    """The one check that a KITTI task asked for is the task a model was trained for; a
+    record without a task (not KITTI, or written before tasks were recorded) passes."""
+    if task is not None and task not in names.KITTI_TASKS:
+        raise RecordError(f"task must be one of {names.KITTI_TASKS}, got {task!r}")
+    if task is not None and model_task is not None and task != model_task:
+        raise RecordError(f"{source} was trained for the KITTI {model_task!r} task, "
+                          f"not {task!r}")
+
+
 @dataclasses.dataclass
 class RunConfig(_Record):
     """What model.train decided: dataset, classes, geometry and the recipe."""
@@ -104,6 +114,17 @@ class RunConfig(_Record):
     def validate(self, source: str) -> None:
         self._check_classes(source)
         self.image_size = [int(s) for s in self.image_size]
+        if self.inference_size is None:
+            self.inference_size = list(self.image_size)
+        elif self.inference_size != names.NATIVE:
+            try:
+                self.inference_size = [int(s) for s in self.inference_size]
+            except (TypeError, ValueError):
+                raise RecordError(f"{source}: inference_size must be [H, W] or "
+                                  f"{names.NATIVE!r}, got {self.inference_size!r}") from None
+            if len(self.inference_size) != 2:
+                raise RecordError(f"{source}: inference_size must be [H, W] or "
+                                  f"{names.NATIVE!r}, got {self.inference_size!r}")
         if self.num_classes is None:
             self.num_classes = len(self.class_names)
 
@@ -119,6 +140,10 @@ class ExportMetadata(_Record):
     version: int = None
     class_names: list = None
     image_size: list = None                 # the training geometry [H, W]
+    # The geometry the graph infers at: [H, W] (resize) or names.NATIVE (pad to a multiple
+    # of 32, no resize). Exports written before it was recorded inferred at image_size.
+    inference_size: Any = None
+    variant: str | None = None              # fcn8s / fcn16s / fcn32s; None before recorded
     dataset: str | None = None
     task: str | None = None                 # KITTI road / lane; None for other datasets
     categories: Any = None                  # COCO: the category names the classes stand for
@@ -139,6 +164,17 @@ class ExportMetadata(_Record):
     def validate(self, source: str) -> None:
         self._check_classes(source)
         self.image_size = [int(s) for s in self.image_size]
+        if self.inference_size is None:
+            self.inference_size = list(self.image_size)
+        elif self.inference_size != names.NATIVE:
+            try:
+                self.inference_size = [int(s) for s in self.inference_size]
+            except (TypeError, ValueError):
+                raise RecordError(f"{source}: inference_size must be [H, W] or "
+                                  f"{names.NATIVE!r}, got {self.inference_size!r}") from None
+            if len(self.inference_size) != 2:
+                raise RecordError(f"{source}: inference_size must be [H, W] or "
+                                  f"{names.NATIVE!r}, got {self.inference_size!r}")
         if self.num_classes is None:
             self.num_classes = len(self.class_names)
         if int(self.ignore_label) != names.IGNORE_LABEL:
@@ -156,9 +192,7 @@ class ExportMetadata(_Record):
 
     def require_task(self, task: str | None, source: str = "model") -> None:
         """A KITTI lane model scored as road (or the reverse) is an error, not a wrong score."""
-        if task is not None and self.task is not None and task != self.task:
-            raise RecordError(f"{source} was trained for the KITTI {self.task!r} task, "
-                              f"not {task!r}")
+        require_task(self.task, task, source)
 
     @classmethod
     def of_version(cls, version_dir) -> "ExportMetadata":

@@ -1,4 +1,4 @@
-"""python -m export --run-dir runs/X --model-base models --model-name fcn8s [...]"""
+"""python -m export --run-dir runs/X --model-dir models/fcn8s [--version N] [...]"""
 from __future__ import annotations
 
 import argparse
@@ -17,18 +17,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m export",
         description="Export a training run's checkpoint as a TF Serving SavedModel version "
-                    "<model-base>/<model-name>/<version>/.")
+                    "<model-dir>/<version>/ (<model-dir> is TF Serving's --model_base_path).")
     p.add_argument("--run-dir", required=True, type=Path, help="run directory of model.train")
     p.add_argument("--checkpoint", type=Path,
                    help="Keras checkpoint (default <run-dir>/checkpoints/best.keras)")
-    p.add_argument("--model-base", required=True, type=Path,
-                   help="TF Serving model base folder, e.g. models")
-    p.add_argument("--model-name", required=True, help="model name, e.g. fcn8s")
+    p.add_argument("--model-dir", required=True, type=Path,
+                   help="the model folder the version is written into, e.g. models/fcn8s; "
+                        "its name is the model's name in the metadata")
     p.add_argument("--version", type=int, help="version number (default: next free)")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                    help="dtype the exported graph computes in (weights stay float32)")
+    p.add_argument("--inference-size", nargs="+", metavar="H W | native",
+                   help="geometry the graph infers at: H W (every image resized to it), or "
+                        "'native' (each image padded to a multiple of 32, no resize, cropped "
+                        "back); default: the training size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.inference_size is not None:
+        from contract.names import NATIVE
+
+        value = args.inference_size
+        if value == [NATIVE]:
+            args.inference_size = NATIVE
+        elif len(value) == 2 and all(v.isdigit() and int(v) % 32 == 0 and int(v) > 0
+                                     for v in value):
+            args.inference_size = [int(v) for v in value]
+        else:
+            p.error(f"--inference-size takes H W (positive multiples of 32) or '{NATIVE}', "
+                    f"got {' '.join(value)}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -37,7 +54,7 @@ def main(argv=None) -> int:
     from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
     from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
 
-    target = args.model_base / args.model_name / str(args.version)
+    target = args.model_dir / str(args.version)
     if args.version is not None and target.exists() and not args.overwrite:
         # Checked again by export_saved_model; here so we fail before loading the checkpoint.
         print(f"error: {target} already exists (pass --overwrite to replace it, or choose "
@@ -51,10 +68,10 @@ def main(argv=None) -> int:
     keras_model = load_checkpoint(checkpoint)
     print(f"exporting ({args.compute_dtype}) ...", file=sys.stderr)
     try:
-        path = export_saved_model(keras_model, config, args.model_base, args.model_name,
+        path = export_saved_model(keras_model, config, args.model_dir.parent, args.model_dir.name,
                                   version=args.version, metrics=metrics, source=checkpoint,
                                   compute_dtype=args.compute_dtype, run_dir=args.run_dir,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, inference_size=args.inference_size)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

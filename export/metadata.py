@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from contract.names import EXPORT_FORMAT
+from contract.names import EXPORT_FORMAT, IGNORE_LABEL
+from contract.records import ExportMetadata
 
 
 def fcnseg_version() -> str:
@@ -32,15 +32,16 @@ def write_labels(path, class_names) -> Path:
 
 def build_metadata(config: dict, *, model_name: str, version: int, compute_dtype: str,
                    signatures: dict, metrics=None, source=None, run_dir=None,
-                   weights_bytes: int | None = None) -> dict:
+                   weights_bytes: int | None = None, inference_size=None) -> dict:
     keys = ("dataset", "task", "categories", "class_names", "colours", "label_format",
-            "normalization", "fc_width", "num_classes", "encoder_weights")
-    return {
+            "normalization", "fc_width", "num_classes", "encoder_weights", "variant")
+    return ExportMetadata.from_dict({
         "model_name": model_name,
         "version": version,
         **{key: config.get(key) for key in keys},
         "image_size": [int(s) for s in config["image_size"]],
-        "ignore_label": 255,
+        "inference_size": inference_size,
+        "ignore_label": IGNORE_LABEL,
         # 2: string outputs named *_bytes, probabilities in segment_probabilities.
         "export_format": EXPORT_FORMAT,
         "compute_dtype": compute_dtype,
@@ -53,11 +54,8 @@ def build_metadata(config: dict, *, model_name: str, version: int, compute_dtype
         "keras_version": keras.__version__,
         "weights_bytes": weights_bytes,
         "signatures": signatures,
-    }
+    }, f"metadata of {model_name} version {version}").to_dict()
 
 
 def write_metadata(path, metadata: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-    return path
+    return ExportMetadata.from_dict(metadata, str(path)).write(path)

@@ -14,8 +14,11 @@ def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> ke
     Rebuilt from its config rather than with keras.models.clone_model, which compiles the
     copy and so allocates optimizer slots (1 GB for FCN-8s) that serving never uses. Output
     layers keep their own dtype (FCN-8s' softmax is float32), so served probabilities stay
-    float32. The weights are copied, not shared.
+    float32. The weights are copied, not shared. The copy's input takes any height and width
+    (the network is fully convolutional), so any inference geometry can run on it.
     """
+    from model.fcn8s import free_size_config
+
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
     config = keras_model.get_config()
@@ -28,6 +31,6 @@ def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> ke
     for layer in config["layers"]:
         if layer["class_name"] != "InputLayer" and layer["config"]["name"] not in output_layers:
             layer["config"]["dtype"] = _POLICIES[compute_dtype]
-    copy = keras.Model.from_config(config)
+    copy = keras.Model.from_config(free_size_config(config))
     copy.set_weights(keras_model.get_weights())
     return copy

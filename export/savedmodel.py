@@ -17,29 +17,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from export.layout import LABELS_FILE, LABELS_PATH, METADATA_PATH, WARMUP_PATH
+from contract.layout import (LABELS_FILE, LABELS_PATH, METADATA_PATH, TEMP_PREFIX, WARMUP_PATH,
+                             next_version)
+from contract.names import NATIVE
+from contract.records import ExportMetadata
 from export.metadata import build_metadata, write_labels, write_metadata
 from export.precision import serving_copy
 from export.signatures import (SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT,
-                               ServingModule, describe)
+                               ServingModule, describe, geometry_of)
 from export.warmup import write_warmup_file
-from model.inference import read_saved_model_metadata
-
-TEMP_PREFIX = ".tmp-"  # not a number, so TF Serving never takes it for a version
-
-
-def version_dirs(model_dir) -> dict[int, Path]:
-    """The version folders TF Serving would see: numeric names only."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return {}
-    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
-
-
-def next_version(model_dir) -> int:
-    versions = version_dirs(model_dir)
-    return max(versions) + 1 if versions else 1
-
 
 def weights_nbytes(keras_model) -> int:
     return int(sum(np.asarray(w).nbytes for w in keras_model.weights))
@@ -83,8 +69,11 @@ def _check_inputs(keras_model, config: dict) -> tuple[tuple[int, int], list[str]
 def export_saved_model(keras_model, config: dict, model_base, model_name: str,
                        version: int | None = None, metrics=None, source=None,
                        compute_dtype: str = "float32", *, run_dir=None,
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, inference_size=None) -> Path:
     """Write `<model_base>/<model_name>/<version>/` and return its path.
+
+    inference_size: the geometry the graph infers at, [H, W] or 'native' (see
+    export.signatures); None: the training size. Recorded in the metadata.
 
     version: None picks the next free number. The version is written to a hidden temporary
     folder beside it and renamed into place, so a TF Serving instance watching the model
@@ -92,6 +81,7 @@ def export_saved_model(keras_model, config: dict, model_base, model_name: str,
     (a server that already loaded that version will not reload it: prefer a new version).
     """
     image_size, class_names = _check_inputs(keras_model, config)
+    geometry = geometry_of(image_size if inference_size is None else inference_size)
     model_dir = Path(model_base) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     if version is None:
@@ -108,16 +98,20 @@ def export_saved_model(keras_model, config: dict, model_base, model_name: str,
     try:
         with tempfile.TemporaryDirectory() as staging:
             labels = write_labels(Path(staging) / LABELS_FILE, class_names)
-            module = ServingModule(serving_copy(keras_model, compute_dtype), image_size,
+            module = ServingModule(serving_copy(keras_model, compute_dtype), geometry,
                                    len(class_names), str(labels))
             signatures = module.signatures()
             tf.saved_model.save(module, str(tmp), signatures=signatures)
         metadata = build_metadata(config, model_name=model_name, version=version,
                                   compute_dtype=compute_dtype, signatures=describe(signatures),
                                   metrics=metrics, source=source, run_dir=run_dir,
-                                  weights_bytes=weights_nbytes(keras_model))
+                                  weights_bytes=weights_nbytes(keras_model),
+                                  inference_size=geometry if geometry == NATIVE
+                                  else list(geometry))
         write_metadata(tmp / METADATA_PATH, metadata)
-        write_warmup_file(tmp / WARMUP_PATH, model_name, image_size)
+        # A native export is warmed up at the training size: real request sizes are unknown.
+        write_warmup_file(tmp / WARMUP_PATH, model_name,
+                          image_size if geometry == NATIVE else geometry)
         make_world_readable(tmp)
         _move_into_place(tmp, final, overwrite)
     except BaseException:
@@ -179,7 +173,7 @@ def load_saved_model(path) -> LoadedModel:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path}: no saved_model.pb (not an exported version folder)")
-    metadata = read_saved_model_metadata(path)
+    metadata = ExportMetadata.of_version(path).to_dict()
     labels_path = path / LABELS_PATH
     class_names = labels_path.read_text(encoding="utf-8").splitlines() \
         if labels_path.is_file() else list(metadata.get("class_names") or [])

@@ -10,15 +10,22 @@ REST has none), and with float probabilities one 1242x375 reply was 4.76 MB, ove
 4 MiB default. The float maps have their own signature. String outputs end in `_bytes`,
 the suffix TF Serving's REST API needs to send them as {"b64": ...} (util/json_tensor.cc).
 
-All signatures share one pre/post-processing path (`to_geometry`, `from_geometry`): images
-of any size are resized bilinearly to the training geometry, the model runs once on the
-whole batch, and its probabilities are resized back to each image's own size before argmax.
+All signatures share one pre/post-processing path (`to_geometry`, `from_geometry`), chosen
+at export as the inference geometry (metadata `inference_size`):
+- [h, w] (default: the training size): images of any size are resized bilinearly to it, the
+  model runs once on the whole batch, and its probabilities are resized back to each image's
+  own size before argmax;
+- 'native': each image is padded at its bottom and right with zeros to a multiple of 32, the
+  fully convolutional model runs at the image's own resolution, and the padding is cropped
+  off. No resize anywhere. segment_encoded then runs the model once per image (the images
+  of one request may differ in size).
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
 from contract import names
+from contract.names import NATIVE, SIZE_MULTIPLE
 # Re-exported: importers of export.signatures keep working.
 from contract.names import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED,  # noqa: F401
                             SEGMENT_PROBABILITIES, SERVING_DEFAULT)
@@ -27,14 +34,38 @@ from contract.names import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED,  # noqa: F40
 PAD_CLASS_ID = names.IGNORE_LABEL
 
 
-def to_geometry(images, image_size):
-    """uint8/float images [N,H,W,3] -> float32 [N,h,w,3] at the model's geometry (0..255)."""
-    return tf.image.resize(images, image_size, method="bilinear")
+def to_geometry(images, geometry):
+    """uint8/float images [N,H,W,3] -> float32 [N,h,w,3] at the model's geometry (0..255):
+    resized to `geometry` (h, w), or for NATIVE zero-padded to multiples of 32."""
+    if geometry == NATIVE:
+        size = tf.shape(images)[1:3]
+        pad = -size % SIZE_MULTIPLE
+        return tf.pad(tf.cast(images, tf.float32), [[0, 0], [0, pad[0]], [0, pad[1]], [0, 0]])
+    return tf.image.resize(images, geometry, method="bilinear")
 
 
-def from_geometry(probabilities, size):
-    """Probabilities [N,h,w,C] at the geometry -> float32 [N,H,W,C] at `size` (H, W)."""
-    return tf.image.resize(tf.cast(probabilities, tf.float32), size, method="bilinear")
+def from_geometry(probabilities, size, geometry):
+    """Probabilities [N,h,w,C] at the geometry -> float32 [N,H,W,C] at `size` (H, W):
+    resized back, or for NATIVE the padding cropped off."""
+    probabilities = tf.cast(probabilities, tf.float32)
+    if geometry == NATIVE:
+        return probabilities[:, :size[0], :size[1]]
+    return tf.image.resize(probabilities, size, method="bilinear")
+
+
+def geometry_of(inference_size):
+    """NATIVE or an (h, w) tuple of ints, multiples of 32; anything else is refused."""
+    if inference_size == NATIVE:
+        return NATIVE
+    try:
+        h, w = (int(s) for s in inference_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"inference size must be [H, W] or {NATIVE!r}, "
+                         f"got {inference_size!r}") from None
+    if h <= 0 or w <= 0 or h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        raise ValueError(f"inference size sides must be positive multiples of "
+                         f"{SIZE_MULTIPLE}, got {h}x{w}")
+    return (h, w)
 
 
 def class_ids_of(probabilities):
@@ -71,6 +102,7 @@ class ServingModule(tf.Module):
     """
 
     def __init__(self, keras_model, image_size, num_classes: int, labels_path: str):
+        """image_size: the inference geometry, (h, w) or NATIVE (see geometry_of)."""
         super().__init__(name="fcnseg")
         # The tf.Variables under the Keras variables: tracking the Keras wrappers instead
         # makes tf.saved_model.save write a second variable per weight for the wrapper that
@@ -79,17 +111,19 @@ class ServingModule(tf.Module):
         self.model_variables = [v.value for v in keras_model.variables]
         # Tracked asset: saved into <version>/assets/ and re-pointed there on load.
         self.labels = tf.saved_model.Asset(labels_path)
-        image_size = tuple(int(s) for s in image_size)
+        geometry = geometry_of(image_size)
+        native = geometry == NATIVE
         model = keras_model
 
         def run_model(x):
             probs = tf.cast(model(x, training=False), tf.float32)
-            return tf.ensure_shape(probs, [None, *image_size, num_classes])
+            return tf.ensure_shape(probs, [None, *((None, None) if native else geometry),
+                                           num_classes])
 
         def probabilities_at_input_size(images):
             images = require_images(images)
             size = tf.shape(images)[1:3]
-            return from_geometry(run_model(to_geometry(images, image_size)), size)
+            return from_geometry(run_model(to_geometry(images, geometry)), size, geometry)
 
         images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=names.IMAGES)
 
@@ -102,24 +136,36 @@ class ServingModule(tf.Module):
         def segment_probabilities(images):
             return {names.PROBABILITIES: probabilities_at_input_size(images)}
 
-        def encode_batch(image_bytes):
-            def decode(data):
-                # channels=3 turns grayscale and RGBA into RGB; an undecodable image fails the
-                # whole request with INVALID_ARGUMENT (a graph cannot skip one batch element).
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                return to_geometry(image[None], image_size)[0], tf.shape(image)[:2]
+        def decode_rgb(data):
+            # channels=3 turns grayscale and RGBA into RGB; an undecodable image fails the
+            # whole request with INVALID_ARGUMENT (a graph cannot skip one batch element).
+            return tf.io.decode_image(data, channels=3, expand_animations=False)
 
-            resized, sizes = tf.map_fn(
-                decode, image_bytes,
-                fn_output_signature=(tf.TensorSpec([*image_size, 3], tf.float32),
-                                     tf.TensorSpec([2], tf.int32)))
-            probs = run_model(resized)  # one model call for the whole batch
+        def encode_batch(image_bytes):
+            if native:
+                # Sizes first (for the padded class_ids), then one model run per image.
+                sizes = tf.map_fn(lambda d: tf.shape(decode_rgb(d))[:2], image_bytes,
+                                  fn_output_signature=tf.TensorSpec([2], tf.int32))
+            else:
+                def decode(data):
+                    image = decode_rgb(data)
+                    return to_geometry(image[None], geometry)[0], tf.shape(image)[:2]
+
+                resized, sizes = tf.map_fn(
+                    decode, image_bytes,
+                    fn_output_signature=(tf.TensorSpec([*geometry, 3], tf.float32),
+                                         tf.TensorSpec([2], tf.int32)))
+                probs = run_model(resized)  # one model call for the whole batch
             heights, widths = sizes[:, 0], sizes[:, 1]
             h_max, w_max = tf.reduce_max(heights), tf.reduce_max(widths)
 
             def finish(args):
                 p, hw = args
-                p = from_geometry(p[None], hw)[0]
+                if native:
+                    image = decode_rgb(p)[None]  # p is the encoded image here
+                    p = from_geometry(run_model(to_geometry(image, geometry)), hw, geometry)[0]
+                else:
+                    p = from_geometry(p[None], hw, geometry)[0]
                 ids, conf = class_ids_of(p), confidence_of(p)
                 padded = tf.pad(ids, [[0, h_max - hw[0]], [0, w_max - hw[1]]],
                                 constant_values=PAD_CLASS_ID)
@@ -127,7 +173,7 @@ class ServingModule(tf.Module):
                         padded)
 
             mask_png, confidence_png, class_ids = tf.map_fn(
-                finish, (probs, sizes),
+                finish, (image_bytes if native else probs, sizes),
                 fn_output_signature=(tf.TensorSpec([], tf.string),
                                      tf.TensorSpec([], tf.string),
                                      tf.TensorSpec([None, None], tf.uint8)))

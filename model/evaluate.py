@@ -1,17 +1,20 @@
 """Evaluate a trained model on its run's split: KITTI devkit scores or IoU, plus images.
 
     python -m model.evaluate --checkpoint runs/X/checkpoints/best.keras [--split val]
-    python -m model.evaluate --saved-model models/fcn8s/3 [--run-dir runs/X]
+    python -m model.evaluate --model-dir models/fcn8s [--run-dir runs/X]   (newest version, or models/fcn8s/3)
 
 Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
 confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
 for the first --overlays images. Prints a summary table. Probabilities are computed at each
 image's original size (model.inference), so KITTI is scored at full resolution.
+
+KITTI is scored twice: in the perspective view (the camera image) and in the bird's-eye view
+the benchmark ranks (model/data/kitti_bev.py, from each image's training/calib file; also
+pr_curve_bev.png). --task road|lane must match the task the model was trained for.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import sys
 from typing import Sequence
@@ -19,8 +22,10 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from contract import layout
+from contract.records import ExportMetadata, require_task
 from model import metrics, plots, runs
-from model.data import image_io, kitti, palette
+from model.data import image_io, kitti, kitti_bev, palette
 
 KITTI_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "IoU")
 
@@ -72,27 +77,27 @@ def _category(image_path: pathlib.Path) -> str:
         return "other"
 
 
-def _json_safe(value):
-    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+def _calib_files(pairs) -> dict:
+    """image -> its calibration file, or FileNotFoundError naming every missing one."""
+    calibs = {image: kitti.calib_path_for(image) for image, _ in pairs}
+    missing = sorted(str(c) for c in calibs.values() if not c.is_file())
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"bird's-eye-view scores need each image's calibration; "
+                                f"missing {shown} (or pass --no-bev for the perspective view "
+                                f"only)")
+    return calibs
 
 
 def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
-                   batch_size: int = 4, source: dict | None = None) -> dict:
+                   batch_size: int = 4, source: dict | None = None, bev: bool = True) -> dict:
     """Score a model on (image, label) path pairs at original resolution.
 
     model: a keras.Model (run at config["image_size"] via model.inference), or any predictor
     callable taking a list of uint8 images and returning [H, W, C] probabilities (e.g.
     `inference.saved_model_predictor`). Writes out_dir/metrics.json, the PR curve or the
-    confusion matrix, and `overlays` overlay PNGs; returns the metrics dict.
+    confusion matrix, and `overlays` overlay PNGs; returns the metrics dict. KITTI is also
+    scored in the bird's-eye view unless `bev` is False ("kitti_bev", pr_curve_bev.png).
     """
     from model import inference  # TensorFlow import only where a model is actually run
 
@@ -117,9 +122,12 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
         raise ValueError(f"KITTI evaluation needs a binary model, config has {num_classes} classes")
     if not pairs:
         raise ValueError("no images to evaluate (empty split)")
+    bev = bev and is_kitti
+    calibs = _calib_files(pairs) if bev else {}  # before any work: a missing file stops here
 
     cm = np.zeros((num_classes, num_classes), np.int64)
     road: dict[str, metrics.RoadCounts] = {}
+    road_bev: dict[str, metrics.RoadCounts] = {}
     images_per_category: dict[str, int] = {}
     overlays_written = 0
     with tqdm(total=len(pairs), desc="evaluate", unit="img") as progress:
@@ -139,9 +147,13 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                 pred = _argmax(prob)
                 cm += metrics.confusion_matrix(pred, label, num_classes)
                 if road_scores:
-                    category = _category(image_path) if is_kitti else "overall"
+                    category = _category(image_path) if is_kitti else metrics.OVERALL
                     counts = metrics.road_counts(prob[..., 1], label)
                     road[category] = road.get(category, metrics.RoadCounts()) + counts
+                    if bev:
+                        table = kitti_bev.lookup_for_file(calibs[image_path], label.shape)
+                        counts = metrics.bev_road_counts(prob[..., 1], label, table)
+                        road_bev[category] = road_bev.get(category, metrics.RoadCounts()) + counts
                     images_per_category[category] = images_per_category.get(category, 0) + 1
                 if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
@@ -150,34 +162,39 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     overlays_written += 1
                 progress.update(1)
 
-    result: dict = {"split_size": len(pairs), "class_names": class_names,
-                    "label_format": label_format, **(source or {})}
-    result.update(metrics.segmentation_scores(cm, class_names))
+    road = dict(sorted(road.items()))
     if road_scores:
-        road = dict(sorted(road.items()))
         if is_kitti:
-            road["overall"] = sum(road.values(), metrics.RoadCounts())
-        images_per_category["overall"] = len(pairs)
-        result["kitti"] = {
-            name: {**metrics.kitti_scores(counts), "IoU": metrics.road_iou(counts),
-                   "num_images": images_per_category[name]}
-            for name, counts in road.items()}
+            road[metrics.OVERALL] = sum(road.values(), metrics.RoadCounts())
+        images_per_category[metrics.OVERALL] = len(pairs)
         plots.save_pr_curve(out_dir / "pr_curve.png", road)
+        if bev:
+            road_bev = dict(sorted(road_bev.items()))
+            road_bev[metrics.OVERALL] = sum(road_bev.values(), metrics.RoadCounts())
+            plots.save_pr_curve(out_dir / "pr_curve_bev.png", road_bev,
+                                title="KITTI road: precision-recall, bird's-eye view")
     else:
         plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
-    result["confusion_matrix"] = cm.tolist()
-    result = _json_safe(result)
+    fields = {"task": config.get("task") or "road"} if is_kitti else {}
+    result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
+                                    road_bev=road_bev, label_format=label_format,
+                                    **fields, **(source or {}))
     runs.write_json(out_dir / "metrics.json", result)
     return result
 
 
 def format_summary(result: dict) -> str:
     lines = []
-    if "kitti" in result:
-        lines.append("Road scores (KITTI devkit method, perspective view; values in %)")
+    task = result.get("task", "road")
+    views = (("kitti", "perspective view"),
+             ("kitti_bev", "bird's-eye view, as the benchmark ranks"))
+    for key, view in views:
+        if key not in result:
+            continue
+        lines.append(f"{task.capitalize()} scores (KITTI devkit method, {view}; values in %)")
         lines.append(f"{'category':<10}{'images':>7}" + "".join(f"{k:>8}" for k in KITTI_KEYS)
                      + f"{'thresh':>8}")
-        for name, scores in result["kitti"].items():
+        for name, scores in result[key].items():
             cells = "".join(f"{_pct(scores[k]):>8}" for k in KITTI_KEYS)
             thresh = scores["threshold"]
             lines.append(f"{name:<10}{scores['num_images']:>7}{cells}"
@@ -204,7 +221,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint, e.g. runs/X/checkpoints/best.keras")
-    which.add_argument("--saved-model", help="exported SavedModel version dir, e.g. models/fcn8s/3")
+    which.add_argument("--model-dir", help="an export: a model folder (its newest version), "
+                                           "e.g. models/fcn8s, or a version folder models/fcn8s/3")
     parser.add_argument("--run-dir", help="training run directory (default: from the checkpoint "
                                           "path or the SavedModel metadata)")
     parser.add_argument("--split", default="val", choices=("val", "train"))
@@ -213,6 +231,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overlays", type=int, default=8,
                         help="number of overlay PNGs to write (default 8)")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--task", choices=kitti.TASKS,
+                        help="KITTI task; must be the one the model was trained for (default: "
+                             "the model's)")
+    parser.add_argument("--bev", action=argparse.BooleanOptionalAction, default=True,
+                        help="KITTI: also score in the bird's-eye view (needs training/calib)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -231,21 +254,21 @@ def main(argv=None) -> dict:
         model = runs.load_checkpoint(args.checkpoint)
         source = {"checkpoint": str(args.checkpoint)}
     else:
-        if not (pathlib.Path(args.saved_model) / "saved_model.pb").is_file():
-            raise FileNotFoundError(f"{args.saved_model}: not a SavedModel version directory "
-                                    f"(no saved_model.pb), e.g. models/fcn8s/3")
-        metadata = inference.read_saved_model_metadata(args.saved_model)
+        version_dir = layout.resolve_version_dir(args.model_dir)
+        metadata = ExportMetadata.of_version(version_dir).to_dict()
         run_dir = args.run_dir or metadata.get("run_dir")
         if not run_dir:
-            raise SystemExit(f"{args.saved_model}: metadata names no run directory; "
+            raise SystemExit(f"{version_dir}: metadata names no run directory; "
                              f"pass --run-dir")
         run_dir = pathlib.Path(run_dir)
         # The run's config is the reference (it has data_root); the metadata carries the
         # same model keys for a model whose run directory is gone.
         config = (runs.load_run_config(run_dir) if (run_dir / runs.CONFIG).is_file()
                   else metadata)
-        model = inference.saved_model_predictor(args.saved_model, args.batch_size)
-        source = {"saved_model": str(args.saved_model)}
+        model = inference.saved_model_predictor(version_dir, args.batch_size)
+        source = {"saved_model": str(version_dir)}
+    require_task(config.get("task") if config.get("dataset") == "kitti" else None, args.task,
+                 str(args.checkpoint or args.model_dir))
     split = runs.load_split(run_dir)
     if args.split not in split:
         raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
@@ -253,7 +276,8 @@ def main(argv=None) -> dict:
     pairs = resolve_pairs(split[args.split], config, args.data_root)
     out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
     source.update(run_dir=str(run_dir), split=args.split)
-    result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source)
+    result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source,
+                            bev=args.bev)
     print(format_summary(result))
     print(f"wrote {out_dir}/metrics.json")
     return result

@@ -3,18 +3,20 @@
 Both predictors take a list of uint8 RGB images of any sizes and return one float32 [H, W, C]
 array per image at that image's own size, so scores (KITTI is scored at original resolution)
 and overlays never depend on the training geometry.
+
+Geometry (`image_size`): [H, W] resizes every image to it and the probabilities back;
+'native' (contract.names.NATIVE) pads each image at its bottom/right with zeros to a multiple
+of 32, runs the fully convolutional model there and crops the padding off: no resize at all.
 """
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from contract import names
-from export.layout import METADATA_PATH
+from contract import layout, names
+from contract.names import NATIVE, SIZE_MULTIPLE
 
 Predictor = Callable[[Sequence[np.ndarray]], list]
 
@@ -26,15 +28,22 @@ def _check_images(images: Sequence[np.ndarray]) -> None:
                              f"got {image.dtype} {image.shape}")
 
 
+def padded_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """The smallest sides >= (height, width) that are multiples of `multiple`."""
+    return (-(-int(height) // multiple) * multiple, -(-int(width) // multiple) * multiple)
+
+
 def predict_probabilities(keras_model, images: Sequence[np.ndarray], image_size,
                           batch_size: int = 4) -> list[np.ndarray]:
-    """Resize each image to `image_size` [H, W] (bilinear), predict, and resize the
-    probabilities back to the image's original size (bilinear).
+    """Probabilities at each image's own size, computed at `image_size`.
 
-    The model sees exactly the geometry it was trained at; bilinear interpolation of
-    probabilities keeps them summing to 1.
+    [H, W]: resize each image (bilinear), predict, resize the probabilities back (bilinear;
+    interpolated probabilities still sum to 1), so the model sees its training geometry.
+    'native': pad to a multiple of 32, predict, crop (images of equal size share a batch).
     """
     _check_images(images)
+    if image_size == NATIVE:
+        return _predict_native(keras_model, images, batch_size)
     height, width = (int(s) for s in image_size)
     results: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
@@ -50,38 +59,52 @@ def predict_probabilities(keras_model, images: Sequence[np.ndarray], image_size,
     return results
 
 
+def _predict_native(keras_model, images, batch_size):
+    from model.fcn8s import with_free_size
+
+    keras_model = with_free_size(keras_model)  # trained at a fixed size; runs at any
+    results: list[np.ndarray] = []
+    start = 0
+    while start < len(images):
+        end = start + 1
+        while (end < len(images) and end - start < batch_size
+               and images[end].shape == images[start].shape):
+            end += 1
+        h, w = images[start].shape[:2]
+        ph, pw = padded_size(h, w)
+        batch = np.stack([np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)))
+                          for img in images[start:end]]).astype(np.float32)
+        probs = keras_model.predict_on_batch(batch)
+        results.extend(np.asarray(p[:h, :w], dtype=np.float32) for p in probs)
+        start = end
+    return results
+
+
 def keras_predictor(keras_model, image_size, batch_size: int = 4) -> Predictor:
+    if image_size == NATIVE:
+        from model.fcn8s import with_free_size
+
+        keras_model = with_free_size(keras_model)  # once, not per batch
     return lambda images: predict_probabilities(keras_model, images, image_size, batch_size)
 
 
-def read_saved_model_metadata(saved_model_dir) -> dict:
-    """The fcnseg metadata JSON written next to an exported SavedModel ({} when absent)."""
-    path = pathlib.Path(saved_model_dir) / METADATA_PATH
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
 def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
-    """Predictor calling the SavedModel's `segment_probabilities` signature with uint8
-    images (`serving_default` in exports before format 2, which returned probabilities too).
+    """Predictor calling the SavedModel's float-probabilities signature with uint8 images.
 
     The signature resizes internally and returns `probabilities` at the input size. Images of
     equal size are sent together (up to `batch_size`); a batch must share one size.
     """
-    path = pathlib.Path(saved_model_dir)
-    if not (path / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"{path}: not a SavedModel directory (no saved_model.pb)")
+    path = layout.resolve_version_dir(saved_model_dir)
     loaded = tf.saved_model.load(str(path))
-    name = next((n for n in (names.SEGMENT_PROBABILITIES, names.SERVING_DEFAULT)
-                 if n in loaded.signatures), None)
-    if name is None:
-        raise ValueError(f"{path}: SavedModel has neither a 'segment_probabilities' nor a "
-                         f"'serving_default' signature (has {sorted(loaded.signatures)})")
-    signature = loaded.signatures[name]
+    # Export format 2 serves float maps through their own signature; format 1 through
+    # serving_default.
+    for name in (names.SEGMENT_PROBABILITIES, names.SERVING_DEFAULT):
+        if name in loaded.signatures:
+            signature = loaded.signatures[name]
+            break
+    else:
+        raise ValueError(f"{path}: SavedModel has neither {names.SEGMENT_PROBABILITIES!r} nor "
+                         f"{names.SERVING_DEFAULT!r} (has {sorted(loaded.signatures)})")
 
     def predict(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         _check_images(images)
@@ -93,7 +116,7 @@ def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
                    and images[end].shape == images[start].shape):
                 end += 1
             batch = tf.constant(np.stack(images[start:end]))
-            probs = signature(images=batch)[names.PROBABILITIES].numpy()
+            probs = signature(**{names.IMAGES: batch})[names.PROBABILITIES].numpy()
             results.extend(np.asarray(p, dtype=np.float32) for p in probs)
             start = end
         return results

@@ -18,14 +18,20 @@ KITTI road (perspective view), equivalent to the official devkit (`evaluateRoad.
   r in np.arange(0, 1.1, 0.1) of the highest precision among thresholds with recall >= r.
 * PRE, REC, FPR, FNR are taken at the MaxF threshold.
 
+The benchmark ranks the same scores in the bird's-eye view (BEV): `bev_road_counts` resamples
+the map and the ground truth onto the devkit's metric grid first (model/data/kitti_bev.py).
+
 Scores here are fractions in [0, 1]; the devkit prints them multiplied by 100.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from contract.names import IGNORE_LABEL
 
 NUM_THRESHOLDS = 256
 # The devkit's thresholds: np.array(range(0, 256)) / 255.0.
@@ -35,7 +41,6 @@ AP_RECALL_LEVELS = np.arange(0.0, 1.1, 0.1)
 # Threshold index used for the binary IoU: 128/255 ~ 0.502, i.e. "road probability >= 0.5"
 # after quantisation (round(0.5 * 255) = 128).
 IOU_THRESHOLD_INDEX = 128
-IGNORE_INDEX = 255
 _EPS = 1e-10
 
 KITTI_SCORE_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "threshold")
@@ -120,9 +125,9 @@ def road_counts(road_prob: np.ndarray, label: np.ndarray) -> RoadCounts:
     if values.shape != label.shape or values.ndim != 2:
         raise ValueError(f"road_prob {values.shape} and label {label.shape} must be the same "
                          f"[H, W] shape")
-    bad = (label != 0) & (label != 1) & (label != IGNORE_INDEX)
+    bad = (label != 0) & (label != 1) & (label != IGNORE_LABEL)
     if bad.any():
-        raise ValueError(f"road labels must be 0, 1 or {IGNORE_INDEX}, "
+        raise ValueError(f"road labels must be 0, 1 or {IGNORE_LABEL}, "
                          f"found {np.unique(label[bad])[:5].tolist()}")
     pos_hist = np.bincount(values[label == 1], minlength=NUM_THRESHOLDS)
     neg_hist = np.bincount(values[label == 0], minlength=NUM_THRESHOLDS)
@@ -130,6 +135,21 @@ def road_counts(road_prob: np.ndarray, label: np.ndarray) -> RoadCounts:
     fn = np.concatenate(([0], np.cumsum(pos_hist)[:-1]))
     fp = np.cumsum(neg_hist[::-1])[::-1]
     return RoadCounts(fn, fp, int(pos_hist.sum()), int(neg_hist.sum()))
+
+
+def bev_road_counts(road_prob: np.ndarray, label: np.ndarray, table) -> RoadCounts:
+    """Devkit counts in the benchmark's bird's-eye view (model.data.kitti_bev).
+
+    The confidence is quantised first (the perspective PNG a submission starts from), then
+    it and the ground truth are resampled by the same `table` (`kitti_bev.lookup` of the
+    image's calibration): cells out of view are 0 in the map and not evaluated in the truth,
+    as when the devkit's transform2BEV is run on both.
+    """
+    from model.data import kitti_bev
+
+    values = quantize_probability(road_prob)
+    return road_counts(kitti_bev.confidence_to_bev(values, table),
+                       kitti_bev.label_to_bev(np.asarray(label), table))
 
 
 def pr_curve(counts: RoadCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,7 +195,7 @@ def kitti_scores(counts: RoadCounts) -> dict:
 
 
 def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+                     ignore_index: int = IGNORE_LABEL) -> np.ndarray:
     """int64 [C, C] pixel counts, rows = ground truth, columns = prediction.
 
     Pixels whose label is `ignore_index` are skipped. Other labels and all predictions must be
@@ -263,3 +283,50 @@ def road_iou(stats: RoadCounts | np.ndarray, road_class: int = 1) -> float:
         union = tp + int(stats.fp[k]) + int(stats.fn[k])
         return tp / union if union > 0 else float("nan")
     return float(per_class_iou(stats)[road_class])
+
+
+OVERALL = "overall"
+
+
+def json_safe(value):
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    return value
+
+
+def _road_table(road: Mapping[str, RoadCounts], images_per_group: Mapping[str, int]) -> dict:
+    """Scores per group, categories sorted and OVERALL last."""
+    groups = sorted(g for g in road if g != OVERALL) + [g for g in road if g == OVERALL]
+    return {g: {**kitti_scores(road[g]), "IoU": road_iou(road[g]),
+                "num_images": int(images_per_group.get(g, 0))} for g in groups}
+
+
+def metrics_record(cm: np.ndarray, class_names: Sequence[str], num_images: int,
+                   road: Mapping[str, RoadCounts] | None = None,
+                   images_per_group: Mapping[str, int] | None = None,
+                   road_bev: Mapping[str, RoadCounts] | None = None, **fields) -> dict:
+    """The content of metrics.json, the one layout model.evaluate and the Beam job write.
+
+    cm: summed confusion matrix; road: summed RoadCounts per group (KITTI categories and
+    OVERALL, or only OVERALL for other binary models) with images_per_group beside it;
+    road_bev: the same counts in the bird's-eye view (KITTI), written as "kitti_bev";
+    fields: where the numbers come from (checkpoint, saved_model, split, protocol, ...).
+    """
+    result: dict = {"split_size": int(num_images), "class_names": list(class_names), **fields}
+    result.update(segmentation_scores(cm, class_names))
+    counts = dict(images_per_group or {})
+    if road:
+        result["kitti"] = _road_table(road, counts)
+    if road_bev:
+        result["kitti_bev"] = _road_table(road_bev, counts)
+    result["confusion_matrix"] = np.asarray(cm).tolist()
+    return json_safe(result)

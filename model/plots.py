@@ -8,8 +8,8 @@ size is its `figsize * dpi`.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import pathlib
 from typing import Mapping, Sequence
 
@@ -18,18 +18,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
+from contract.files import atomic_write_bytes
+from contract.names import IGNORE_LABEL
 from model import metrics
 from model.data.image_io import write_png
 
-IGNORE_INDEX = 255
 DPI = 100
 
 
 def _colour_table(colours: Sequence[Sequence[int]]) -> np.ndarray:
     table = np.zeros((256, 3), np.uint8)  # ids without a colour, and 255 (ignore), are black
     colours = np.asarray(colours, dtype=np.int64).reshape(-1, 3)
-    if len(colours) > IGNORE_INDEX:
-        raise ValueError(f"at most {IGNORE_INDEX} colours are supported, got {len(colours)}")
+    if len(colours) > IGNORE_LABEL:
+        raise ValueError(f"at most {IGNORE_LABEL} colours are supported, got {len(colours)}")
     if colours.size and (colours.min() < 0 or colours.max() > 255):
         raise ValueError("colours must be [r, g, b] with values in 0..255")
     table[: len(colours)] = colours
@@ -41,7 +42,7 @@ def colourise(class_ids: np.ndarray, colours: Sequence[Sequence[int]]) -> np.nda
     class_ids = np.asarray(class_ids)
     if class_ids.ndim != 2:
         raise ValueError(f"class ids must be [H, W], got shape {class_ids.shape}")
-    unknown = (class_ids >= len(colours)) & (class_ids != IGNORE_INDEX)
+    unknown = (class_ids >= len(colours)) & (class_ids != IGNORE_LABEL)
     if unknown.any():
         raise ValueError(f"class ids {np.unique(class_ids[unknown])[:5].tolist()} have no colour "
                          f"({len(colours)} colours given)")
@@ -61,7 +62,7 @@ def overlay(image: np.ndarray, class_ids: np.ndarray, colours: Sequence[Sequence
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     colour = colourise(class_ids, colours).astype(np.float32)
     blended = image.astype(np.float32) * (1.0 - alpha) + colour * alpha
-    blended = np.where((np.asarray(class_ids) == IGNORE_INDEX)[..., None], image, blended)
+    blended = np.where((np.asarray(class_ids) == IGNORE_LABEL)[..., None], image, blended)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
@@ -91,11 +92,9 @@ def _caption(picture: np.ndarray, text: str) -> np.ndarray:
 
 
 def _save_figure(fig: Figure, path) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_pr_curve(path, counts_by_name: Mapping[str, "metrics.RoadCounts"],

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+from contract.files import atomic_write_text
+
 CONFIG = "config.json"
 SPLIT = "split.json"
 CHECKPOINTS = "checkpoints"
@@ -22,10 +24,7 @@ STATE = "state.json"
 
 
 def write_json(path, obj) -> None:
-    path = pathlib.Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path) -> dict:

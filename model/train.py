@@ -34,11 +34,23 @@ def parse_args(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="training geometry, multiples of 32 (default depends on dataset)")
+    p.add_argument("--variant", choices=["fcn32s", "fcn16s", "fcn8s"], default="fcn8s",
+                   help="the paper's skip ablation: none, pool4, pool4+pool3")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the train split")
+    # Defaults: Adam at 1e-4 (Udacity CarND semantic segmentation), L2 5e-4 on kernels and
+    # gradient clipping at norm 1.0 (KittiSeg hypes/KittiSeg.json); see docs/training.md.
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                   help="Adam, or SGD with --momentum")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd only")
     p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr-schedule", choices=["constant", "poly", "cosine"], default="constant",
+                   help="poly: (1 - step/total)^0.9; cosine: to 0 over all steps")
+    p.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="L2 coefficient on conv kernels (not biases, not upsampling kernels)")
+    p.add_argument("--clip-norm", type=float, default=1.0,
+                   help="clip the global gradient norm (0: off)")
     p.add_argument("--encoder-weights", default="imagenet",
                    help="'imagenet' (Keras download), a local VGG16 .h5 path, or 'none'")
     p.add_argument("--normalization", choices=["caffe", "torch"], default="caffe",
@@ -71,52 +83,95 @@ def parse_args(argv=None):
 def build_config(args, data) -> dict:
     return {
         "dataset": args.dataset, "data_root": args.data_root, "task": args.task,
-        "categories": args.categories, "class_names": list(data.class_names),
+        # COCO: the category names that classes 1..K stand for, resolved. 'voc' and 'all'
+        # are requests, not names; the export copies this into its metadata, where the Beam
+        # job and evaluate map annotations by these names.
+        "categories": list(data.class_names[1:]) if args.dataset == "coco" else None,
+        "class_names": list(data.class_names),
         "colours": [list(c) for c in data.colours], "label_format": data.label_format,
         "num_classes": len(data.class_names), "image_size": list(args.image_size),
         "normalization": args.normalization, "fc_width": args.fc_width,
         "dropout": args.dropout, "encoder_weights": args.encoder_weights, "seed": args.seed,
-        "batch_size": args.batch_size, "epochs": args.epochs,
-        "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+        "batch_size": args.batch_size, "epochs": args.epochs, "variant": args.variant,
+        "optimizer": args.optimizer, "momentum": args.momentum,
+        "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule,
+        "weight_decay": args.weight_decay, "clip_norm": args.clip_norm,
         "augment": not args.no_augment, "mixed_precision": args.mixed_precision,
     }
 
 
-def compile_model(model, num_classes: int, learning_rate: float, weight_decay: float):
+POLY_POWER = 0.9  # DeepLab's and KittiSeg's poly schedule exponent
+
+
+def make_optimizer(name: str, learning_rate: float, schedule: str, total_steps: int,
+                   clip_norm: float = 0.0, momentum: float = 0.9):
     import keras
 
-    from model.keras_metrics import MaskedAccuracy, iou_metric
+    lr = learning_rate
+    if schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(learning_rate, max(1, total_steps),
+                                                        end_learning_rate=0.0,
+                                                        power=POLY_POWER)
+    elif schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
+    elif schedule != "constant":
+        raise ValueError(f"unknown lr schedule {schedule!r}")
+    clip = {"global_clipnorm": clip_norm} if clip_norm else {}
+    if name == "adam":
+        return keras.optimizers.Adam(lr, **clip)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=momentum, **clip)
+    raise ValueError(f"unknown optimizer {name!r}")
 
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255),
-        metrics=[iou_metric(num_classes), MaskedAccuracy()],
+
+def compile_for_training(model, num_classes: int, optimizer):
+    """Compile the logits view of `model` for training and `model` itself with the same
+    optimizer, so that checkpoints of `model` (probabilities out) carry the optimizer state.
+
+    The loss is computed from logits: a loss on clipped softmax probabilities gives
+    confidently wrong pixels no gradient."""
+    import keras
+
+    from contract.names import IGNORE_LABEL
+    from model.fcn8s import logits_model
+    from model.keras_metrics import MaskedAccuracy, MaskedCrossEntropy, iou_metric
+
+    train_model = logits_model(model)
+    train_model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                        ignore_class=IGNORE_LABEL),
+        metrics=[iou_metric(num_classes), MaskedAccuracy(), MaskedCrossEntropy()],
     )
+    model.compile(optimizer=optimizer)
+    return train_model
 
 
-def make_callbacks(run_dir: pathlib.Path, best_so_far: float | None):
+def make_callbacks(run_dir: pathlib.Path, model, best_so_far: float | None):
+    """Save `model` (not the logits view that is being fitted): best.keras by validation
+    IoU, last.keras with the optimizer state for --resume, and state.json."""
     import keras
 
     ckpt = run_dir / runs.CHECKPOINTS
     ckpt.mkdir(parents=True, exist_ok=True)
 
-    class SaveState(keras.callbacks.Callback):
-        """Remember the finished epoch and best score so --resume continues exactly."""
-
+    class SaveCheckpoints(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.best = best_so_far if best_so_far is not None else -math.inf
 
         def on_epoch_end(self, epoch, logs=None):
-            self.best = max(self.best, float((logs or {}).get("val_iou", -math.inf)))
+            score = float((logs or {}).get("val_iou", -math.inf))
+            if score > self.best:
+                print(f"\nepoch {epoch + 1}: val_iou improved from {self.best:.4f} to "
+                      f"{score:.4f}, saving {ckpt / runs.BEST}")
+                self.best = score
+                model.save(ckpt / runs.BEST)
+            model.save(ckpt / runs.LAST)
             runs.write_json(ckpt / runs.STATE, {"epoch": epoch + 1, "best_val_iou": self.best})
 
     return [
-        keras.callbacks.ModelCheckpoint(ckpt / runs.BEST, monitor="val_iou", mode="max",
-                                        save_best_only=True, verbose=1,
-                                        initial_value_threshold=best_so_far),
-        keras.callbacks.ModelCheckpoint(ckpt / runs.LAST, save_best_only=False),
-        SaveState(),
+        SaveCheckpoints(),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
     ]
@@ -146,6 +201,7 @@ def main(argv=None) -> dict:
         initial_epoch, best = state["epoch"], state["best_val_iou"]
         # compile=True restores the optimizer with its moments and step count.
         model = runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"), compile=True)
+        optimizer = model.optimizer
         print(f"resuming {run_dir} after epoch {initial_epoch} (best val_iou {best:.4f})")
     else:
         data = load_dataset(args.dataset, args.data_root, task=args.task,
@@ -166,8 +222,12 @@ def main(argv=None) -> dict:
         model = build_fcn8s(config["num_classes"], (*args.image_size, 3),
                             fc_width=args.fc_width, dropout=args.dropout,
                             encoder_weights=args.encoder_weights,
-                            normalization=args.normalization)
-        compile_model(model, config["num_classes"], args.learning_rate, args.weight_decay)
+                            normalization=args.normalization, variant=args.variant,
+                            weight_decay=args.weight_decay)
+        steps = args.steps_per_epoch or math.ceil(len(train_pairs) / args.batch_size)
+        optimizer = make_optimizer(args.optimizer, args.learning_rate, args.lr_schedule,
+                                   steps * args.epochs, args.clip_norm, args.momentum)
+    train_model = compile_for_training(model, config["num_classes"], optimizer)
 
     check_pairs(train_pairs + val_pairs)
     print(f"run {run_dir}: {config['dataset']} {config['class_names']}, "
@@ -183,9 +243,9 @@ def main(argv=None) -> dict:
         train_ds = train_ds.repeat()
 
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, shuffle=False,
-              initial_epoch=initial_epoch, steps_per_epoch=args.steps_per_epoch,
-              callbacks=make_callbacks(run_dir, best), verbose=args.verbose)
+    train_model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, shuffle=False,
+                    initial_epoch=initial_epoch, steps_per_epoch=args.steps_per_epoch,
+                    callbacks=make_callbacks(run_dir, model, best), verbose=args.verbose)
     train_seconds = time.time() - start
 
     metrics = finish_run(run_dir, config, val_pairs, overlays=args.eval_overlays)

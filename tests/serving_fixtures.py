@@ -1,7 +1,7 @@
 """Fixtures for the serving tests: exported model versions and one running server.
 
 The server is real TF Serving when it can be had (see serving/backends.py: the binary on
-PATH, a Docker engine, or TFSERVING_GRPC_ADDRESS), else serving.test_server. Which one ran is
+PATH, a Docker engine, or TFSERVING_GRPC_ADDRESS), else tfserving_dev. Which one ran is
 printed in pytest's terminal summary: "serving backend: ...".
 """
 from __future__ import annotations

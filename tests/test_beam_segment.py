@@ -22,13 +22,11 @@ KITTI_CONFIG = {"dataset": "kitti", "task": "road", "class_names": ["non-road", 
 
 
 def _export(base: pathlib.Path, config: dict, seed: int = 0) -> pathlib.Path:
-    import keras
-
+    """A tiny FCN with random score layers (tests/tiny_models.py), as models/fcn8s/1."""
     from export.savedmodel import export_saved_model
-    from model.fcn8s import build_fcn8s
+    from tests.tiny_models import tiny_fcn
 
-    keras.utils.set_random_seed(seed)
-    model = build_fcn8s(len(config["class_names"]), (*IMAGE_SIZE, 3), fc_width=16)
+    model = tiny_fcn(len(config["class_names"]), IMAGE_SIZE, seed)
     return export_saved_model(model, config, base, "fcn8s", version=1)
 
 
@@ -100,7 +98,15 @@ def _run(*args: str) -> dict:
     return segment.run([str(a) for a in args])
 
 
+def _published(out: pathlib.Path, summary: dict) -> pathlib.Path:
+    """The run folder the job published (and the one the summary names)."""
+    run = out / "runs" / (out / "LATEST").read_text().strip()
+    assert run == pathlib.Path(summary["run_dir"]) and (out / "latest").resolve() == run
+    return run
+
+
 def _check_mixed(out: pathlib.Path, summary: dict, good: dict, bad: dict) -> None:
+    out = _published(out, summary)
     results = {pathlib.Path(r["path"]).name: r for r in _read_jsonl(out, "results")}
     dead = {pathlib.Path(d["path"]).name: d for d in _read_jsonl(out, "dead_letter")}
     assert set(results) == set(good)
@@ -198,13 +204,14 @@ def test_inprocess_folder_with_bad_files(tmp_path, road_model):
                    "--model-dir", road_model.parent, "--max-pixels", 1_000_000,
                    "--batch-size", 3, "--overlays")
     _check_mixed(out, summary, good, bad)
-    assert len(list((out / "overlays").glob("*.png"))) == len(good)
-    assert not (out / "metrics.json").exists()  # no ground truth, nothing to score
-    # Rerun: same names, files replaced, no stale shards.
+    run = _published(out, summary)
+    assert len(list((run / "overlays").glob("*.png"))) == len(good)
+    assert not (run / "metrics.json").exists()  # no ground truth, nothing to score
+    # Rerun: a new run folder replaces the first one, no stale files.
     summary2 = _run("--input", tmp_path / "in", "--output", out, "--dataset", "folder",
                     "--model-dir", road_model.parent, "--max-pixels", 1_000_000)
     assert summary2["ok"] == len(good)
-    assert len(list(out.glob("results-*.jsonl"))) == 1
+    assert [p.name for p in (out / "runs").iterdir()] == [summary2["run_id"]]
     assert not list(out.rglob("*.tmp"))
 
 
@@ -222,6 +229,7 @@ def test_folder_with_labels_dir(tmp_path, road_model):
     out = tmp_path / "out"
     summary = _run("--input", images, "--labels-dir", labels, "--output", out,
                    "--dataset", "folder", "--model-dir", road_model)
+    out = _published(out, summary)
     dead = _read_jsonl(out, "dead_letter")
     assert [(pathlib.Path(d["path"]).name, d["stage"]) for d in dead] == [("b.png", "ground_truth")]
     assert "label values must be in [0, 2)" in dead[0]["reason"]
@@ -246,7 +254,7 @@ def test_grpc_folder_with_bad_files(tmp_path, grpc_server):
                    "--mode", "grpc", "--server", grpc_server.address, "--model-name", "fcn8s",
                    "--model-version", 1, "--max-pixels", 1_000_000, "--batch-size", 4)
     _check_mixed(out, summary, good, bad)
-    versions = {r["model_version"] for r in _read_jsonl(out, "results")}
+    versions = {r["model_version"] for r in _read_jsonl(_published(out, summary), "results")}
     assert versions == {1}
 
 
@@ -273,9 +281,12 @@ def _kitti_tree(root: pathlib.Path) -> None:
     gt_dir.mkdir(parents=True)
 
     def gt(h, w):
+        # Road (magenta) in the lower left, not road (red) elsewhere, the top rows outside
+        # the evaluated area: asymmetric both ways, so a mirrored or flipped ground truth
+        # scores differently.
         g = np.zeros((h, w, 3), np.uint8)
-        g[..., 0] = 255
-        g[h // 2:, :, 2] = 255  # lower half road (magenta), upper non-road (red)
+        g[h // 6:, :, 0] = 255
+        g[h // 2:, : 2 * w // 3, 2] = 255
         return g
 
     for i, (name, size, gt_size) in enumerate([("um_000000", (60, 200), (60, 200)),
@@ -297,6 +308,7 @@ def test_kitti_layout_gt_mismatch_and_metrics(tmp_path, road_model):
     out = tmp_path / "out"
     summary = _run("--input", tmp_path / "kitti", "--output", out, "--dataset", "kitti",
                    "--model-dir", road_model, "--batch-size", 2)
+    out = _published(out, summary)
     dead = _read_jsonl(out, "dead_letter")
     assert [(pathlib.Path(d["path"]).name, d["stage"]) for d in dead] == [
         ("umm_000002.png", "ground_truth")]
@@ -341,7 +353,7 @@ def test_kitti_real_samples_match_model_evaluate(tmp_path, kitti_root, road_mode
     assert summary["ok"] == len(pairs) and summary["failed"] == 0
     expected = evaluate.evaluate_pairs(inference.saved_model_predictor(road_model), KITTI_CONFIG,
                                        pairs, tmp_path / "eval", overlays=0)
-    got = json.loads((out / "metrics.json").read_text())
+    got = json.loads((_published(out, summary) / "metrics.json").read_text())
     # Resizing and rounding happen in the same graph; argmax ties and p = k + 0.5 / 255
     # rounding may differ in a handful of pixels.
     cm_got, cm_exp = np.array(got["confusion_matrix"]), np.array(expected["confusion_matrix"])
@@ -369,6 +381,7 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     out = tmp_path / "out"
     summary = _run("--input", coco_root / "val2017", "--output", out, "--dataset", "coco",
                    "--annotations", ann_file, "--model-dir", model, "--batch-size", 2)
+    out = _published(out, summary)
     dead = _read_jsonl(out, "dead_letter")
     assert [(pathlib.Path(d["path"]).name, d["stage"], d["reason"]) for d in dead] == [
         ("000000999999.jpg", "read", "file not found")]
@@ -408,10 +421,10 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
     state = {"masks_at_stop": None, "server": server}
 
     def restart():
-        while len(list((out / "masks").glob("*.png"))) < 3:
+        while len(list(out.glob("runs/*/masks/*.png"))) < 3:
             time.sleep(0.05)
         state["server"].stop(grace=0)
-        state["masks_at_stop"] = len(list((out / "masks").glob("*.png")))
+        state["masks_at_stop"] = len(list(out.glob("runs/*/masks/*.png")))
         time.sleep(3)
         state["server"] = start_dev_server(road_model.parent, "fcn8s", port=port)
 
@@ -426,4 +439,4 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
         state["server"].stop()
     assert state["masks_at_stop"] is not None and state["masks_at_stop"] < n
     assert summary["ok"] == n and summary["failed"] == 0
-    assert len(list((out / "masks").glob("*.png"))) == n
+    assert len(list((_published(out, summary) / "masks").glob("*.png"))) == n

@@ -16,11 +16,10 @@ KITTI_CONFIG = {
 
 
 def save_tiny_checkpoint(run_dir, num_classes, image_size):
-    import keras
-    from model.fcn8s import build_fcn8s
+    """A tiny FCN with random score layers (tests/tiny_models.py) as checkpoints/best.keras."""
+    from tests.tiny_models import tiny_fcn
 
-    keras.utils.set_random_seed(0)
-    model = build_fcn8s(num_classes, (*image_size, 3), fc_width=16)
+    model = tiny_fcn(num_classes, image_size, seed=0)
     path = run_dir / "checkpoints" / "best.keras"
     path.parent.mkdir(parents=True)
     model.save(path)
@@ -142,7 +141,7 @@ def test_saved_model_evaluation(kitti_run, tmp_path):
         runs.load_checkpoint(checkpoint), runs.load_run_config(run_dir), tmp_path / "models",
         "fcn8s", version=1, run_dir=run_dir)
     # The run directory comes from the SavedModel's metadata.
-    result = evaluate.main(["--saved-model", str(version_dir), "--out", str(tmp_path / "eval"),
+    result = evaluate.main(["--model-dir", str(version_dir), "--out", str(tmp_path / "eval"),
                             "--overlays", "0"])
     assert result["saved_model"] == str(version_dir)
     reference = evaluate.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "ref"),

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from export import savedmodel
-from export.layout import LABELS_FILE, METADATA_FILE, WARMUP_FILE
+from contract.layout import LABELS_FILE, METADATA_FILE, WARMUP_FILE, versions
 from export.savedmodel import (export_saved_model, load_saved_model, saved_model_sizes,
-                               version_dirs, weights_nbytes)
+                               weights_nbytes)
 from export.signatures import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED, SEGMENT_PROBABILITIES,
                                SERVING_DEFAULT)
 from export.warmup import read_warmup_file
@@ -219,7 +219,7 @@ def test_multiclass_confidence_is_max_probability(tmp_path):
     layer = model.get_layer("score_fr")
     kernel, bias = layer.get_weights()
     layer.set_weights([rng.normal(0, 1, kernel.shape).astype("float32"), bias])
-    config = {**CONFIG, "task": None, "class_names": ["sky", "car", "road"],
+    config = {**CONFIG, "task": None, "num_classes": 3, "class_names": ["sky", "car", "road"],
               "colours": [[0, 0, 255], [255, 0, 0], [255, 0, 255]]}
     served = load_saved_model(export_saved_model(model, config, tmp_path, "m"))
     assert served.class_names == ["sky", "car", "road"]
@@ -280,7 +280,7 @@ def test_versions_and_overwrite(model, tmp_path):
     assert replaced == first and (first / "saved_model.pb").is_file()
     assert not (first / "marker").exists()  # replaced as a whole
     assert sorted(p.name for p in (base / "m").iterdir()) == ["1", "2"]  # no temp folders
-    assert sorted(version_dirs(base / "m")) == [1, 2]
+    assert sorted(versions(base / "m")) == [1, 2]
 
 
 def test_failed_export_leaves_nothing(model, tmp_path, monkeypatch):
@@ -323,8 +323,7 @@ def test_cli(model, tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(CONFIG))
     (run / "metrics.json").write_text(json.dumps(METRICS))
     model.save(run / "checkpoints" / "best.keras")
-    args = ["--run-dir", str(run), "--model-base", str(tmp_path / "models"),
-            "--model-name", "fcn8s"]
+    args = ["--run-dir", str(run), "--model-dir", str(tmp_path / "models" / "fcn8s")]
     assert main(args) == 0
     printed = capsys.readouterr().out
     path = tmp_path / "models" / "fcn8s" / "1"

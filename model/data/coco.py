@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
+from contract.files import OutsideRootError, resolve_inside
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["VOC_CATEGORIES", "VOC_CATEGORY_IDS", "load_coco", "select_categories",
@@ -169,6 +170,7 @@ def render_masks(annotation_file, image_dir, cache_dir, categories="all",
     if file_names is None:
         coco = load_coco(annotation_file)
         file_names = sorted(i["file_name"] for i in coco.dataset["images"])
+    _check_inside(annotation_file, image_dir, file_names)
     present = [f for f in file_names if (image_dir / f).is_file()]
     missing = len(file_names) - len(present)
     if missing:
@@ -208,6 +210,21 @@ def render_masks(annotation_file, image_dir, cache_dir, categories="all",
     keep = [f for f in present
             if areas[f] >= min_area_fraction and (min_area_fraction <= 0 or areas[f] > 0)]
     return [(str(image_dir / f), str(out_dir / _mask_name(f))) for f in keep]
+
+
+def _check_inside(annotation_file, image_dir, file_names) -> None:
+    """Every file_name must stay inside image_dir: ../../etc/passwd is refused before any
+    file is looked at (and before a cache is written)."""
+    outside = []
+    for name in file_names:
+        try:
+            resolve_inside(image_dir, name)
+        except OutsideRootError as exc:
+            outside.append(str(exc))
+    if outside:
+        shown = "; ".join(outside[:5]) + (f" ... ({len(outside)} in all)" if len(outside) > 5 else "")
+        raise OutsideRootError(f"{annotation_file}: {len(outside)} image file_name(s) resolve "
+                               f"outside the image folder and were not opened: {shown}")
 
 
 def cached_class_names(annotation_file, cache_dir, categories="all") -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from contract.files import OutsideRootError, resolve_inside
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["IMAGE_EXTENSIONS", "list_pairs", "read_class_names", "scan_labels"]
@@ -28,7 +29,13 @@ def _by_stem(folder: pathlib.Path, extensions, what: str) -> dict[str, pathlib.P
         raise FileNotFoundError(f"{folder}: {what} folder not found")
     found: dict[str, pathlib.Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in extensions:
+        if p.name.startswith(".") or p.suffix.lower() not in extensions:
+            continue
+        try:  # a symlink out of the folder is refused before it is opened (or even stat'ed)
+            resolve_inside(folder, p.name)
+        except OutsideRootError as exc:
+            raise OutsideRootError(f"{folder}: {what} entry {exc}; not opened") from None
+        if not p.is_file():
             continue
         if p.stem in found:
             raise ValueError(f"{folder}: two {what} files share the name {p.stem!r}: "

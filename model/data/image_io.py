@@ -13,6 +13,8 @@ import pathlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from contract.files import atomic_write_bytes, png_bytes
+
 __all__ = ["ImageReadError", "read_image", "decode_image_bytes", "read_label_png", "write_png",
            "to_rgb_uint8"]
 
@@ -127,13 +129,8 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 
 
     compress_level 0..9 trades file size for speed (1 is several times faster on photos).
     """
-    arr = np.asarray(array)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{path}: write_png expects uint8, got {arr.dtype}")
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-        raise ValueError(f"{path}: write_png expects [H,W] or [H,W,3|4], got {arr.shape}")
-    p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG", compress_level=compress_level)
-    os.replace(tmp, p)
+    try:
+        data = png_bytes(array, compress_level=compress_level)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    atomic_write_bytes(path, data)

@@ -16,13 +16,15 @@ import re
 
 import numpy as np
 
+from contract import kitti as contract_kitti
 from model.data.image_io import read_image
 
 __all__ = ["CATEGORIES", "TASKS", "category_of", "gt_path_for", "decode_gt", "read_gt",
-           "list_pairs", "stratified_split", "read_calib"]
+           "list_pairs", "stratified_split", "parse_calib", "read_calib", "calib_path_for"]
 
 CATEGORIES = ("um", "umm", "uu")
 TASKS = ("road", "lane")
+CALIB_REQUIRED = ("P2", "R0_rect", "Tr_cam_to_road")
 _IMAGE_RE = re.compile(r"^(um|umm|uu)_(\d+)\.png$")
 _GT_RE = re.compile(r"^(um|umm|uu)_(road|lane)_(\d+)\.png$")
 
@@ -145,28 +147,43 @@ def stratified_split(pairs, val_fraction: float = 0.2, seed: int = 0):
     return sorted(train), sorted(val)
 
 
-def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Parse a KITTI road calib file: 12 numbers -> [3,4], 9 -> [3,3] (float64).
+def parse_calib(text: str, source: str = "calibration") -> dict[str, np.ndarray]:
+    """Parse KITTI road calib text: 12 numbers -> [3,4], 9 -> [3,3] (float64).
 
-    Holds P0..P3, R0_rect, Tr_velo_to_cam, Tr_imu_to_velo and Tr_cam_to_road; the
-    bird's-eye-view transform needs P2, R0_rect, Tr_velo_to_cam and Tr_cam_to_road.
+    Holds P0..P3, R0_rect, Tr_velo_to_cam, Tr_imu_to_velo and Tr_cam_to_road. The benchmark's
+    bird's-eye view (model.data.kitti_bev) needs P2, R0_rect and Tr_cam_to_road, so those
+    are required; Tr_velo_to_cam (LiDAR) is read when present but not needed. Lines starting
+    with '#' are comments, as in the devkit's reader.
     """
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: calibration file not found")
     calib: dict[str, np.ndarray] = {}
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, rest = line.partition(":")
         try:
             values = np.array([float(v) for v in rest.split()], dtype=np.float64)
         except ValueError:
-            raise ValueError(f"{p}:{lineno}: non-numeric calibration values") from None
+            raise ValueError(f"{source}:{lineno}: non-numeric calibration values") from None
         if not sep or values.size not in (9, 12):
-            raise ValueError(f"{p}:{lineno}: expected 'KEY: 9 or 12 numbers', got {line[:60]!r}")
+            raise ValueError(f"{source}:{lineno}: expected 'KEY: 9 or 12 numbers', "
+                             f"got {line[:60]!r}")
         calib[key.strip()] = values.reshape(3, 3) if values.size == 9 else values.reshape(3, 4)
-    for needed in ("P2", "R0_rect", "Tr_velo_to_cam"):
-        if needed not in calib:
-            raise ValueError(f"{p}: calibration lacks {needed}")
+    missing = [k for k in CALIB_REQUIRED if k not in calib]
+    if missing:
+        raise ValueError(f"{source}: calibration lacks {', '.join(missing)} (the bird's-eye "
+                         f"view needs {', '.join(CALIB_REQUIRED)})")
     return calib
+
+
+def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """`parse_calib` of a file; a missing or bad file is an error naming it."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: calibration file not found")
+    return parse_calib(p.read_text(), str(p))
+
+
+def calib_path_for(image_path: str | os.PathLike) -> pathlib.Path:
+    """<split>/calib/<cat>_<n>.txt of <split>/image_2/<cat>_<n>.png (it may not exist)."""
+    p = pathlib.Path(image_path)
+    return p.parent.parent / "calib" / contract_kitti.calib_name(p.name)

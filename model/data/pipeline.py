@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-IGNORE = 255
+from contract.names import IGNORE_LABEL
+
 LABEL_FORMATS = ("kitti", "ids")
 # Datasets at most this large keep decoded images in memory after the first epoch.
 CACHE_MAX_PAIRS = 2000
@@ -21,7 +22,7 @@ def decode_label(data: tf.Tensor, label_format: str) -> tf.Tensor:
         rgb = tf.io.decode_png(data, channels=3)
         road = rgb[..., 2:3] > 0
         valid = rgb[..., 0:1] > 0
-        return tf.where(valid, tf.cast(road, tf.uint8), tf.constant(IGNORE, tf.uint8))
+        return tf.where(valid, tf.cast(road, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8))
     if label_format == "ids":
         return tf.io.decode_png(data, channels=1)
     raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
@@ -54,7 +55,7 @@ def _scale_crop(image, label, size, scale_range):
     image = tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
     # Padded label pixels must be ignored, not background: shift, pad with 0, shift back.
     label = tf.image.pad_to_bounding_box(tf.cast(label, tf.int32) + 1, 0, 0, ph, pw) - 1
-    label = tf.where(label < 0, IGNORE, label)
+    label = tf.where(label < 0, IGNORE_LABEL, label)
     stacked = tf.concat([image, tf.cast(label, tf.float32)], axis=-1)
     stacked = tf.image.random_crop(stacked, [h, w, 4])
     return stacked[..., :3], tf.cast(stacked[..., 3:], tf.uint8)
