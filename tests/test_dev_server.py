@@ -340,3 +340,23 @@ def test_tls_through_ssl_config_file_and_auth_header(tiny_base, certificate, tmp
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- packaging
+
+def test_dev_server_is_outside_the_clients_and_the_installed_packages():
+    """Production code never loads it; pyproject.toml (what Beam workers install) and the
+    Beam image's Dockerfile leave it out."""
+    import tomllib
+    code = ("import sys, serving.grpc_client, serving.rest_client, serving.client, "
+            "beam_jobs.handlers; print(sorted(m for m in sys.modules if 'tfserving_dev' in m))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={"PYTHONPATH": str(ROOT),
+                                                         "TF_CPP_MIN_LOG_LEVEL": "2",
+                                                         "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = packages["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert not any(p.startswith("tfserving") for p in include), include
+    assert "tfserving_dev" not in (ROOT / "beam_jobs" / "Dockerfile").read_text()

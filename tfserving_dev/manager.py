@@ -97,8 +97,7 @@ class ModelManager:
             servables = {n: self._servables.get(n, {}) for n in configs}
             states = {n: self._states.get(n, {}) for n in configs}
             for name in set(self._servables) - set(configs):
-                for servable in self._servables[name].values():
-                    servable.close()
+                # Not closed here: requests in flight keep their servable until they finish.
                 log.info("model %s: removed from the config, unloaded", name)
             self._configs, self._servables, self._states = configs, servables, states
             self.poll()
