@@ -232,12 +232,20 @@ def test_rest_errors(rest_url, method, path, body, status, message):
     assert message in response.json()["error"]
 
 
-def test_rest_paths_are_case_insensitive(rest_url):
-    """model_servers/http_rest_api_util.cc: the path regexes start with (?i)."""
-    response = requests.get(f"{rest_url}/V1/Models/{MODEL_NAME}/Labels/canary/METADATA",
+def test_rest_paths_are_case_insensitive_but_not_their_verbs(rest_url):
+    """model_servers/http_rest_api_util.cc: the path regexes start with (?i); but
+    http_rest_api_handler.cc ProcessRequest compares the verb as written, so "/METADATA" is
+    a status request and ":PREDICT" is malformed."""
+    response = requests.get(f"{rest_url}/V1/Models/{MODEL_NAME}/Labels/canary/metadata",
                             timeout=60)
     assert response.status_code == 200, response.text[:300]
     assert response.json()["model_spec"]["version"] == "2"
+    response = requests.get(f"{rest_url}/v1/models/{MODEL_NAME}/versions/2/METADATA", timeout=60)
+    assert response.status_code == 200 and "model_version_status" in response.json()
+    response = requests.post(f"{rest_url}/v1/models/{MODEL_NAME}:PREDICT", timeout=60,
+                             data=json.dumps({"instances": [[[[0, 0, 0]]]]}))
+    assert response.status_code == 400
+    assert response.json()["error"] == f"Malformed request: POST /v1/models/{MODEL_NAME}:PREDICT"
 
 
 def test_rest_extra_input_keys_are_ignored_and_base64_padding_is_optional(rest_url):

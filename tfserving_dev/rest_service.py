@@ -268,13 +268,16 @@ class RestHandler(BaseHTTPRequestHandler):
         if not _API.fullmatch(path):
             return self._send(404, b"")  # not a path the API registered
         try:
-            if method == "POST" and (m := _PREDICT.fullmatch(path)) and m[4].lower() == "predict":
+            # The regexes ignore case but the verbs are compared as they are
+            # (http_rest_api_handler.cc ProcessRequest): ":PREDICT" is malformed and
+            # "/METADATA" is a status request.
+            if method == "POST" and (m := _PREDICT.fullmatch(path)) and m[4] == "predict":
                 return self._predict(_model_spec(m[1], m[2], m[3]), body)
             if method == "GET" and (m := _STATUS.fullmatch(path)):
                 if not m[1]:
                     raise RequestError(Code.INVALID_ARGUMENT, "Missing model name in request.")
                 spec = _model_spec(m[1], m[2], m[3])
-                return self._metadata(spec) if m[4] else self._status(spec)
+                return self._metadata(spec) if m[4] == "metadata" else self._status(spec)
             raise RequestError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
         except RequestError as err:
             return self._error(err)
