@@ -47,7 +47,7 @@ def serve(mut):
 
 
 def _inputs(images, signature: str, batch: int, start: int = 0) -> dict:
-    if signature == "serving_default":
+    if signature != "segment_encoded":  # serving_default, segment_probabilities: pixels
         return {"images": images.batch(batch, start)}
     return {"image_bytes": np.array(images.blob_batch(batch, start), dtype=object)}
 
