@@ -17,14 +17,16 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv train export evaluate test test-all serve bench data-kitti data-coco clean
+.PHONY: venv train export evaluate test test-all mutation serve bench data-kitti data-coco clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-aws.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# s3:// (Beam's [aws] extra) and the local S3 server the tests use
+	$(PY) -m pip install --quiet -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -43,6 +45,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Plant known bugs one at a time in a temporary copy and show the tests fail for each
+# (docs/testing.md has the table).
+MUTATION_ARGS ?=
+mutation: $(STAMP)
+	$(PY) tools/mutation.py $(MUTATION_ARGS)
 
 # Real TF Serving in Docker when an engine runs; otherwise the development server
 # (tfserving_dev: tests and local work, not production). Flags are --name=value, as

@@ -1,8 +1,10 @@
 """Evaluation inside the job: per-image statistics from model.metrics, summed by a CombineFn.
 
-Every image adds its confusion matrix (argmax class ids); KITTI road images also add the
-`RoadCounts` of their road confidence (the submission PNG's 0..255 values, exactly what the
-devkit scores) per category um/umm/uu and overall.
+Every image adds its confusion matrix (argmax class ids); KITTI images also add the
+`RoadCounts` of their road (or lane) confidence per category um/umm/uu and overall, twice: in
+the perspective view (the confidence PNG's 0..255 values, exactly what the devkit scores) and
+in the bird's-eye view the benchmark ranks (the submission map, and the ground truth resampled
+by the same table).
 The scores at the end are `model.metrics.kitti_scores` / `segmentation_scores` of the sums,
 i.e. the same numbers as evaluating all images at once.
 """
@@ -24,6 +26,7 @@ from model import metrics
 
 CONFUSION = "confusion_matrix"
 ROAD = "road"
+ROAD_BEV = "road_bev"
 IMAGES = "images"
 OVERALL = metrics.OVERALL
 
@@ -66,7 +69,8 @@ def load_label(gt: GroundTruth, coco_categories: Optional[dict] = None) -> np.nd
 
 
 def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
-    """model.data.coco.semantic_mask over a one-image COCO index (same label rules)."""
+    """model.data.coco.semantic_mask over a one-image COCO index (same label rules, of the
+    job's protocol; torchvision filters only training sets, so no image is dropped here)."""
     from pycocotools.coco import COCO
 
     from model.data.coco import semantic_mask
@@ -78,23 +82,35 @@ def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
                     "categories": categories.get("categories", [])}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    return semantic_mask(coco, info, categories["cat_id_to_label"])
+    return semantic_mask(coco, info, categories["cat_id_to_label"],
+                         categories.get("protocol", "fcnseg"))
 
 
 def image_stats(dataset: str, category: Optional[str], seg, label: np.ndarray,
-                num_classes: int) -> list[tuple[str, object]]:
+                num_classes: int, confidence: Optional[np.ndarray] = None,
+                bev_table=None) -> list[tuple[str, object]]:
     """[(key, statistic)] of one image: its confusion matrix, and for KITTI its RoadCounts
-    and image count under its category and OVERALL (as model.evaluate groups them)."""
+    (perspective, and bird's-eye view when `bev_table` is given) and image count under its
+    category and OVERALL (as model.evaluate groups them). `confidence`: the decoded
+    confidence PNG (v / 255), decoded here when not given."""
     stats: list[tuple[str, object]] = [
         (CONFUSION, metrics.confusion_matrix(seg.class_ids, label, num_classes))]
     if dataset == "kitti":
-        from PIL import Image
-        with Image.open(io.BytesIO(seg.confidence_png)) as img:
-            road = np.asarray(img, dtype=np.uint8)  # v / 255, the submission PNG's values
+        road = decode_confidence(seg.confidence_png) if confidence is None else confidence
         counts = metrics.road_counts(road, label)
+        bev = metrics.bev_road_counts(road, label, bev_table) if bev_table is not None else None
         for group in (category or "other", OVERALL):
             stats += [(f"{ROAD}/{group}", counts), (f"{IMAGES}/{group}", 1)]
+            if bev is not None:
+                stats.append((f"{ROAD_BEV}/{group}", bev))
     return stats
+
+
+def decode_confidence(png: bytes) -> np.ndarray:
+    """uint8 [H, W] of a confidence PNG (v / 255, the values the devkit scores)."""
+    from PIL import Image
+    with Image.open(io.BytesIO(png)) as img:
+        return np.asarray(img, dtype=np.uint8)
 
 
 class SumFn(beam.CombineFn):
@@ -117,25 +133,38 @@ class SumFn(beam.CombineFn):
         return acc
 
 
-def scores(totals: dict, class_names: list[str], images: int) -> dict:
-    """metrics.json content: model.metrics.metrics_record of the job's sums."""
-    road = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith(ROAD + "/")}
-    per_group = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith(IMAGES + "/")}
-    return metrics.metrics_record(totals[CONFUSION], class_names, images, road, per_group)
+def _group(totals: dict, prefix: str) -> dict:
+    return {k.split("/", 1)[1]: v for k, v in sorted(totals.items())
+            if k.startswith(prefix + "/")}
 
 
-def write_evaluation(totals: dict, output: str, class_names: list[str], images: int) -> dict:
-    """Write metrics.json and pr_curve.png / confusion_matrix.png; returns the metrics."""
+def scores(totals: dict, class_names: list[str], images: int, **fields) -> dict:
+    """metrics.json content: model.metrics.metrics_record of the job's sums; `fields` say
+    what was scored (task, COCO protocol)."""
+    return metrics.metrics_record(totals[CONFUSION], class_names, images, _group(totals, ROAD),
+                                  _group(totals, IMAGES), road_bev=_group(totals, ROAD_BEV),
+                                  **fields)
+
+
+def write_evaluation(totals: dict, output: str, class_names: list[str], images: int,
+                     **fields) -> dict:
+    """Write metrics.json and pr_curve.png (+ pr_curve_bev.png) / confusion_matrix.png;
+    returns the metrics."""
     from model import plots
 
     if not totals:
         return {}
-    result = scores(totals, class_names, images)
+    result = scores(totals, class_names, images, **fields)
     outputs.write_json(FileSystems.join(output, outputs.METRICS), result)
-    road = {k.split("/", 1)[1]: v for k, v in sorted(totals.items()) if k.startswith(ROAD + "/")}
+    road = _group(totals, ROAD)
     if road:
         outputs.write_figure(FileSystems.join(output, outputs.PR_CURVE), plots.save_pr_curve,
                              road)
+        road_bev = _group(totals, ROAD_BEV)
+        if road_bev:
+            outputs.write_figure(FileSystems.join(output, outputs.PR_CURVE_BEV),
+                                 plots.save_pr_curve, road_bev,
+                                 title="KITTI road: precision-recall, bird's-eye view")
     else:
         outputs.write_figure(FileSystems.join(output, outputs.CONFUSION),
                              plots.save_confusion_matrix, totals[CONFUSION], class_names)

@@ -16,6 +16,11 @@ Per-image files: on object stores (gs://, s3://) an object appears only when its
 completes, so they are written in place (one operation); elsewhere (local disks, HDFS) a
 temporary name in the same folder is renamed into place, so a retried or duplicated bundle
 never leaves half a PNG.
+
+Names inside a run folder are deterministic: masks/<stem>.png, overlays/<stem>.png; KITTI:
+confidence/<cat>_<task>_<n>.png (the perspective confidence map) and
+kitti_submission/<cat>_<task>_<n>.png (the same map in the benchmark's bird's-eye view, the
+files the benchmark wants uploaded).
 """
 from __future__ import annotations
 
@@ -31,13 +36,16 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 MASKS = "masks"
-SUBMISSION = "kitti_submission"
+SUBMISSION = "kitti_submission"       # bird's-eye-view maps, named as the benchmark wants
+CONFIDENCE_MAPS = "confidence"         # perspective confidence maps, same names
+SUBMISSION_ZIP = "kitti_submission.zip"
 OVERLAYS = "overlays"
 RESULTS = "results"
 DEAD_LETTERS = "dead_letter"
 SUMMARY = "summary.json"
 METRICS = "metrics.json"
 PR_CURVE = "pr_curve.png"
+PR_CURVE_BEV = "pr_curve_bev.png"
 CONFUSION = "confusion_matrix.png"
 RUNS = "runs"
 LATEST = "LATEST"          # the pointer object, readable on every filesystem
@@ -158,3 +166,27 @@ def _point_link(output: str, run_id: str) -> None:
     tmp = os.path.join(output, f".{LATEST_LINK}.{uuid.uuid4().hex[:8]}")
     os.symlink(os.path.join(RUNS, run_id), tmp)
     os.replace(tmp, link)
+
+
+def write_submission_zip(path: str, files: list[str]) -> dict:
+    """Zip the bird's-eye-view maps for upload: each file at the archive's root under its
+    own name (um_road_000000.png, ...), as the devkit's instructions ask ("zip the contents of
+    the directory"). PNGs are already compressed, so they are stored. Returns
+    {"path", "files"}."""
+    import posixpath
+    import zipfile
+
+    names = sorted(files, key=posixpath.basename)
+    seen = {}
+    for f in names:
+        name = posixpath.basename(f)
+        if name in seen:
+            raise ValueError(f"two submission maps named {name}: {seen[name]} and {f}")
+        seen[name] = f
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, f in seen.items():
+            with FileSystems.open(f, compression_type="uncompressed") as src:
+                archive.writestr(name, src.read())
+    write_bytes(path, buf.getvalue())
+    return {"path": path, "files": len(seen)}

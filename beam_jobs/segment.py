@@ -10,6 +10,10 @@ Each run writes into <output>/runs/<run id>/ and is published (<output>/LATEST, 
 <output>/latest symlink on local disks) only when it succeeds. Every input file ends up in
 exactly one of its results-*.jsonl and dead_letter-*.jsonl. See docs/beam.md for outputs,
 runners (Direct, Portable, Dataflow, Flink, Spark), storage and options.
+
+KITTI (--task road|lane, default the model's): confidence/<cat>_<task>_<n>.png holds the
+perspective confidence maps, kitti_submission/ the same maps in the benchmark's bird's-eye
+view (what the benchmark wants uploaded; --submission-zip zips them); scores in both views.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
 from beam_jobs import evaluation, outputs, sources
+from contract.names import COCO_PROTOCOLS, KITTI_TASKS
+from contract.records import require_task
 from model.data import ROAD_COLOURS, palette
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
@@ -57,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=sources.DATASETS, default="folder")
     p.add_argument("--annotations", help="coco: instances_*.json giving images and ground truth")
     p.add_argument("--labels-dir", help="folder: ground-truth class-id PNGs named <stem>.png")
+    p.add_argument("--task", choices=KITTI_TASKS,
+                   help="kitti: road or lane (um only); must be the model's task (default: "
+                        "the model's, else road)")
+    p.add_argument("--coco-protocol", choices=COCO_PROTOCOLS,
+                   help="coco: label rules of the ground truth, fcnseg or torchvision "
+                        "(default: the model's, else fcnseg); see docs/data.md")
+    p.add_argument("--submission-zip", nargs="?", const="", metavar="PATH",
+                   help="kitti: also zip kitti_submission/ for upload (default PATH "
+                        f"<output>/{outputs.SUBMISSION_ZIP})")
     p.add_argument("--mode", choices=("inprocess", "grpc"), default="inprocess")
     p.add_argument("--model-dir", help="inprocess: exported version folder (models/fcn8s/3) or "
                                        "model folder (newest version); grpc: optional, for class "
@@ -96,6 +111,10 @@ def _check_args(args, parser) -> None:
         parser.error("--mode grpc needs --server and --model-name")
     if args.dataset == "coco" and not args.annotations:
         parser.error("--dataset coco needs --annotations")
+    if args.dataset != "kitti" and (args.task or args.submission_zip is not None):
+        parser.error("--task and --submission-zip are for --dataset kitti")
+    if args.dataset != "coco" and args.coco_protocol:
+        parser.error("--coco-protocol is for --dataset coco")
     if args.min_batch_size is None:
         args.min_batch_size = args.batch_size
     if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
@@ -120,7 +139,9 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
                              f"{args.annotations}: was it trained on COCO?")
         names = names or coco_names
         coco_map = {"categories": coco_meta["categories"],
-                    "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)}}
+                    "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)},
+                    "protocol": (args.coco_protocol or meta.get("coco_protocol")
+                                 or "fcnseg")}
     if not names and args.dataset == "kitti":
         names = ["non-road", "road"]
     colours = meta.get("colours") or None
@@ -140,16 +161,17 @@ class FinishImage(beam.DoFn):
     """
 
     def __init__(self, output: str, dataset: str, classes: dict, overlays: bool,
-                 evaluate: bool):
+                 evaluate: bool, task: str = "road"):
         self.output = output
         self.dataset = dataset
+        self.task = task
         self.classes = classes
         self.overlays = overlays
         self.evaluate = evaluate
         self.ok = beam.metrics.Metrics.counter(NAMESPACE, "images_ok")
         self.evaluated = beam.metrics.Metrics.counter(NAMESPACE, "images_evaluated")
         self.failed = {s: beam.metrics.Metrics.counter(NAMESPACE, f"failed_{s}")
-                       for s in ("inference", "ground_truth")}
+                       for s in ("inference", "calibration", "ground_truth")}
         self.latency = beam.metrics.Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
     def setup(self):
@@ -191,15 +213,28 @@ class FinishImage(beam.DoFn):
                                  f"ground truth {where} is {label.shape[1]}x{label.shape[0]} "
                                  f"but the image is {item.width}x{item.height}")
                 return
+        table = confidence = None
+        if item.calib is not None and len(self.classes["class_names"]) == 2:
+            from model.data import kitti, kitti_bev
+            try:
+                table = kitti_bev.lookup(kitti.parse_calib(item.calib, item.calib_path),
+                                         (item.height, item.width))
+            except ValueError as exc:
+                yield self._dead(item, "calibration", str(exc))
+                return
+            confidence = evaluation.decode_confidence(seg.confidence_png)
         stats = []
         if label is not None:
             try:
                 stats = evaluation.image_stats(self.dataset, item.category, seg, label,
-                                               len(self.classes["class_names"]))
+                                               len(self.classes["class_names"]),
+                                               confidence=confidence, bev_table=table)
             except ValueError as exc:  # label values the model's classes do not cover
                 yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
                 return
-        files = self._write(item, seg, label)
+        # I/O errors propagate: the runner retries the bundle (a dead letter would drop the
+        # image on a transient storage error and let the job "succeed").
+        files = self._write(item, seg, label, table, confidence)
         self.ok.inc()
         self._progress()
         self.latency.update(int(seg.latency_ms))
@@ -207,17 +242,26 @@ class FinishImage(beam.DoFn):
             self.evaluated.inc()
             for key, stat in stats:
                 yield beam.pvalue.TaggedOutput("stats", (key, stat))
+        if "kitti_submission" in files:
+            yield beam.pvalue.TaggedOutput("submission", files["kitti_submission"])
         yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
 
-    def _write(self, item: ImageItem, seg: Segmentation, label) -> dict:
+    def _write(self, item: ImageItem, seg: Segmentation, label, table=None,
+               confidence=None) -> dict:
         stem = sources.stem_of(item.path)
         files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
         outputs.write_bytes(files["mask"], seg.mask_png)
-        submission = sources.kitti_submission_name(item.path)
-        if self.dataset == "kitti" and submission and len(self.classes["class_names"]) == 2:
+        submission = sources.kitti_submission_name(item.path, self.task)
+        if table is not None and submission:
+            from model.data import kitti_bev
+            # perspective map as the model wrote it; the upload is its bird's-eye view
+            files["confidence"] = FileSystems.join(self.output, outputs.CONFIDENCE_MAPS,
+                                                   submission)
+            outputs.write_bytes(files["confidence"], seg.confidence_png)
             files["kitti_submission"] = FileSystems.join(self.output, outputs.SUBMISSION,
                                                          submission)
-            outputs.write_bytes(files["kitti_submission"], seg.confidence_png)
+            outputs.write_bytes(files["kitti_submission"], outputs.png_bytes(
+                kitti_bev.confidence_to_bev(confidence, table), compress_level=6))
         if self.overlays:
             from model import plots
             from model.data.image_io import decode_image_bytes
@@ -264,9 +308,9 @@ def _write_summary(counts: dict, output: str) -> None:
 
 def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) -> None:
     """The job's graph; everything it writes goes under `output` (this run's folder)."""
-    pattern = sources.expand_input(args.input, args.dataset)
+    pattern = sources.expand_input(args.input, args.dataset, args.task or "road")
     read = p | "Read" >> sources.ReadImages(args.dataset, pattern, args.annotations,
-                                            args.labels_dir)
+                                            args.labels_dir, task=args.task or "road")
     checked = read.items | "Validate" >> beam.ParDo(
         ValidateImages(args.max_pixels)).with_outputs("dead", main="ok")
     predictions, dlq = (checked.ok
@@ -274,19 +318,29 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
     failed_batches = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
-        output, args.dataset, classes, args.overlays, args.evaluate)).with_outputs(
-            "dead", "stats", main="results")
+        output, args.dataset, classes, args.overlays, args.evaluate,
+        args.task or "road")).with_outputs("dead", "stats", "submission", main="results")
+    if args.submission_zip is not None:
+        zip_path = args.submission_zip or FileSystems.join(output, outputs.SUBMISSION_ZIP)
+        _ = (finished.submission
+             | "SubmissionFiles" >> beam.combiners.ToList()
+             | "WriteSubmissionZip" >> beam.Map(
+                 lambda files: outputs.write_submission_zip(zip_path, files)))
 
     dead = ((read.dead, checked.dead, failed_batches, finished.dead)
             | "AllDeadLetters" >> beam.Flatten())
     # Shards as the runner sees fit (one per writer), so no single worker writes them all.
+    # No empty shards: Beam's S3 uploader cannot create an empty object (a multipart upload
+    # without parts, refused by S3; apache/beam#21427), and none is needed to say "no rows".
     _ = (finished.results
          | "WriteResults" >> beam.io.WriteToText(
-             FileSystems.join(output, outputs.RESULTS), file_name_suffix=".jsonl"))
+             FileSystems.join(output, outputs.RESULTS), file_name_suffix=".jsonl",
+             skip_if_empty=True))
     _ = (dead
          | "DeadToJson" >> beam.Map(DeadLetter.to_json)
          | "WriteDeadLetters" >> beam.io.WriteToText(
-             FileSystems.join(output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl"))
+             FileSystems.join(output, outputs.DEAD_LETTERS), file_name_suffix=".jsonl",
+             skip_if_empty=True))
 
     ok_count = finished.results | "CountOk" >> beam.combiners.Count.Globally()
     dead_by_stage = (dead
@@ -301,6 +355,9 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
              beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
 
     if args.evaluate:
+        score_fields = {"task": args.task} if args.dataset == "kitti" else {}
+        if classes.get("coco"):
+            score_fields["coco_protocol"] = classes["coco"]["protocol"]
         evaluated = (finished.stats
                      | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.CONFUSION)
                      | "CountEvaluated" >> beam.combiners.Count.Globally())
@@ -309,7 +366,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
              | "StatsToDict" >> beam.combiners.ToDict()
              | "WriteMetrics" >> beam.Map(
                  lambda totals, n: evaluation.write_evaluation(
-                     totals, output, classes["class_names"], n),
+                     totals, output, classes["class_names"], n, **score_fields),
                  beam.pvalue.AsSingleton(evaluated)))
 
 
@@ -345,6 +402,12 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     meta: dict = {}
     if args.model_dir:
         meta = read_model_metadata(args.model_dir)
+    if args.dataset == "kitti":
+        # The model says what it was trained for; asking for the other task is an error,
+        # not lane scores of a road model (without --model-dir, grpc: trust --task).
+        model_task = meta.get("task") if meta.get("dataset") == "kitti" else None
+        require_task(model_task, args.task, args.model_dir or "the model")
+        args.task = args.task or model_task or "road"
     coco_meta = None
     if args.dataset == "coco":
         # Read here for the categories and an early error; the pipeline lists the images
@@ -354,7 +417,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         if not coco_entries:
             raise ValueError(f"{args.annotations}: no listed image matches {args.input}")
     else:
-        pattern = sources.expand_input(args.input, args.dataset)
+        pattern = sources.expand_input(args.input, args.dataset, args.task or "road")
         if not FileSystems.match([pattern], limits=[1])[0].metadata_list:
             raise FileNotFoundError(f"{args.input}: no files match {pattern}")
     classes = resolve_classes(args, meta, coco_meta)
@@ -392,6 +455,11 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         "model": args.model_dir if args.mode == "inprocess" else
         f"{args.server}/{args.model_name}",
         "counters": _counters(result)})
+    if args.dataset == "kitti":
+        summary["task"] = args.task
+    if args.submission_zip is not None:
+        summary["submission_zip"] = (args.submission_zip
+                                     or FileSystems.join(output, outputs.SUBMISSION_ZIP))
     metrics_path = FileSystems.join(output, outputs.METRICS)
     if FileSystems.exists(metrics_path):
         summary["metrics"] = outputs.read_json(metrics_path)

@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from contract import kitti as contract_kitti
 from contract.files import OutsideRootError, resolve_inside
 
 DATASETS = ("kitti", "coco", "folder")
@@ -47,12 +48,14 @@ class ImageItem:
     format: str = ""
     category: Optional[str] = None  # KITTI um/umm/uu, used to key the evaluation
     gt: Optional[GroundTruth] = None
+    calib_path: Optional[str] = None  # KITTI: <split>/calib/<cat>_<n>.txt
+    calib: Optional[str] = None       # its text (1 KB), for the bird's-eye view
 
 
 @dataclasses.dataclass
 class DeadLetter:
     path: str
-    stage: str  # read | validate | inference | ground_truth | write
+    stage: str  # read | calibration | validate | inference | ground_truth | write
     reason: str
 
     def to_json(self) -> str:
@@ -63,16 +66,20 @@ def stem_of(path: str) -> str:
     return posixpath.splitext(posixpath.basename(path))[0]
 
 
-def expand_input(input_path: str, dataset: str) -> str:
-    """A directory becomes a glob over its files; KITTI roots resolve to training/image_2."""
+def expand_input(input_path: str, dataset: str, task: str = "road") -> str:
+    """A directory becomes a glob over its files; KITTI roots resolve to training/image_2
+    (only um_*.png for the lane task, which exists for um only)."""
     if any(c in input_path for c in "*?["):
         return input_path
     base = input_path.rstrip("/")
     if dataset == "kitti":
+        images = "um_*.png" if task == "lane" else "*.png"
         for sub in ("training/image_2", "image_2"):
             candidate = FileSystems.join(base, sub)
             if _is_dir(candidate):
-                return FileSystems.join(candidate, "*.png")
+                return FileSystems.join(candidate, images)
+        if task == "lane" and _is_dir(base):  # the image_2 folder itself
+            return FileSystems.join(base, images)
     if _is_dir(base):
         return FileSystems.join(base, "*")
     return input_path
@@ -129,18 +136,32 @@ def kitti_category(path: str) -> Optional[str]:
 
 
 def kitti_submission_name(path: str, task: str = "road") -> Optional[str]:
-    """um_000000.png -> um_road_000000.png (the benchmark's result file name)."""
-    m = _KITTI_IMAGE_RE.match(posixpath.basename(path))
-    return f"{m.group(1)}_{task}_{m.group(2)}.png" if m else None
+    """um_000000.png -> um_road_000000.png (the benchmark's result file name); None for a
+    name that is not KITTI's or a category the task does not cover (lane: um only)."""
+    try:
+        return contract_kitti.submission_name(posixpath.basename(path), task)
+    except contract_kitti.NotAKittiName:
+        return None
+
+
+def kitti_calib_path(image_path: str) -> Optional[str]:
+    """<split>/calib/<cat>_<n>.txt beside <split>/image_2/<cat>_<n>.png (may not exist)."""
+    try:
+        name = contract_kitti.calib_name(posixpath.basename(image_path))
+    except contract_kitti.NotAKittiName:
+        return None
+    split_dir = posixpath.dirname(posixpath.dirname(image_path))
+    return FileSystems.join(split_dir, "calib", name)
 
 
 class _ReadFile(beam.DoFn):
     """ReadableFile (or (path, gt) from COCO) -> ImageItem with bytes, or a dead letter."""
 
     def __init__(self, dataset: str, labels_dir: Optional[str] = None,
-                 root: Optional[str] = None):
+                 root: Optional[str] = None, task: str = "road"):
         self.dataset = dataset
         self.labels_dir = labels_dir
+        self.task = task  # kitti: whose ground truth scores the model (road or lane)
         self.root = root  # listed files must resolve inside it (COCO entries come checked)
         self.read_errors = beam.metrics.Metrics.counter("fcnseg", "failed_read")
         self.images_in = beam.metrics.Metrics.counter("fcnseg", "images_in")
@@ -171,8 +192,21 @@ class _ReadFile(beam.DoFn):
         item = ImageItem(path=path, data=data, gt=gt)
         if self.dataset == "kitti":
             item.category = kitti_category(path)
-            gt_path = kitti_gt_path(path)
-            item.gt = GroundTruth("kitti", path=gt_path) if gt_path else None
+            if kitti_submission_name(path, self.task):  # a KITTI image the task covers
+                gt_path = kitti_gt_path(path, self.task)
+                item.gt = GroundTruth("kitti", path=gt_path) if gt_path else None
+                item.calib_path = kitti_calib_path(path)
+                try:  # read now: without it there is no submission map, so no work is done
+                    with FileSystems.open(item.calib_path, compression_type="uncompressed") as f:
+                        item.calib = f.read().decode("utf-8", errors="replace")
+                except Exception as exc:  # noqa: BLE001 - this image's dead letter
+                    reason = (f"calibration file {item.calib_path} not found"
+                              if not _exists(item.calib_path)
+                              else f"cannot read calibration file {item.calib_path} ({exc})")
+                    yield beam.pvalue.TaggedOutput("dead", DeadLetter(
+                        path, "calibration", reason + " (the bird's-eye-view submission "
+                        "map needs P2, R0_rect and Tr_cam_to_road)"))
+                    return
         elif self.dataset == "folder" and self.labels_dir:
             label = FileSystems.join(self.labels_dir, stem_of(path) + ".png")
             item.gt = GroundTruth("ids", path=label) if FileSystems.exists(label) else None
@@ -234,14 +268,16 @@ class ReadImages(beam.PTransform):
     """PBegin -> (ImageItem, dead letters 'dead') for one dataset's inputs."""
 
     def __init__(self, dataset: str, pattern: str, annotations: Optional[str] = None,
-                 labels_dir: Optional[str] = None):
+                 labels_dir: Optional[str] = None, task: str = "road"):
         super().__init__()
+        self.task = task
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         self.dataset = dataset
         self.pattern = pattern
         self.annotation_file = annotations  # not .annotations: PTransform has that method
         self.labels_dir = labels_dir
+        self.task = task
 
     def expand(self, pbegin):
         # Listing happens in one place; Reshuffle spreads the files over the workers before
@@ -260,7 +296,7 @@ class ReadImages(beam.PTransform):
                      | "ReadMatches" >> fileio.ReadMatches())
         root = None if self.dataset == "coco" else pattern_root(self.pattern)
         return files | "ReadBytes" >> beam.ParDo(
-            _ReadFile(self.dataset, self.labels_dir, root)).with_outputs("dead", main="items")
+            _ReadFile(self.dataset, self.labels_dir, root, self.task)).with_outputs("dead", main="items")
 
 
 def _looks_like_input(metadata, pattern: str) -> bool:

@@ -51,3 +51,6 @@ KITTI_TASKS = ("road", "lane")
 # padded to a multiple of SIZE_MULTIPLE, run at its own resolution, cropped back).
 NATIVE = "native"
 SIZE_MULTIPLE = 32  # FCN's output stride: pool5 is 1/32 of the input
+# COCO label rules (model/data/coco.py): the project's own, or torchvision's segmentation
+# reference (references/segmentation/coco_utils.py), whose mIoU figures are published.
+COCO_PROTOCOLS = ("fcnseg", "torchvision")

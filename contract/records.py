@@ -80,6 +80,9 @@ class _Record:
             raise RecordError(f"{source}: image_size must be [H, W], got {self.image_size!r}")
         if self.task is not None and self.task not in names.KITTI_TASKS:
             raise RecordError(f"{source}: task must be one of {names.KITTI_TASKS}, got {self.task!r}")
+        if self.coco_protocol is not None and self.coco_protocol not in names.COCO_PROTOCOLS:
+            raise RecordError(f"{source}: coco_protocol must be one of {names.COCO_PROTOCOLS}, "
+                              f"got {self.coco_protocol!r}")
 
 
 def require_task(model_task: str | None, task: str | None, source: str = "model") -> None:
@@ -104,6 +107,7 @@ class RunConfig(_Record):
     colours: list | None = None
     label_format: str | None = None
     num_classes: int | None = None
+    coco_protocol: str | None = None        # COCO: 'fcnseg' or 'torchvision' label rules
     normalization: str = "caffe"
     fc_width: int = 4096
     encoder_weights: str | None = None
@@ -147,6 +151,7 @@ class ExportMetadata(_Record):
     dataset: str | None = None
     task: str | None = None                 # KITTI road / lane; None for other datasets
     categories: Any = None                  # COCO: the category names the classes stand for
+    coco_protocol: str | None = None        # COCO: 'fcnseg' or 'torchvision' label rules
     colours: list | None = None
     num_classes: int | None = None
     normalization: str | None = None

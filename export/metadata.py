@@ -33,8 +33,9 @@ def write_labels(path, class_names) -> Path:
 def build_metadata(config: dict, *, model_name: str, version: int, compute_dtype: str,
                    signatures: dict, metrics=None, source=None, run_dir=None,
                    weights_bytes: int | None = None, inference_size=None) -> dict:
-    keys = ("dataset", "task", "categories", "class_names", "colours", "label_format",
-            "normalization", "fc_width", "num_classes", "encoder_weights", "variant")
+    keys = ("dataset", "task", "categories", "coco_protocol", "class_names", "colours",
+            "label_format", "normalization", "fc_width", "num_classes", "encoder_weights",
+            "variant")
     return ExportMetadata.from_dict({
         "model_name": model_name,
         "version": version,

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract import layout
+from contract.names import COCO_PROTOCOLS
 from contract.records import ExportMetadata, require_task
 from model import metrics, plots, runs
 from model.data import image_io, kitti, kitti_bev, palette
@@ -176,6 +177,8 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     else:
         plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
     fields = {"task": config.get("task") or "road"} if is_kitti else {}
+    if config.get("dataset") == "coco":
+        fields["coco_protocol"] = config.get("coco_protocol") or "fcnseg"
     result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
                                     road_bev=road_bev, label_format=label_format,
                                     **fields, **(source or {}))
@@ -183,8 +186,41 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     return result
 
 
+def _coco_protocol_pairs(config: dict, pairs, args):
+    """The split's images with masks of --coco-protocol (rendered when it is not the run's).
+
+    torchvision filters only its training images, so --split train may lose some images
+    under it; validation keeps every image under both protocols.
+    """
+    from model.data import coco
+
+    trained = config.get("coco_protocol") or coco.DEFAULT_PROTOCOL
+    wanted = args.coco_protocol or trained
+    if wanted == trained:
+        return {**config, "coco_protocol": trained}, pairs
+    root = pathlib.Path(args.data_root or config["data_root"])
+    folder = "train2017" if args.split == "train" else "val2017"
+    rendered = coco.render_masks(coco.find_annotation_file(root, folder), root / folder,
+                                 args.cache_dir, categories=_coco_categories(config),
+                                 protocol=wanted, train=args.split == "train")
+    masks = {pathlib.Path(image).name: pathlib.Path(mask) for image, mask in rendered}
+    keep = [(image, masks[image.name]) for image, _ in pairs if image.name in masks]
+    return {**config, "coco_protocol": wanted}, keep
+
+
+def _coco_categories(config: dict):
+    """The category request train used ('all', 'voc' or a list of names)."""
+    cats = config.get("categories") or ["all"]
+    if isinstance(cats, str):
+        return cats
+    return cats[0] if list(cats) in (["all"], ["voc"]) else list(cats)
+
+
 def format_summary(result: dict) -> str:
     lines = []
+    if result.get("coco_protocol"):
+        lines.append(f"COCO masks: {result['coco_protocol']} protocol (docs/data.md says "
+                     f"which published figures each compares with)")
     task = result.get("task", "road")
     views = (("kitti", "perspective view"),
              ("kitti_bev", "bird's-eye view, as the benchmark ranks"))
@@ -236,6 +272,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "the model's)")
     parser.add_argument("--bev", action=argparse.BooleanOptionalAction, default=True,
                         help="KITTI: also score in the bird's-eye view (needs training/calib)")
+    parser.add_argument("--coco-protocol", choices=COCO_PROTOCOLS,
+                        help="COCO: score against masks of these label rules (default: the "
+                             "run's); another protocol re-renders the split's masks")
+    parser.add_argument("--cache-dir", default="cache",
+                        help="COCO: where masks of another protocol are rendered")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -274,6 +315,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
                          f"(has {sorted(split)})")
     pairs = resolve_pairs(split[args.split], config, args.data_root)
+    if config.get("dataset") == "coco":
+        config, pairs = _coco_protocol_pairs(config, pairs, args)
     out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
     source.update(run_dir=str(run_dir), split=args.split)
     result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source,

@@ -12,6 +12,7 @@ import pathlib
 import sys
 import time
 
+from contract.names import COCO_PROTOCOLS
 from model import runs
 
 DEFAULT_SIZES = {"kitti": (160, 576), "synthetic": (160, 576), "coco": (320, 320),
@@ -29,7 +30,11 @@ def parse_args(argv=None):
     p.add_argument("--categories", nargs="+", default=["all"],
                    help="coco: category names, 'all' (80) or 'voc' (20)")
     p.add_argument("--min-area-fraction", type=float, default=0.0,
-                   help="coco: drop images whose annotated area is below this fraction")
+                   help="coco (fcnseg protocol): drop images whose annotated area is below "
+                        "this fraction")
+    p.add_argument("--coco-protocol", choices=COCO_PROTOCOLS, default="fcnseg",
+                   help="coco: label and filtering rules; torchvision = its segmentation "
+                        "reference (comparable with its published mIoU), see docs/data.md")
     p.add_argument("--num-synthetic", type=int, default=300, help="synthetic: scenes")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
@@ -82,7 +87,11 @@ def parse_args(argv=None):
 
 def build_config(args, data) -> dict:
     return {
-        "dataset": args.dataset, "data_root": args.data_root, "task": args.task,
+        "dataset": args.dataset, "data_root": args.data_root,
+        # the KITTI task travels with the model (export metadata), so a lane model is never
+        # scored as road; other datasets have none
+        "task": args.task if args.dataset == "kitti" else None,
+        "coco_protocol": args.coco_protocol if args.dataset == "coco" else None,
         # COCO: the category names that classes 1..K stand for, resolved. 'voc' and 'all'
         # are requests, not names; the export copies this into its metadata, where the Beam
         # job and evaluate map annotations by these names.
@@ -209,14 +218,15 @@ def main(argv=None) -> dict:
                             else args.categories, val_fraction=args.val_fraction,
                             seed=args.seed, cache_dir=args.cache_dir,
                             image_size=tuple(args.image_size), num_synthetic=args.num_synthetic,
-                            min_area_fraction=args.min_area_fraction)
+                            min_area_fraction=args.min_area_fraction,
+                            coco_protocol=args.coco_protocol)
         config = build_config(args, data)
         train_pairs = [list(map(str, p)) for p in data.train]
         val_pairs = [list(map(str, p)) for p in data.val]
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("history.csv",):
             (run_dir / stale).unlink(missing_ok=True)
-        runs.write_json(run_dir / runs.CONFIG, config)
+        runs.write_run_config(run_dir, config)
         runs.write_json(run_dir / runs.SPLIT, {"train": train_pairs, "val": val_pairs})
         initial_epoch, best = 0, None
         model = build_fcn8s(config["num_classes"], (*args.image_size, 3),

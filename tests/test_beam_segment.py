@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("apache_beam")
 
 IMAGE_SIZE = (64, 128)
 KITTI_CONFIG = {"dataset": "kitti", "task": "road", "class_names": ["non-road", "road"],
@@ -273,12 +272,20 @@ def test_grpc_handler_isolates_an_image_the_server_refuses(grpc_server):
     client.close()
 
 
+# A pinhole camera 1.6 m above a flat road (f = 50 px, principal point (100, 10)): the
+# bird's-eye grid (6..46 m ahead, +-10 m) lands in rows 11..24 of these small images.
+SMALL_CALIB = ("P2: 50 0 100 0 0 50 10 0 0 0 1 0\n"
+               "R0_rect: 1 0 0 0 1 0 0 0 1\n"
+               "Tr_cam_to_road: 1 0 0 0 0 1 0 -1.6 0 0 1 0\n")
+
+
 def _kitti_tree(root: pathlib.Path) -> None:
-    """training/image_2 + gt_image_2: two well-formed pairs, one gt of the wrong size, one
-    image without gt (segmented, not scored)."""
+    """training/image_2 + gt_image_2 + calib: two well-formed pairs, one gt of the wrong
+    size, one image without gt (segmented, not scored)."""
     img_dir, gt_dir = root / "training" / "image_2", root / "training" / "gt_image_2"
     img_dir.mkdir(parents=True)
     gt_dir.mkdir(parents=True)
+    (root / "training" / "calib").mkdir()
 
     def gt(h, w):
         # Road (magenta) in the lower left, not road (red) elsewhere, the top rows outside
@@ -294,6 +301,7 @@ def _kitti_tree(root: pathlib.Path) -> None:
                                                ("umm_000002", (60, 200), (58, 200)),
                                                ("um_000003", (40, 100), None)]):
         (img_dir / f"{name}.png").write_bytes(_png(_rgb(*size, seed=i)))
+        (root / "training" / "calib" / f"{name}.txt").write_text(SMALL_CALIB)
         if gt_size:
             cat, n = name.split("_")
             (gt_dir / f"{cat}_road_{n}.png").write_bytes(_png(gt(*gt_size)))
@@ -358,15 +366,105 @@ def test_kitti_real_samples_match_model_evaluate(tmp_path, kitti_root, road_mode
     # rounding may differ in a handful of pixels.
     cm_got, cm_exp = np.array(got["confusion_matrix"]), np.array(expected["confusion_matrix"])
     assert np.abs(cm_got - cm_exp).sum() <= 1e-5 * cm_exp.sum()
-    for group, scores in expected["kitti"].items():
-        for key in ("MaxF", "AP", "PRE", "REC", "IoU"):
-            assert got["kitti"][group][key] == pytest.approx(scores[key], abs=1e-4), (group, key)
-        assert got["kitti"][group]["num_images"] == scores["num_images"]
+    for view in ("kitti", "kitti_bev"):  # perspective and bird's-eye view
+        for group, scores in expected[view].items():
+            for key in ("MaxF", "AP", "PRE", "REC", "IoU"):
+                assert got[view][group][key] == pytest.approx(scores[key], abs=1e-4), \
+                    (view, group, key)
+            assert got[view][group]["num_images"] == scores["num_images"]
+    assert got["task"] == "road" and summary["task"] == "road"
+
+
+def test_kitti_missing_calibration_is_a_dead_letter(tmp_path, road_model):
+    _kitti_tree(tmp_path / "kitti")
+    (tmp_path / "kitti" / "training" / "calib" / "uu_000001.txt").unlink()
+    (tmp_path / "kitti" / "training" / "calib" / "um_000003.txt").write_text("P2: 1 2 3\n")
+    out = tmp_path / "out"
+    summary = _run("--input", tmp_path / "kitti", "--output", out, "--dataset", "kitti",
+                   "--model-dir", road_model)
+    dead = {pathlib.Path(d["path"]).name: d for d in _read_jsonl(out, "dead_letter")}
+    assert dead["uu_000001.png"]["stage"] == "calibration"
+    assert "calib/uu_000001.txt not found" in dead["uu_000001.png"]["reason"]
+    assert dead["um_000003.png"]["stage"] == "calibration"
+    assert "um_000003.txt:1" in dead["um_000003.png"]["reason"]
+    # the others are untouched: um_000000 is written and scored
+    results = {pathlib.Path(r["path"]).name: r for r in _read_jsonl(out, "results")}
+    assert set(results) == {"um_000000.png"}
+    assert summary["failed_by_stage"]["calibration"] == 2
+    bev = np.asarray(Image.open(out / "kitti_submission" / "um_road_000000.png"))
+    assert bev.shape == (800, 400) and bev.dtype == np.uint8
+    assert (out / "confidence" / "um_road_000000.png").is_file()
+
+
+def test_kitti_task_must_be_the_models(tmp_path, road_model):
+    from contract.records import RecordError
+
+    _kitti_tree(tmp_path / "kitti")
+    with pytest.raises(RecordError, match="trained for the KITTI 'road' task, not 'lane'"):
+        _run("--input", tmp_path / "kitti", "--output", tmp_path / "out", "--dataset", "kitti",
+             "--model-dir", road_model, "--task", "lane")
+    from beam_jobs import segment
+    assert segment.main(["--input", str(tmp_path / "kitti"), "--output", str(tmp_path / "o"),
+                         "--dataset", "kitti", "--model-dir", str(road_model),
+                         "--task", "lane"]) == 2
+
+
+def test_kitti_lane_submission_in_birds_eye_view(tmp_path_factory, tmp_path, kitti_root):
+    """A lane model on real samples: um images get um_lane_* maps in BEV (the upload) and in
+    perspective; umm/uu have no lane task and are segmented only; BEV scores equal
+    model.evaluate's on the lane ground truth; the zip holds exactly the maps."""
+    import zipfile
+
+    from model import evaluate, inference
+    from model.data import kitti, kitti_bev
+
+    lane_model = _export(tmp_path_factory.mktemp("lane"), {**KITTI_CONFIG, "task": "lane"}, 1)
+    pattern = kitti_root / "training" / "image_2" / "*_00001[0-9].png"
+    out = tmp_path / "out"
+    summary = _run("--input", pattern, "--output", out, "--dataset", "kitti",
+                   "--model-dir", lane_model, "--submission-zip")
+    images = sorted(pattern.parent.glob(pattern.name))
+    um = [p for p in images if p.name.startswith("um_")]
+    assert um and len(um) < len(images)
+    assert summary["ok"] == len(images) and summary["task"] == "lane"
+    names = sorted(f"um_lane_{p.stem.split('_')[1]}.png" for p in um)
+    assert sorted(p.name for p in (out / "kitti_submission").iterdir()) == names
+    assert sorted(p.name for p in (out / "confidence").iterdir()) == names
+    results = {pathlib.Path(r["path"]).name: r for r in _read_jsonl(out, "results")}
+    for p in images:
+        assert results[p.name]["evaluated"] is p.name.startswith("um_")
+        assert ("kitti_submission" in results[p.name]) is p.name.startswith("um_")
+    # the upload is the perspective map resampled by the image's calibration
+    for name in names:
+        stem = name.replace("_lane", "")
+        conf = np.asarray(Image.open(out / "confidence" / name))
+        table = kitti_bev.lookup_for_file(kitti_root / "training" / "calib" /
+                                          stem.replace(".png", ".txt"), conf.shape)
+        bev = np.asarray(Image.open(out / "kitti_submission" / name))
+        np.testing.assert_array_equal(bev, kitti_bev.confidence_to_bev(conf, table))
+    with zipfile.ZipFile(out / "kitti_submission.zip") as archive:
+        assert sorted(archive.namelist()) == names
+        for name in names:
+            assert archive.read(name) == (out / "kitti_submission" / name).read_bytes()
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["task"] == "lane" and set(got["kitti_bev"]) == {"um", "overall"}
+    pairs = [(str(p), kitti.gt_path_for(p, "lane")) for p in um]
+    expected = evaluate.evaluate_pairs(inference.saved_model_predictor(lane_model),
+                                       {**KITTI_CONFIG, "task": "lane"}, pairs,
+                                       tmp_path / "eval", overlays=0)
+    for key in ("MaxF", "AP", "PRE", "REC"):
+        assert got["kitti_bev"]["overall"][key] == pytest.approx(
+            expected["kitti_bev"]["overall"][key], abs=1e-4)
+        assert got["kitti"]["overall"][key] == pytest.approx(
+            expected["kitti"]["overall"][key], abs=1e-4)
 
 
 def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     ann = json.loads((coco_root / "annotations" / "instances_val2017_sample.json").read_text())
-    images = sorted(ann["images"], key=lambda i: i["file_name"])[:3]
+    # three images with people and cars where the two label protocols differ
+    chosen = ("000000060932.jpg", "000000277005.jpg", "000000376322.jpg")
+    images = sorted((i for i in ann["images"] if i["file_name"] in chosen),
+                    key=lambda i: i["file_name"])
     ghost = {**images[0], "id": 999999999, "file_name": "000000999999.jpg"}
     keep = {i["id"] for i in images}
     small = {**ann, "images": images + [ghost],
@@ -391,9 +489,27 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     total = sum(i["height"] * i["width"] for i in images)
     assert 0 < np.sum(m["confusion_matrix"]) <= total
     assert (out / "confusion_matrix.png").is_file()
+    assert m["coco_protocol"] == "fcnseg"
+
+    # The torchvision protocol: the same predictions scored against torchvision's masks.
+    from model import metrics
+    from model.data import coco as coco_mod
+    out2 = tmp_path / "out_tv"
+    _run("--input", coco_root / "val2017", "--output", out2, "--dataset", "coco",
+         "--annotations", ann_file, "--model-dir", model, "--coco-protocol", "torchvision")
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert m2["coco_protocol"] == "torchvision"
+    index = coco_mod.load_coco(ann_file)
+    lut = {1: 1, 3: 2}  # person, car
+    cm = np.zeros((3, 3), np.int64)
+    for info in images:
+        pred = np.asarray(Image.open(out2 / "masks" / info["file_name"].replace(".jpg", ".png")))
+        label = coco_mod.semantic_mask(index, info, lut, protocol="torchvision")
+        cm += metrics.confusion_matrix(pred, label, 3)
+    assert m2["confusion_matrix"] == cm.tolist()
+    assert m2["confusion_matrix"] != m["confusion_matrix"]
 
 
-@pytest.mark.slow
 def test_multiprocess_direct_runner(tmp_path, road_model):
     good, bad = make_mixed_folder(tmp_path / "in")
     out = tmp_path / "out"
@@ -404,7 +520,6 @@ def test_multiprocess_direct_runner(tmp_path, road_model):
     _check_mixed(out, summary, good, bad)
 
 
-@pytest.mark.slow
 def test_grpc_survives_server_restart(tmp_path, road_model):
     """Stop the server while the job runs and start it again on the same port: every image
     still comes out (client retries, then Beam's backoff)."""
@@ -412,7 +527,7 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
 
     folder = tmp_path / "in"
     folder.mkdir()
-    n = 24
+    n = 12  # enough to stop after 3 masks and still have most of the job left
     for i in range(n):
         (folder / f"img_{i:02d}.png").write_bytes(_png(_rgb(120, 300, seed=i)))
     server = start_dev_server(road_model.parent, "fcn8s")

@@ -77,7 +77,6 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
 def test_every_section_at_tiny_size(tiny_model, tmp_path):
     out = tmp_path / "out"
     code = _run(["--model-dir", str(tiny_model), "--out", str(out), *TINY])

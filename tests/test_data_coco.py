@@ -229,3 +229,101 @@ def test_malformed_polygon_is_skipped_with_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"annotation 7 of a\.jpg: unusable segmentation"):
         mask = coco_mod.semantic_mask(coco, coco.imgs[1], {1: 1})
     assert mask[7, 7] == 1 and mask[1, 1] == 0
+
+
+# --- the torchvision protocol -----------------------------------------------------------------
+# Reference: pytorch/vision references/segmentation/coco_utils.py. Spelled out here with
+# pycocotools.mask and numpy (no torch): FilterAndRemapCocoCategories keeps annotations of the
+# selected categories; convert_coco_poly_to_mask decodes frPyObjects(segmentation, h, w) of
+# each one (crowd RLEs included) and ORs its parts; ConvertCocoPolysToMask takes the largest
+# label over the instances and sets 255 where masks.sum(0) > 1; get_coco filters the train
+# set only with _coco_remove_images_without_annotations (an annotation of the selected
+# categories, and the sum of their "area" > 1000).
+
+def _torchvision_reference(coco_json: dict, image_dir, info: dict, cat_id_to_label: dict):
+    w, h = Image.open(image_dir / info["file_name"]).size  # torchvision: image.size
+    anns = [a for a in coco_json["annotations"]
+            if a["image_id"] == info["id"] and a["category_id"] in cat_id_to_label]
+    masks, cats = [], []
+    for a in anns:
+        decoded = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w))
+        if decoded.ndim < 3:
+            decoded = decoded[..., None]
+        masks.append(decoded.any(axis=2))
+        cats.append(cat_id_to_label[a["category_id"]])
+    if not masks:
+        return np.zeros((h, w), np.uint8), anns
+    masks = np.stack(masks).astype(np.uint8)
+    target = (masks * np.array(cats, np.uint8)[:, None, None]).max(axis=0)
+    target[masks.astype(np.int64).sum(axis=0) > 1] = 255
+    return target, anns
+
+
+def _torchvision_keeps(anns) -> bool:
+    return len(anns) > 0 and sum(a["area"] for a in anns) > 1000
+
+
+@pytest.mark.parametrize("split", ["val2017", "train2017"])
+@pytest.mark.parametrize("categories", ["voc", "all"])
+def test_torchvision_protocol_equals_pycocotools_reference(coco_root, split, categories):
+    ann_file = coco_root / "annotations" / f"instances_{split}_sample.json"
+    coco_json = json.loads(ann_file.read_text())
+    coco = coco_mod.load_coco(ann_file)
+    cat_ids, _ = coco_mod.select_categories(coco, categories)
+    lut = {c: i + 1 for i, c in enumerate(cat_ids)}
+    differ_from_fcnseg = 0
+    for info in coco_json["images"]:
+        expected, anns = _torchvision_reference(coco_json, coco_root / split, info, lut)
+        got = coco_mod.semantic_mask(coco, info, lut, protocol="torchvision")
+        np.testing.assert_array_equal(got, expected, err_msg=info["file_name"])
+        assert coco_mod.torchvision_keeps(coco, info, cat_ids) == _torchvision_keeps(anns)
+        ours = coco_mod.semantic_mask(coco, info, lut)  # the fcnseg rules, same image
+        np.testing.assert_array_equal(ours, _expected_mask(coco, info, lut),
+                                      err_msg=info["file_name"])
+        differ_from_fcnseg += bool((ours != got).any())
+    assert len(coco_json["images"]) == 40
+    assert differ_from_fcnseg > 0  # the protocols are really different on this sample
+
+
+def test_torchvision_filters_training_images_only(coco_root, tmp_path):
+    """31 of the 40 training images survive torchvision's filter with its VOC categories
+    (counted with torchvision's own functions, issue 9), and all 40 validation images."""
+    data = load_dataset("coco", coco_root, categories="voc", cache_dir=tmp_path,
+                        progress=False, coco_protocol="torchvision")
+    train_json = json.loads((coco_root / "annotations" /
+                             "instances_train2017_sample.json").read_text())
+    lut = {c: i + 1 for i, c in enumerate(coco_mod.VOC_CATEGORY_IDS)}
+    kept = sorted(i["file_name"] for i in train_json["images"]
+                  if _torchvision_keeps(_torchvision_reference(
+                      train_json, coco_root / "train2017", i, lut)[1]))
+    assert len(kept) == 31
+    assert sorted(os.path.basename(i) for i, _ in data.train) == kept
+    assert len(data.val) == 40
+    # the masks in the cache are the torchvision ones, not the fcnseg ones
+    val_json = json.loads((coco_root / "annotations" / "instances_val2017_sample.json").read_text())
+    by_name = {i["file_name"]: i for i in val_json["images"]}
+    for image, mask in data.val[:10]:
+        info = by_name[os.path.basename(image)]
+        expected, _ = _torchvision_reference(val_json, coco_root / "val2017", info, lut)
+        np.testing.assert_array_equal(read_label_png(mask), expected)
+    fcnseg = load_dataset("coco", coco_root, categories="voc", cache_dir=tmp_path,
+                          progress=False)
+    assert len(fcnseg.train) == 40 and fcnseg.train[0][1] != data.train[0][1]
+
+
+def test_torchvision_rules_on_generated_overlaps(tmp_path):
+    ann_file, img_dir = _tiny_coco(tmp_path)
+    coco = coco_mod.load_coco(ann_file)
+    lut = {1: 1, 3: 2}
+    m1 = coco_mod.semantic_mask(coco, coco.imgs[1], lut, protocol="torchvision")
+    assert m1[2, 2] == 1 and m1[12, 12] == 2 and m1[7, 7] == 255
+    m2 = coco_mod.semantic_mask(coco, coco.imgs[2], lut, protocol="torchvision")
+    assert m2[7, 7] == 255  # two people overlapping: 255 as well
+    m3 = coco_mod.semantic_mask(coco, coco.imgs[3], lut, protocol="torchvision")
+    assert m3[8, 15] == 1   # crowd keeps its class
+    assert m3[4, 4] == 255  # a person inside the crowd is covered twice
+    with pytest.raises(ValueError, match="min_area_fraction belongs to the fcnseg"):
+        coco_mod.render_masks(ann_file, img_dir, tmp_path / "c", protocol="torchvision",
+                              min_area_fraction=0.1)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        coco_mod.semantic_mask(coco, coco.imgs[1], lut, protocol="voc")

@@ -63,14 +63,15 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, task: str 
                  categories="all", val_fraction: float = 0.2, seed: int = 0,
                  cache_dir: str | os.PathLike = "cache", image_size=(160, 576),
                  num_synthetic: int = 300, min_area_fraction: float = 0.0,
-                 progress: bool = True) -> SegmentationData:
+                 progress: bool = True, coco_protocol: str = "fcnseg") -> SegmentationData:
     """Build the file lists of a dataset (see docs/data.md).
 
     - 'synthetic': root unused; `num_synthetic` scenes of `image_size` generated into
       cache_dir (reused), seeded random split.
     - 'kitti': root = data_road folder; task 'road' or 'lane'; split stratified by um/umm/uu.
     - 'coco': root with annotations/ train2017/ val2017/; masks of `categories` ('all',
-      'voc' or a list of names) rendered into cache_dir; train = train2017, val = val2017.
+      'voc' or a list of names) rendered into cache_dir by `coco_protocol` ('fcnseg' or
+      'torchvision', model/data/coco.py); train = train2017, val = val2017.
     - 'folder': root with images/ labels/ [classes.txt]; seeded random split.
     """
     if name not in DATASETS:
@@ -111,9 +112,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, task: str 
             splits[split] = coco.render_masks(ann, image_dir, pathlib.Path(cache_dir),
                                               categories=categories,
                                               min_area_fraction=min_area_fraction,
-                                              progress=progress)
+                                              progress=progress, protocol=coco_protocol,
+                                              train=split == "train2017")
         class_names = coco.cached_class_names(coco.find_annotation_file(root, "train2017"),
-                                              pathlib.Path(cache_dir), categories)
+                                              pathlib.Path(cache_dir), categories,
+                                              coco_protocol)
         return SegmentationData("coco", class_names, palette(len(class_names)), "ids",
                                 splits["train2017"], splits["val2017"])
 

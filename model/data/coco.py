@@ -1,13 +1,23 @@
 """COCO instance annotations -> semantic class-id masks (pycocotools), cached as PNGs.
 
-Label rules (see docs/data.md):
-- background (and every category not selected) -> 0, selected categories -> 1..K in the
-  order of `select_categories`;
-- pixels covered by instances of DIFFERENT selected classes -> 255 (ambiguous; torchvision's
-  reference marks every overlap, even of one class, we keep same-class overlaps labelled);
+Two label protocols (see docs/data.md). Both: background and every category not selected
+-> 0, selected categories -> 1..K in the order of `select_categories`.
+
+'fcnseg' (the default, this project's rules):
+- pixels covered by instances of DIFFERENT selected classes -> 255 (ambiguous); same-class
+  overlaps keep their class;
 - crowd regions (iscrowd=1) -> 255 where no ordinary instance covers them: the class is known
   but the region mixes object and background pixels, so it is neither a clean positive nor
-  a clean negative.
+  a clean negative;
+- no image is dropped unless asked (`min_area_fraction`).
+
+'torchvision' (exactly torchvision's references/segmentation/coco_utils.py, so mIoU can be
+compared with its published figures):
+- every instance of a selected category is drawn, crowds included, as its class;
+- pixels covered by two or more of them -> 255, whatever their classes;
+- training images only are filtered as `_coco_remove_images_without_annotations` does: kept
+  when they hold an annotation of a selected category and those annotations' `area` fields
+  sum to more than 1000; validation images are never dropped.
 """
 from __future__ import annotations
 
@@ -24,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract.files import OutsideRootError, resolve_inside
+from contract.names import COCO_PROTOCOLS
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["VOC_CATEGORIES", "VOC_CATEGORY_IDS", "load_coco", "select_categories",
@@ -40,6 +51,16 @@ VOC_CATEGORIES = (
 VOC_CATEGORY_IDS = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
 
 _CACHE_VERSION = 1  # bump when the label rules change, so old caches are not reused
+
+PROTOCOLS = COCO_PROTOCOLS
+DEFAULT_PROTOCOL = "fcnseg"
+TORCHVISION_MIN_AREA = 1000  # coco_utils._has_valid_annotation: sum of areas > 1000
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"COCO protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
 
 
 def load_coco(annotation_file: str | os.PathLike):
@@ -93,12 +114,8 @@ def select_categories(coco, names="all") -> tuple[list[int], list[str]]:
     return [by_name[n] for n in names], ["background"] + names
 
 
-def semantic_mask(coco, image_info: dict, cat_id_to_label: dict[int, int]) -> np.ndarray:
-    """uint8 [H,W] class ids of one image (rules in the module docstring)."""
-    h, w = int(image_info["height"]), int(image_info["width"])
-    label = np.zeros((h, w), dtype=np.uint8)
-    conflict = np.zeros((h, w), dtype=bool)
-    crowd = np.zeros((h, w), dtype=bool)
+def _instance_masks(coco, image_info: dict, cat_id_to_label: dict[int, int]):
+    """(label, is_crowd, bool mask) of each annotation of a selected category."""
     ann_ids = coco.getAnnIds(imgIds=image_info["id"], iscrowd=None)
     for ann in coco.loadAnns(ann_ids):
         lab = cat_id_to_label.get(ann["category_id"])
@@ -109,9 +126,22 @@ def semantic_mask(coco, image_info: dict, cat_id_to_label: dict[int, int]) -> np
         except Exception as exc:  # pycocotools raises bare Exceptions on malformed polygons
             # One broken annotation should not stop rendering 118k images: skip, say which.
             warnings.warn(f"annotation {ann.get('id')} of {image_info.get('file_name')}: "
-                          f"unusable segmentation ({exc}); skipped", stacklevel=2)
+                          f"unusable segmentation ({exc}); skipped", stacklevel=3)
             continue
-        if ann.get("iscrowd", 0):
+        yield lab, bool(ann.get("iscrowd", 0)), m
+
+
+def semantic_mask(coco, image_info: dict, cat_id_to_label: dict[int, int],
+                  protocol: str = DEFAULT_PROTOCOL) -> np.ndarray:
+    """uint8 [H,W] class ids of one image (rules of `protocol` in the module docstring)."""
+    h, w = int(image_info["height"]), int(image_info["width"])
+    if check_protocol(protocol) == "torchvision":
+        return _torchvision_mask(coco, image_info, cat_id_to_label, h, w)
+    label = np.zeros((h, w), dtype=np.uint8)
+    conflict = np.zeros((h, w), dtype=bool)
+    crowd = np.zeros((h, w), dtype=bool)
+    for lab, is_crowd, m in _instance_masks(coco, image_info, cat_id_to_label):
+        if is_crowd:
             crowd |= m
             continue
         existing = label[m]
@@ -120,6 +150,27 @@ def semantic_mask(coco, image_info: dict, cat_id_to_label: dict[int, int]) -> np
     label[conflict] = 255
     label[crowd & (label == 0)] = 255
     return label
+
+
+def _torchvision_mask(coco, image_info, cat_id_to_label, h, w) -> np.ndarray:
+    # ConvertCocoPolysToMask: the largest label over the instances covering a pixel, then
+    # 255 where two or more instances cover it (crowds are instances like any other).
+    label = np.zeros((h, w), dtype=np.uint8)
+    count = np.zeros((h, w), dtype=np.int32)
+    for lab, _is_crowd, m in _instance_masks(coco, image_info, cat_id_to_label):
+        np.maximum(label, np.where(m, np.uint8(lab), np.uint8(0)), out=label)
+        count += m
+    label[count > 1] = 255
+    return label
+
+
+def torchvision_keeps(coco, image_info: dict, cat_ids) -> bool:
+    """`_coco_remove_images_without_annotations` for one training image: it holds an
+    annotation of a selected category, and their `area` fields sum to > 1000."""
+    wanted = set(cat_ids)
+    anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_info["id"], iscrowd=None))
+            if a["category_id"] in wanted]
+    return bool(anns) and sum(a["area"] for a in anns) > TORCHVISION_MIN_AREA
 
 
 def find_annotation_file(coco_root: str | os.PathLike, split: str) -> pathlib.Path:
@@ -134,20 +185,30 @@ def find_annotation_file(coco_root: str | os.PathLike, split: str) -> pathlib.Pa
     return exact if exact in found else found[0]
 
 
-def _cache_dir(annotation_file: pathlib.Path, cache_dir, categories) -> pathlib.Path:
+def _cache_dir(annotation_file: pathlib.Path, cache_dir, categories,
+               protocol: str = DEFAULT_PROTOCOL) -> pathlib.Path:
     # Keyed by the category *request* (not the resolved ids) so a complete cache is found
-    # without parsing the annotation JSON (about 450 MB for train2017).
+    # without parsing the annotation JSON (about 450 MB for train2017), and by the protocol
+    # (left out for the default, so caches written before protocols existed stay valid).
     spec = categories if isinstance(categories, str) else list(categories)
     st = annotation_file.stat()
-    ident = json.dumps([_CACHE_VERSION, str(annotation_file.resolve()), st.st_size,
-                        st.st_mtime_ns, spec])
+    key_parts = [_CACHE_VERSION, str(annotation_file.resolve()), st.st_size, st.st_mtime_ns,
+                 spec]
+    if check_protocol(protocol) != DEFAULT_PROTOCOL:
+        key_parts.append(protocol)
+    ident = json.dumps(key_parts)
     key = hashlib.sha1(ident.encode()).hexdigest()[:12]
     return pathlib.Path(cache_dir) / f"coco_{annotation_file.stem}_{key}"
 
 
 def render_masks(annotation_file, image_dir, cache_dir, categories="all",
-                 min_area_fraction: float = 0.0, progress: bool = True) -> list[tuple[str, str]]:
+                 min_area_fraction: float = 0.0, progress: bool = True,
+                 protocol: str = DEFAULT_PROTOCOL, train: bool = False) -> list[tuple[str, str]]:
     """Write one class-id PNG per image into a cache and return (image_path, mask_path) pairs.
+
+    protocol: 'fcnseg' or 'torchvision' label rules (module docstring); with 'torchvision'
+    and train=True, images are filtered as torchvision filters its training set (never for
+    validation, train=False), and min_area_fraction must stay 0.
 
     The cache folder is keyed by the annotation file (path, size, mtime) and the category
     selection, so a rerun reuses it without even parsing the JSON; an interrupted run
@@ -158,11 +219,16 @@ def render_masks(annotation_file, image_dir, cache_dir, categories="all",
     """
     annotation_file = pathlib.Path(annotation_file)
     image_dir = pathlib.Path(image_dir)
+    torchvision = check_protocol(protocol) == "torchvision"
+    if torchvision and min_area_fraction > 0:
+        raise ValueError("min_area_fraction belongs to the fcnseg protocol; the torchvision "
+                         "protocol filters training images by its own rule (area sum > "
+                         f"{TORCHVISION_MIN_AREA})")
     if not annotation_file.is_file():
         raise FileNotFoundError(f"{annotation_file}: COCO annotation file not found")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: COCO image folder not found")
-    out_dir = _cache_dir(annotation_file, cache_dir, categories)
+    out_dir = _cache_dir(annotation_file, cache_dir, categories, protocol)
     manifest = _read_manifest(out_dir)
 
     file_names = manifest["file_names"] if manifest else None
@@ -180,7 +246,9 @@ def render_masks(annotation_file, image_dir, cache_dir, categories="all",
                       f"missing in {image_dir} and are skipped: {shown}", stacklevel=2)
 
     areas: dict[str, float] = dict(manifest["labelled_fraction"]) if manifest else {}
-    todo = [f for f in present if f not in areas or not (out_dir / _mask_name(f)).is_file()]
+    keeps: dict[str, bool] = dict(manifest.get("torchvision_keep") or {}) if manifest else {}
+    todo = [f for f in present if f not in areas or not (out_dir / _mask_name(f)).is_file()
+            or (torchvision and f not in keeps)]
     if todo or not manifest:
         if coco is None:
             coco = load_coco(annotation_file)
@@ -196,19 +264,24 @@ def render_masks(annotation_file, image_dir, cache_dir, categories="all",
             if mask_path.is_file():  # written by an interrupted run (writes are atomic)
                 mask = read_label_png(mask_path)
             else:
-                mask = semantic_mask(coco, info_by_name[f], cat_id_to_label)
+                mask = semantic_mask(coco, info_by_name[f], cat_id_to_label, protocol)
                 write_png(mask_path, mask)
             areas[f] = float(np.count_nonzero(mask)) / mask.size
+            if torchvision:
+                keeps[f] = torchvision_keeps(coco, info_by_name[f], cat_ids)
         tmp = out_dir / "manifest.json.tmp"
         tmp.write_text(json.dumps({"annotation_file": str(annotation_file.resolve()),
                                    "categories": categories if isinstance(categories, str)
                                    else list(categories),
                                    "category_ids": cat_ids, "class_names": class_names,
-                                   "file_names": file_names, "labelled_fraction": areas}))
+                                   "file_names": file_names, "labelled_fraction": areas,
+                                   "protocol": protocol,
+                                   **({"torchvision_keep": keeps} if torchvision else {})}))
         os.replace(tmp, out_dir / "manifest.json")
 
     keep = [f for f in present
-            if areas[f] >= min_area_fraction and (min_area_fraction <= 0 or areas[f] > 0)]
+            if areas[f] >= min_area_fraction and (min_area_fraction <= 0 or areas[f] > 0)
+            and (not (torchvision and train) or keeps[f])]
     return [(str(image_dir / f), str(out_dir / _mask_name(f))) for f in keep]
 
 
@@ -227,9 +300,10 @@ def _check_inside(annotation_file, image_dir, file_names) -> None:
                                f"outside the image folder and were not opened: {shown}")
 
 
-def cached_class_names(annotation_file, cache_dir, categories="all") -> list[str]:
+def cached_class_names(annotation_file, cache_dir, categories="all",
+                       protocol: str = DEFAULT_PROTOCOL) -> list[str]:
     """Class names ('background' first) recorded by `render_masks` for this selection."""
-    out_dir = _cache_dir(pathlib.Path(annotation_file), cache_dir, categories)
+    out_dir = _cache_dir(pathlib.Path(annotation_file), cache_dir, categories, protocol)
     manifest = _read_manifest(out_dir)
     if manifest is None:
         raise FileNotFoundError(f"{out_dir}: no mask cache; run render_masks first")
