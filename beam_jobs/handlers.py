@@ -356,9 +356,11 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
                 inference_args: Optional[dict] = None) -> list[PredictionResult]:
         def call(images: list[bytes]) -> list:
             start = time.perf_counter()
+            # The client asks for the names the served export uses, and answers in format 2's.
             outputs, version = model.predict(
-                {"image_bytes": np.array(images, dtype=object)}, signature_name=SIGNATURE,
-                output_filter=["mask_png", "confidence_png", "heights", "widths"])
+                {names.IMAGE_BYTES: np.array(images, dtype=object)}, signature_name=SIGNATURE,
+                output_filter=[names.MASK_PNG_BYTES, names.CONFIDENCE_PNG_BYTES, names.HEIGHTS,
+                               names.WIDTHS])
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, self._model_name, version, ms, len(images))
 

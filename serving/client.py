@@ -28,6 +28,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from contract import names as tensor_names
+from contract.files import IMAGE_EXTENSIONS
 from contract.layout import METADATA_PATH
 from contract.names import KITTI_TASKS
 from model.data import palette
@@ -51,17 +53,26 @@ def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]]
 
 def make_client(args):
     kwargs = dict(version=args.version, version_label=args.label, timeout=args.timeout,
-                  max_retries=args.retries)
-    if args.rest:
-        from serving.rest_client import RestPredictionClient
-        headers = {"Authorization": args.auth} if args.auth else None
-        return RestPredictionClient(args.server, args.model, headers=headers,
-                                    verify=args.tls_ca or True, **kwargs)
-    from serving.grpc_client import PredictionClient
-    metadata = {"authorization": args.auth} if args.auth else None
-    root = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
-    return PredictionClient(args.server, args.model, root_certificates=root, metadata=metadata,
-                            **kwargs)
+                  max_retries=args.retries,
+                  allow_plaintext_credentials=args.allow_plaintext_auth)
+    tls = args.tls or bool(args.tls_ca)
+    try:
+        if args.rest:
+            from serving.rest_client import RestPredictionClient
+            headers = {"Authorization": args.auth} if args.auth else None
+            server = args.server
+            if tls and "://" not in server:
+                server = f"https://{server}"
+            return RestPredictionClient(server, args.model, headers=headers,
+                                        verify=args.tls_ca or True, **kwargs)
+        from serving.grpc_client import PredictionClient
+        metadata = {"authorization": args.auth} if args.auth else None
+        root = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
+        return PredictionClient(args.server, args.model, tls=tls, root_certificates=root,
+                                metadata=metadata, max_response_bytes=args.max_response_bytes,
+                                **kwargs)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def _describe(class_ids: np.ndarray, names: list[str] | None) -> str:
@@ -74,15 +85,12 @@ def _describe(class_ids: np.ndarray, names: list[str] | None) -> str:
     return ", ".join(parts)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-
 def expand_images(paths: list[str]) -> list[pathlib.Path]:
     """Files as given; folders replaced by the image files in them (sorted)."""
     files = []
     for path in map(pathlib.Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             files.append(path)
     return files
@@ -96,14 +104,15 @@ def _segment_batch(client, signature: str, paths: list[pathlib.Path]) -> list[di
     blobs = [p.read_bytes() for p in paths]
     images = [decode_image_bytes(b, str(p)) for b, p in zip(blobs, paths)]  # fail early
     items = [{"image": image, "mask_png": None, "confidence_png": None} for image in images]
-    if signature == "segment_encoded":
+    if signature == tensor_names.SEGMENT_ENCODED:
+        # The clients return export format 2's names whatever the server runs.
         result = client.segment_encoded(blobs)
         for i, item in enumerate(items):
             h, w = result["heights"][i], result["widths"][i]
             item["class_ids"] = result["class_ids"][i, :h, :w]
-            item["mask_png"] = result["mask_png"][i]
-            if "confidence_png" in result:
-                item["confidence_png"] = result["confidence_png"][i]
+            item["mask_png"] = result[tensor_names.MASK_PNG_BYTES][i]
+            if tensor_names.CONFIDENCE_PNG_BYTES in result:
+                item["confidence_png"] = result[tensor_names.CONFIDENCE_PNG_BYTES][i]
             item["version"] = result["model_version"]
         return items
     # serving_default: one request per image size (a batch tensor has one height and width).
@@ -233,9 +242,7 @@ def cmd_segment(args) -> int:
                     (out / f"{path.stem}_confidence.png").write_bytes(item["confidence_png"])
                 note = submission.add(path, item["confidence_png"]) if submission else ""
                 h, w = item["class_ids"].shape
-                version = ("n/a (REST does not say)" if item["version"] is None
-                           else item["version"])
-                tqdm.write(f"{path}: {w}x{h}, version {version}: "
+                tqdm.write(f"{path}: {w}x{h}, version {item['version']}: "
                            f"{_describe(item['class_ids'], names)} -> {mask_path}, "
                            f"{overlay_path}{note}")
             progress.update(len(batch))
@@ -290,11 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--label", help="version label, e.g. stable or canary")
     common.add_argument("--rest", action="store_true", help="use the REST API (port 8501)")
     common.add_argument("--timeout", type=float, default=30.0,
-                        help="overall deadline per call in seconds, retries included")
-    common.add_argument("--retries", type=int, default=5,
-                        help="retries on UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED")
-    common.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS")
-    common.add_argument("--auth", help="authorization header value, e.g. 'Bearer TOKEN'")
+                        help="deadline per call in seconds, retries included (default 30)")
+    common.add_argument("--retries", type=int, default=4,
+                        help="retries while the server is UNAVAILABLE (gRPC: at most 4)")
+    common.add_argument("--tls", action="store_true",
+                        help="connect with TLS, verifying against the system's roots")
+    common.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS, verifying "
+                                         "against it")
+    common.add_argument("--auth", help="authorization header value, e.g. 'Bearer TOKEN' "
+                                       "(needs --tls or --tls-ca)")
+    common.add_argument("--allow-plaintext-auth", action="store_true",
+                        help="send --auth without TLS (e.g. to a local TLS sidecar)")
+    common.add_argument("--max-response-bytes", type=int,
+                        default=tensor_names.GRPC_DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest gRPC reply accepted (default 4 MiB, gRPC's; -1 = any)")
     commands = parser.add_subparsers(dest="command", required=True)
     segment = commands.add_parser("segment", parents=[common],
                                   help="segment images, write masks and overlays")
@@ -303,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--out", required=True, help="output folder")
     segment.add_argument("--batch-size", type=int, default=8,
                          help="images per request batch (default 8)")
-    segment.add_argument("--signature", default="segment_encoded",
-                         choices=["segment_encoded", "serving_default"],
+    segment.add_argument("--signature", default=tensor_names.SEGMENT_ENCODED,
+                         choices=[tensor_names.SEGMENT_ENCODED, tensor_names.SERVING_DEFAULT],
                          help="send encoded files (default) or decoded pixels")
     segment.add_argument("--kitti-submission", action="store_true",
                          help="KITTI images: also write confidence/ and the bird's-eye-view "
