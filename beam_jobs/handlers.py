@@ -331,7 +331,7 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
 
     def __init__(self, address: str, model_name: str, *, version: Optional[int] = None,
                  version_label: Optional[str] = None, timeout: float = 60.0,
-                 client_retries: int = 5, num_retries: int = 5, throttle_delay_secs: int = 5,
+                 client_retries: int = 4, num_retries: int = 5, throttle_delay_secs: int = 5,
                  min_batch_size: int = 1, max_batch_size: int = 8,
                  max_batch_bytes: int = 3 * 1024 * 1024):
         super().__init__(namespace="fcnseg_tfserving", num_retries=num_retries,

@@ -8,7 +8,7 @@
 `segment` writes, per image, <stem>_mask.png (class ids, one uint8 channel, 255 = ignore),
 <stem>_overlay.png (class colours over the image) and, from segment_encoded on a binary road
 model, <stem>_confidence.png (road probability 0..255, the perspective map). Class
-names and colours come from the export's fcnseg_metadata.json when --metadata points at it
+names and colours come from the export's fcnseg_metadata.json when --model-dir points at it
 (TF Serving does not serve that file); otherwise classes are numbered and a default palette
 is used.
 
@@ -16,12 +16,11 @@ KITTI: `segment --kitti-submission [--task road|lane] [--submission-zip]` also w
 each KITTI image (um_000012.png, ...), confidence/<cat>_<task>_<n>.png (the perspective map)
 and kitti_submission/<cat>_<task>_<n>.png: the same map in the benchmark's bird's-eye view,
 made with the image's calibration (<split>/calib/<cat>_<n>.txt, or --calib-dir), i.e. the
-files to upload (kitti_submission.zip). With --metadata, --task must be the model's.
+files to upload (kitti_submission.zip). With --model-dir, --task must be the model's.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 from collections import defaultdict
@@ -30,25 +29,29 @@ import numpy as np
 
 from contract import names as tensor_names
 from contract.files import IMAGE_EXTENSIONS
-from contract.layout import METADATA_PATH
 from contract.names import KITTI_TASKS
 from model.data import palette
 from serving.errors import ServingError
 
 
 
-def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
-    """class_names and colours from an export's fcnseg_metadata.json (file or version dir)."""
+def read_export_metadata(path: str | None):
+    """The ExportMetadata of --model-dir (a model folder: its newest version, or a version
+    folder), or None without one. TF Serving does not serve this file, so it is read here."""
+    from contract.records import ExportMetadata
+
     if not path:
-        return None, None
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / METADATA_PATH
+        return None
     try:
-        metadata = json.loads(path.read_text())
+        return ExportMetadata.of_export(path)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {path}: cannot read export metadata: {err}") from None
-    return metadata.get("class_names"), metadata.get("colours")
+
+
+def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
+    """class_names and colours of the export at --model-dir (None, None without one)."""
+    metadata = read_export_metadata(path)
+    return (None, None) if metadata is None else (metadata.class_names, metadata.colours)
 
 
 def make_client(args):
@@ -182,17 +185,10 @@ def _submission_task(args) -> str:
     um_road_* would be scored against the wrong ground truth)."""
     from contract.records import RecordError, require_task
 
-    model_task = None
-    if args.metadata:
-        path = pathlib.Path(args.metadata)
-        path = path / METADATA_PATH if path.is_dir() else path
-        try:
-            metadata = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"error: {path}: cannot read export metadata: {err}") from None
-        model_task = metadata.get("task") if metadata.get("dataset") == "kitti" else None
+    metadata = read_export_metadata(args.model_dir)
+    model_task = metadata.task if metadata is not None and metadata.dataset == "kitti" else None
     try:
-        require_task(model_task, args.task, str(args.metadata))
+        require_task(model_task, args.task, str(args.model_dir))
     except RecordError as err:
         raise SystemExit(f"error: {err}") from None
     return args.task or model_task or "road"
@@ -215,7 +211,7 @@ def cmd_segment(args) -> int:
         return 2
     submission = (KittiSubmission(out, _submission_task(args), args.calib_dir)
                   if args.kitti_submission else None)
-    names, colours = read_class_info(args.metadata)
+    names, colours = read_class_info(args.model_dir)
     colours = colours or palette(255)  # any class id gets a colour
     paths = expand_images(args.images)
     if not paths:
@@ -326,14 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="KITTI images: also write confidence/ and the bird's-eye-view "
                               "kitti_submission/ maps the benchmark wants uploaded")
     segment.add_argument("--task", choices=KITTI_TASKS,
-                         help="KITTI task of the maps (default: the model's from --metadata, "
+                         help="KITTI task of the maps (default: the model's from --model-dir, "
                               "else road); must be the model's")
     segment.add_argument("--calib-dir", help="KITTI calibration folder (default: calib/ "
                                              "beside each image's image_2/)")
     segment.add_argument("--submission-zip", action="store_true",
                          help="also write kitti_submission.zip (the maps, flat) for upload")
-    segment.add_argument("--metadata", help="the export's fcnseg_metadata.json (or its version "
-                                            "folder) for class names and colours")
+    segment.add_argument("--model-dir", help="the export being served (a model folder or a "
+                                             "version folder), for class names, colours and "
+                                             "task")
     segment.set_defaults(run=cmd_segment)
     commands.add_parser("metadata", parents=[common],
                         help="show the served signatures").set_defaults(run=cmd_metadata)
