@@ -2,7 +2,7 @@
 
 For each of synthetic, KITTI road, KITTI lane, COCO `voc`, COCO `all` and a folder dataset:
 train with `model.train` (64x64, fc_width 8, two steps), give the checkpoint random score
-layers (so that masks depend on the image), export with `python -m export`, then segment the validation images through `model.evaluate --saved-model`, the Beam
+layers (so that masks depend on the image), export with `python -m export`, then segment the validation images through `model.evaluate --model-dir`, the Beam
 job in process and over gRPC (against the development server, as tests/test_serving_*.py
 use it) and both serving clients (gRPC and REST). Every path must give the same masks and
 the same metrics. The CLIs' `main(argv)` are called in process (one TensorFlow start for the
@@ -160,12 +160,11 @@ def _run_everything(case: str, tmp: pathlib.Path, kitti_root, coco_root) -> dict
     randomize_scores(runs.load_checkpoint(best), seed=0).save(best)
 
     base = tmp / "models"
-    assert export_main(["--run-dir", str(tmp / "run"), "--model-base", str(base),
-                        "--model-name", "fcn8s"]) == 0
+    assert export_main(["--run-dir", str(tmp / "run"), "--model-dir", str(base / "fcn8s")]) == 0
     version = layout.resolve_version_dir(base / "fcn8s")
     lap("exported")
     out = {"metadata": ExportMetadata.of_version(version), "version": version}
-    out["evaluate"] = evaluate.main(["--saved-model", str(version), "--out", str(tmp / "eval"),
+    out["evaluate"] = evaluate.main(["--model-dir", str(version), "--out", str(tmp / "eval"),
                                      "--overlays", "0"])
     lap("evaluated")
 
