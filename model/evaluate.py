@@ -212,7 +212,8 @@ def _coco_protocol_pairs(config: dict, pairs, args):
                                  args.cache_dir, categories=_coco_categories(config),
                                  protocol=wanted, train=args.split == "train")
     masks = {pathlib.Path(image).name: pathlib.Path(mask) for image, mask in rendered}
-    keep = [(image, masks[image.name]) for image, _ in pairs if image.name in masks]
+    keep = [(image, masks[pathlib.Path(image).name]) for image, _ in pairs
+            if pathlib.Path(image).name in masks]
     return {**config, "coco_protocol": wanted}, keep
 
 
