@@ -16,7 +16,8 @@ from PIL import Image
 
 pytest.importorskip("apache_beam")
 
-from tests.test_beam_segment import _png, _read_jsonl, _rgb, road_model  # noqa: F401,E402
+from tests.test_beam_segment import (SMALL_CALIB, _png, _read_jsonl, _rgb,  # noqa: F401,E402
+                                     road_model)
 
 
 def _run(*args) -> dict:
@@ -24,22 +25,16 @@ def _run(*args) -> dict:
     return segment.run([str(a) for a in args])
 
 
-# A pinhole camera 1.6 m above a flat road (f = 20 px, principal point (32, 5)): every KITTI
-# image needs its calibration for the bird's-eye-view submission map.
-_CALIB = ("P2: 20 0 32 0 0 20 5 0 0 0 1 0\nR0_rect: 1 0 0 0 1 0 0 0 1\n"
-          "Tr_cam_to_road: 1 0 0 0 0 1 0 -1.6 0 0 1 0\n")
-
-
 def _kitti_images(root: pathlib.Path, n: int) -> pathlib.Path:
     """training/image_2 with n KITTI-named images (um, umm, uu in turn), small and random,
-    and training/calib with their calibration files."""
-    folder = root / "training" / "image_2"
+    and their calib files (the bird's-eye-view submission needs them)."""
+    folder, calib = root / "training" / "image_2", root / "training" / "calib"
     folder.mkdir(parents=True)
-    (root / "training" / "calib").mkdir()
+    calib.mkdir()
     for i in range(n):
         cat = ("um", "umm", "uu")[i % 3]
         (folder / f"{cat}_{i:06d}.png").write_bytes(_png(_rgb(24, 64, seed=i)))
-        (root / "training" / "calib" / f"{cat}_{i:06d}.txt").write_text(_CALIB)
+        (calib / f"{cat}_{i:06d}.txt").write_text(SMALL_CALIB)
     return root
 
 

@@ -240,8 +240,8 @@ def test_folder_with_labels_dir(tmp_path, road_model):
 
 @pytest.fixture()
 def grpc_server(road_model):
-    from serving.test_server import start_test_server
-    server = start_test_server(road_model.parent, "fcn8s")
+    from tfserving_dev.server import start_dev_server
+    server = start_dev_server(road_model.parent, "fcn8s")
     yield server
     server.stop()
 
@@ -507,7 +507,7 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     lut = {1: 1, 3: 2}  # person, car
     cm = np.zeros((3, 3), np.int64)
     for info in images:
-        pred = np.asarray(Image.open(out2 / "masks" / info["file_name"].replace(".jpg", ".png")))
+        pred = np.asarray(Image.open(_published(out2, summary2) / "masks" / info["file_name"].replace(".jpg", ".png")))
         label = coco_mod.semantic_mask(index, info, lut, protocol="torchvision")
         cm += metrics.confusion_matrix(pred, label, 3)
     assert m2["confusion_matrix"] == cm.tolist()
@@ -527,14 +527,14 @@ def test_multiprocess_direct_runner(tmp_path, road_model):
 def test_grpc_survives_server_restart(tmp_path, road_model):
     """Stop the server while the job runs and start it again on the same port: every image
     still comes out (client retries, then Beam's backoff)."""
-    from serving.test_server import start_test_server
+    from tfserving_dev.server import start_dev_server
 
     folder = tmp_path / "in"
     folder.mkdir()
     n = 12  # enough to stop after 3 masks and still have most of the job left
     for i in range(n):
         (folder / f"img_{i:02d}.png").write_bytes(_png(_rgb(120, 300, seed=i)))
-    server = start_test_server(road_model.parent, "fcn8s")
+    server = start_dev_server(road_model.parent, "fcn8s")
     port = int(server.address.rsplit(":", 1)[1])
     out = tmp_path / "out"
     state = {"masks_at_stop": None, "server": server}
@@ -545,7 +545,7 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
         state["server"].stop(grace=0)
         state["masks_at_stop"] = len(list(out.glob("runs/*/masks/*.png")))
         time.sleep(3)
-        state["server"] = start_test_server(road_model.parent, "fcn8s", port=port)
+        state["server"] = start_dev_server(road_model.parent, "fcn8s", port=port)
 
     t = threading.Thread(target=restart, daemon=True)
     t.start()
