@@ -270,7 +270,6 @@ class ReadImages(beam.PTransform):
     def __init__(self, dataset: str, pattern: str, annotations: Optional[str] = None,
                  labels_dir: Optional[str] = None, task: str = "road"):
         super().__init__()
-        self.task = task
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         self.dataset = dataset

@@ -280,4 +280,9 @@ def finish_run(run_dir: pathlib.Path, config: dict, val_pairs, overlays: int) ->
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    from model.encoder_weights import WeightsDownloadError
+
+    try:
+        sys.exit(0 if main() is not None else 1)
+    except (FileNotFoundError, ValueError, WeightsDownloadError) as e:
+        sys.exit(f"error: {e}")

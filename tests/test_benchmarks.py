@@ -90,8 +90,8 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path):
     assert result["meta"]["model"]["name"] == MODEL_NAME
     assert {r["clients"] for r in result["grpc"]["results"]} == {1, 2}
     assert all(not r["errors"] for r in result["grpc"]["results"])
-    assert {w["signature"] for w in result["grpc"]["wire"]} == {"serving_default",
-                                                                 "segment_encoded"}
+    assert {w["signature"] for w in result["grpc"]["wire"]} == {
+        "serving_default", "segment_probabilities", "segment_encoded"}
     assert {r["mode"] for r in result["beam"]["results"]} == {"inprocess", "grpc"}
     assert [r["images"] for r in result["scaling"]["by_images"]["results"]] == [1, 2]
     assert 0.0 <= result["bf16"]["pixel_agreement"] <= 1.0
