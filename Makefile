@@ -52,14 +52,16 @@ MUTATION_ARGS ?=
 mutation: $(STAMP)
 	$(PY) tools/mutation.py $(MUTATION_ARGS)
 
-# Real TF Serving in Docker when an engine runs; otherwise our test server (development only).
+# Real TF Serving in Docker when an engine runs; otherwise the development server
+# (tfserving_dev: tests and local work, not production). Flags are --name=value, as
+# tensorflow_model_server takes them.
 serve: $(STAMP)
 	@if docker info >/dev/null 2>&1; then \
 		docker compose -f serving/docker-compose.yml up; \
 	else \
-		echo "no Docker engine: serving $(MODEL_BASE)/$(MODEL_NAME) with serving.test_server (for development and tests, not production)"; \
-		$(PY) -m serving.test_server --port 8500 --rest_api_port 8501 --model_name $(MODEL_NAME) \
-			--model_base_path $(abspath $(MODEL_BASE))/$(MODEL_NAME); \
+		echo "no Docker engine: serving $(MODEL_BASE)/$(MODEL_NAME) with tfserving_dev (for development and tests, not production)"; \
+		$(PY) -m tfserving_dev --port=8500 --rest_api_port=8501 --model_name=$(MODEL_NAME) \
+			--model_base_path=$(abspath $(MODEL_BASE))/$(MODEL_NAME); \
 	fi
 
 BENCH_ARGS ?=

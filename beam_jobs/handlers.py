@@ -331,7 +331,7 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
 
     def __init__(self, address: str, model_name: str, *, version: Optional[int] = None,
                  version_label: Optional[str] = None, timeout: float = 60.0,
-                 client_retries: int = 5, num_retries: int = 5, throttle_delay_secs: int = 5,
+                 client_retries: int = 4, num_retries: int = 5, throttle_delay_secs: int = 5,
                  min_batch_size: int = 1, max_batch_size: int = 8,
                  max_batch_bytes: int = 3 * 1024 * 1024):
         super().__init__(namespace="fcnseg_tfserving", num_retries=num_retries,
@@ -356,9 +356,11 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
                 inference_args: Optional[dict] = None) -> list[PredictionResult]:
         def call(images: list[bytes]) -> list:
             start = time.perf_counter()
+            # The client asks for the names the served export uses, and answers in format 2's.
             outputs, version = model.predict(
-                {"image_bytes": np.array(images, dtype=object)}, signature_name=SIGNATURE,
-                output_filter=["mask_png", "confidence_png", "heights", "widths"])
+                {names.IMAGE_BYTES: np.array(images, dtype=object)}, signature_name=SIGNATURE,
+                output_filter=[names.MASK_PNG_BYTES, names.CONFIDENCE_PNG_BYTES, names.HEIGHTS,
+                               names.WIDTHS])
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, self._model_name, version, ms, len(images))
 

@@ -2,8 +2,9 @@
 
 Every run writes into its own folder and becomes the published one only when it succeeds:
 
-    <output>/runs/<run id>/     masks/, kitti_submission/, overlays/, results-*.jsonl,
-                                dead_letter-*.jsonl, summary.json, metrics.json, ...
+    <output>/runs/<run id>/     masks/, confidence/, kitti_submission/, overlays/,
+                                results-*.jsonl, dead_letter-*.jsonl, summary.json,
+                                metrics.json, ...
     <output>/LATEST             the run id of the last run that finished (one small object)
     <output>/latest             local filesystems only: a symlink to runs/<that id>
 
@@ -169,24 +170,18 @@ def _point_link(output: str, run_id: str) -> None:
 
 
 def write_submission_zip(path: str, files: list[str]) -> dict:
-    """Zip the bird's-eye-view maps for upload: each file at the archive's root under its
-    own name (um_road_000000.png, ...), as the devkit's instructions ask ("zip the contents of
-    the directory"). PNGs are already compressed, so they are stored. Returns
-    {"path", "files"}."""
+    """Zip the bird's-eye-view maps for upload (contract.kitti.submission_zip_bytes: flat,
+    named as the benchmark expects). Returns {"path", "files"}."""
     import posixpath
-    import zipfile
 
-    names = sorted(files, key=posixpath.basename)
-    seen = {}
-    for f in names:
+    from contract.kitti import submission_zip_bytes
+
+    maps: dict[str, bytes] = {}
+    for f in sorted(files):
         name = posixpath.basename(f)
-        if name in seen:
-            raise ValueError(f"two submission maps named {name}: {seen[name]} and {f}")
-        seen[name] = f
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, f in seen.items():
-            with FileSystems.open(f, compression_type="uncompressed") as src:
-                archive.writestr(name, src.read())
-    write_bytes(path, buf.getvalue())
-    return {"path": path, "files": len(seen)}
+        if name in maps:
+            raise ValueError(f"two submission maps named {name} (one is {f})")
+        with FileSystems.open(f, compression_type="uncompressed") as src:
+            maps[name] = src.read()
+    write_bytes(path, submission_zip_bytes(maps))
+    return {"path": path, "files": len(maps)}

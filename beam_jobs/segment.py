@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's, else fcnseg); see docs/data.md")
     p.add_argument("--submission-zip", nargs="?", const="", metavar="PATH",
                    help="kitti: also zip kitti_submission/ for upload (default PATH "
-                        f"<output>/{outputs.SUBMISSION_ZIP})")
+                        f"{outputs.SUBMISSION_ZIP} in the run's folder)")
     p.add_argument("--mode", choices=("inprocess", "grpc"), default="inprocess")
     p.add_argument("--model-dir", help="inprocess: exported version folder (models/fcn8s/3) or "
                                        "model folder (newest version); grpc: optional, for class "
@@ -98,9 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "processes (default: one per process, shared by its threads)")
     p.add_argument("--device", help="inprocess: TF device, e.g. /GPU:0 (default: TF's choice)")
     p.add_argument("--timeout", type=float, default=60.0, help="grpc: deadline per request (s)")
-    p.add_argument("--retries", type=int, default=5,
-                   help="grpc: Beam-level retries of a failed batch (with backoff), on top of "
-                        "the client's own")
+    # --retries means what it means for serving.client: gRPC's own retries while the server
+    # is UNAVAILABLE. What still fails after them (a server restart longer than the client's
+    # backoff) is retried by Beam's RemoteModelHandler, --batch-retries times.
+    p.add_argument("--retries", type=int, default=4,
+                   help="grpc: retries while the server is UNAVAILABLE (gRPC's retryPolicy, at "
+                        "most 4), as in serving.client")
+    p.add_argument("--batch-retries", type=int, default=5,
+                   help="grpc: Beam-level retries of a batch that still failed, with backoff")
     return p
 
 
@@ -381,7 +386,8 @@ def make_handler(args):
         kwargs["max_batch_bytes"] = args.max_batch_bytes
     return TFServingHandler(args.server, args.model_name, version=args.model_version,
                             version_label=args.model_label, timeout=args.timeout,
-                            num_retries=args.retries, min_batch_size=args.min_batch_size,
+                            client_retries=args.retries, num_retries=args.batch_retries,
+                            min_batch_size=args.min_batch_size,
                             max_batch_size=args.batch_size, **kwargs)
 
 
@@ -497,6 +503,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         brief = {k: m.get(k) for k in ("mean_iou", "pixel_accuracy")}
         if "kitti" in m:
             brief.update({k: m["kitti"]["overall"].get(k) for k in ("MaxF", "AP", "IoU")})
+        if "kitti_bev" in m:  # the view the benchmark ranks
+            brief.update({f"BEV_{k}": m["kitti_bev"]["overall"].get(k) for k in ("MaxF", "AP")})
         print(json.dumps(brief))
     return 0
 

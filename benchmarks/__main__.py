@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="concurrent gRPC clients")
     g.add_argument("--grpc-requests", type=int, default=3, help="requests per gRPC client")
     g.add_argument("--grpc-batch", type=int, default=1, help="images per gRPC request")
-    g.add_argument("--beam-images", type=int, default=8, help="N images for the Beam job")
+    g.add_argument("--beam-images", type=int, default=216,
+                   help="N images for the Beam job (the KITTI images repeated)")
     g.add_argument("--beam-batch", type=int, default=8, help="Beam job --batch-size")
     g.add_argument("--scaling-images", type=int, default=2,
                    help="base number of images for the Beam scaling runs")

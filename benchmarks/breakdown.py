@@ -44,7 +44,7 @@ def stage_times(mut, images, args, client=None) -> dict:
 
     @tf.function
     def postprocess(p, hw):
-        p = from_geometry(p, hw)
+        p = from_geometry(p, hw, tuple(mut.image_size))
         return class_ids_of(p), confidence_of(p)
 
     ids, conf = postprocess(probs, size)

@@ -88,8 +88,8 @@ def run(mut, images, args) -> dict:
     cold, warm = rows
     return {**sizes, "weights_bytes": weights,
             "size_vs_weights": sizes["total_bytes"] / weights if weights else None,
-            "warmup_replayed_by": "benchmark (in process): serving.test_server does not replay "
-                                  "warm-up records; TF Serving does",
+            "warmup_replayed_by": "benchmark (in process); TF Serving and tfserving_dev replay "
+                                  "the records themselves on load",
             "without_warmup": cold, "with_warmup": warm,
             "first_request_speedup": {
                 k: cold[f"{k}_first_ms"] / warm[f"{k}_first_ms"]

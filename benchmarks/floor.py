@@ -7,12 +7,19 @@ the Conv2D part. The best time per image is FLOPs / float32 rate: no path should
 on this hardware, and each path's efficiency is that floor divided by its time per image.
 The rate is the best of a large matmul and a VGG-like convolution (TensorFlow runs them with
 different kernels, and on some CPUs the convolution is the faster one).
+
+A measured floor is only as good as the best kernel TensorFlow has on this machine: on a
+2-core AMD Zen 3 its float32 matmul ran at one core's peak. So beside it stands the machine's
+peak from its CPU flags (contract.cpu: cores x FLOPs per cycle of the vector units x clock),
+and every path is given as a share of both: the floor says how close a path is to what
+TensorFlow can do here, the peak how close it is to what the hardware can do.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from benchmarks.common import log, measure
+from contract.cpu import this_machine
 
 
 def layer_flops(keras_model) -> dict:
@@ -110,11 +117,26 @@ def _floor(flops: int, measurements: list[dict]) -> dict:
         return max(m[f"{kind}_{dtype}"]["best_flops_per_s"] for m in measurements)
     rate32 = max(best("matmul", "float32"), best("conv", "float32"))
     rate16 = max(best("matmul", "bfloat16"), best("conv", "bfloat16"))
-    return {"float32_flops_per_s": rate32, "bfloat16_flops_per_s": rate16,
-            "bf16_matmul_speedup": best("matmul", "bfloat16") / best("matmul", "float32"),
-            "bf16_speedup": rate16 / rate32,
-            "floor_ms_per_image": flops / rate32 * 1e3, "floor_images_per_s": rate32 / flops,
-            "floor_bf16_ms_per_image": flops / rate16 * 1e3}
+    out = {"float32_flops_per_s": rate32, "bfloat16_flops_per_s": rate16,
+           "bf16_matmul_speedup": best("matmul", "bfloat16") / best("matmul", "float32"),
+           "bf16_speedup": rate16 / rate32,
+           "floor_ms_per_image": flops / rate32 * 1e3, "floor_images_per_s": rate32 / flops,
+           "floor_bf16_ms_per_image": flops / rate16 * 1e3}
+    out.update(_against_peak(flops, rate32, rate16))
+    return out
+
+
+def _against_peak(flops: int, rate32: float, rate16: float) -> dict:
+    """The machine's peak (from its CPU flags), the time per image it allows, and the best
+    measured kernel's share of it (how much of the hardware TensorFlow reaches here)."""
+    cpu = this_machine()
+    peak32, peak16 = cpu.peak_flops("float32"), cpu.peak_flops("bfloat16")
+    return {"machine": cpu.as_dict(),
+            "peak_float32_flops_per_s": peak32, "peak_bfloat16_flops_per_s": peak16,
+            "peak_ms_per_image": flops / peak32 * 1e3 if peak32 else None,
+            "peak_bf16_ms_per_image": flops / peak16 * 1e3 if peak16 else None,
+            "kernel_share_of_peak": rate32 / peak32 if peak32 else None,
+            "bf16_kernel_share_of_peak": rate16 / peak16 if peak16 else None}
 
 
 def run(mut, args) -> dict:
@@ -128,6 +150,7 @@ def run(mut, args) -> dict:
     log(f"floor: float32 {floor['float32_flops_per_s'] / 1e9:.1f}, bfloat16 "
         f"{floor['bfloat16_flops_per_s'] / 1e9:.1f} GFLOP/s -> best "
         f"{floor['floor_ms_per_image']:.1f} ms per image")
+    _log_peak(floor)
     return {"image_size": [h, w], **counted, **rates, **floor}
 
 
@@ -144,3 +167,13 @@ def remeasure(section: dict, args) -> None:
     log(f"floor: float32 {section['float32_flops_per_s'] / 1e9:.1f}, bfloat16 "
         f"{section['bfloat16_flops_per_s'] / 1e9:.1f} GFLOP/s (best of both) -> best "
         f"{section['floor_ms_per_image']:.1f} ms per image")
+
+
+def _log_peak(floor: dict) -> None:
+    m = floor["machine"]
+    if not floor["peak_float32_flops_per_s"]:
+        log("floor: the machine's peak is unknown (no CPU flags or clock)")
+        return
+    log(f"floor: machine peak {m['cores']} cores x {m['float32_flops_per_cycle']} FLOP/cycle "
+        f"x {m['clock_ghz']:.2f} GHz = {floor['peak_float32_flops_per_s'] / 1e9:.0f} GFLOP/s "
+        f"float32; the best kernel reaches {floor['kernel_share_of_peak'] * 100:.0f} % of it")

@@ -49,8 +49,11 @@ def summary_rows(sections: dict) -> list[dict]:
         # Against the bfloat16 floor (the hardware's bfloat16 rate), when it was measured.
         factor = (floor_section["floor_bf16_ms_per_image"] / floor_section["floor_ms_per_image"]
                   if "floor_ms_per_image" in floor_section else 1)
+        peak_factor = (floor_section["peak_bf16_ms_per_image"] /
+                       floor_section["peak_ms_per_image"]
+                       if floor_section.get("peak_bf16_ms_per_image") else None)
         add("in-process bfloat16", f"serving_default batch {bf16['batch']}", bf16["bfloat16"],
-            floor_factor=factor)
+            floor_factor=factor, peak_factor=peak_factor)
     training = sections.get("training", {})
     if "train_step" in training:
         t = training["train_step"]
@@ -60,14 +63,18 @@ def summary_rows(sections: dict) -> list[dict]:
             training["input_pipeline"], no_floor=True, no_ratio=True)
 
     floor = floor_section.get("floor_ms_per_image")
+    peak = floor_section.get("peak_ms_per_image")
     inproc = [r for r in rows if r["path"] == "in-process"]
     best = max((r["images_per_s"] for r in inproc), default=None)
     for r in rows:
         ms = 1e3 / r["images_per_s"]
         factor, no_floor, no_ratio = (r.pop("floor_factor", 1), r.pop("no_floor", False),
                                       r.pop("no_ratio", False))
+        peak_factor = r.pop("peak_factor", factor)
         # A training step is ~3x the forward FLOPs (forward, and two for the backward pass).
         r["efficiency"] = floor * factor / ms if floor and not no_floor else None
+        r["share_of_peak"] = (peak * peak_factor / ms
+                              if peak and peak_factor and not no_floor else None)
         r["vs_inprocess_best"] = r["images_per_s"] / best if best and not no_ratio else None
     return rows
 
@@ -100,6 +107,11 @@ def build(mut, images, args, sections: dict, started: float) -> dict:
         profile["efficiency_by_path"] = {
             PATH_NAMES[k]: floor / v for k, v in profile["paths_ms_per_image"].items()
             if k in PATH_NAMES and v}
+        peak = sections.get("floor", {}).get("peak_ms_per_image")
+        if peak:
+            profile["share_of_peak_by_path"] = {
+                PATH_NAMES[k]: peak / v for k, v in profile["paths_ms_per_image"].items()
+                if k in PATH_NAMES and v}
     return {"meta": meta, "summary": summary_rows(sections),
             **{name: sections.get(name, {"skipped": "not in --sections"})
                for name in SECTION_TITLES}}
@@ -124,7 +136,8 @@ def _table(header: list[str], rows: list[list]) -> str:
 def summary_markdown(result: dict) -> str:
     rows = [[r["path"], r["config"], _f(r["images_per_s"], 2), _f(r["ms_per_image"], 0),
              _f(r["p50_ms"], 0), _f(r["p95_ms"], 0), _f(r["p99_ms"], 0),
-             _f(r.get("efficiency"), 1, 100, " %"), _f(r["vs_inprocess_best"], 2, 1, "x")]
+             _f(r.get("efficiency"), 1, 100, " %"), _f(r.get("share_of_peak"), 1, 100, " %"),
+             _f(r["vs_inprocess_best"], 2, 1, "x")]
             for r in result["summary"]]
     m = result["meta"]
     floor = result["floor"]
@@ -138,9 +151,21 @@ def summary_markdown(result: dict) -> str:
                  f"{floor['float32_flops_per_s'] / 1e9:.1f} GFLOP/s (best float32 "
                  f"matmul or conv) = {floor['floor_ms_per_image']:.0f} ms per image "
                  f"({floor['floor_images_per_s']:.2f} images/s at best).")
+    if floor.get("peak_float32_flops_per_s"):
+        c = floor["machine"]
+        head += (f" Machine peak: {c['cores']} cores x {c['float32_flops_per_cycle']} FLOP/cycle"
+                 f" x {c['clock_ghz']:.2f} GHz ({c['clock_source']}) = "
+                 f"{floor['peak_float32_flops_per_s'] / 1e9:.0f} GFLOP/s float32 = "
+                 f"{floor['peak_ms_per_image']:.0f} ms per image; the best kernel reaches "
+                 f"{floor['kernel_share_of_peak'] * 100:.0f} % of it.")
+    beam = result.get("beam", {})
+    if beam.get("cpu_ratio") is not None:
+        head += (f"\n\nBeam job vs the bare model on {beam['images']} images: "
+                 f"{beam['cpu_ratio']:.2f}x in CPU seconds, {beam['wall_ratio']:.2f}x in wall "
+                 f"time (goal: {beam['cpu_ratio_goal']:.2f}x or better in CPU seconds).")
     return head + "\n\n" + _table(
         ["path", "configuration", "images/s", "ms/image", "p50 ms", "p95 ms", "p99 ms",
-         "efficiency vs floor", "vs best in-process"], rows) + "\n"
+         "efficiency vs floor", "share of peak", "vs best in-process"], rows) + "\n"
 
 
 def _section_md(name: str, s: dict) -> str:
@@ -190,7 +215,34 @@ def _md_floor(s):
                                                         suffix=" ms")],
             ["floor: best time per image (bfloat16)", _f(s["floor_bf16_ms_per_image"], 1,
                                                          suffix=" ms")],
+            *_peak_rows(s),
         ])])
+
+
+def _peak_rows(s):
+    c = s.get("machine")
+    if not c:
+        return []
+    if not s.get("peak_float32_flops_per_s"):
+        return [["machine peak", "unknown (no CPU flags or clock on this platform)"]]
+    return [
+        ["CPU (flags read from /proc/cpuinfo)",
+         f"{c['model_name']}: {c['cores']} cores ({c['logical_cpus']} CPUs, "
+         f"{c['threads_per_core']} thread(s) per core), {c['clock_ghz']:.2f} GHz "
+         f"({c['clock_source']}), bfloat16 unit: {c['bfloat16_unit'] or 'none'}"],
+        ["machine peak float32: cores x FLOP/cycle x clock",
+         f"{c['cores']} x {c['float32_flops_per_cycle']} x {c['clock_ghz']:.2f} GHz = "
+         f"{s['peak_float32_flops_per_s'] / 1e9:.0f} GFLOP/s "
+         f"({s['peak_ms_per_image']:.1f} ms per image)"],
+        ["machine peak bfloat16",
+         (f"{c['cores']} x {c['bfloat16_flops_per_cycle']} x {c['clock_ghz']:.2f} GHz = "
+          f"{s['peak_bfloat16_flops_per_s'] / 1e9:.0f} GFLOP/s "
+          f"({s['peak_bf16_ms_per_image']:.1f} ms per image)")
+         if s.get("peak_bfloat16_flops_per_s") else "no bfloat16 hardware: none"],
+        ["best measured kernel's share of the peak: float32 / bfloat16",
+         _f(s["kernel_share_of_peak"], 0, 100, " %") + " / " +
+         _f(s.get("bf16_kernel_share_of_peak"), 0, 100, " %")],
+    ]
 
 
 def _md_inprocess(s):
@@ -222,16 +274,23 @@ def _md_grpc(s):
 
 def _md_beam(s):
     ref = s["inprocess_reference"]
-    rows = [[r["mode"], r["images"], r["batch"], _f(r["wall_s"], 1), _f(r["images_per_s"], 2),
-             _f(r["ms_per_image"], 0), _f(r["vs_inprocess"], 2, suffix="x")]
+    rows = [[r["mode"], r["images"], r["batch"], _f(r["wall_s"], 1), _f(r.get("cpu_s"), 1),
+             _f(r["images_per_s"], 2), _f(r["ms_per_image"], 0),
+             _f(r["vs_inprocess"], 2, suffix="x"), _f(r.get("cpu_vs_inprocess"), 2, suffix="x")]
             for r in s["results"]]
     rows.append([ref["mode"], ref["images"], ref["batch"], _f(ref["wall_s"], 1),
-                 _f(ref["images_per_s"], 2), _f(ref["ms_per_image"], 0), "1.00x"])
+                 _f(ref.get("cpu_s"), 1), _f(ref["images_per_s"], 2), _f(ref["ms_per_image"], 0),
+                 "1.00x", "1.00x"])
     return (f"End to end: pipeline start-up, model load and first-call warm-up (in-process "
             f"mode), reading, validating and writing files included; the gRPC server was "
             f"warmed up by one request. gRPC backend: {s['backend']}.\n\n" +
-            _table(["mode", "images", "batch", "wall s", "images/s", "ms/image",
-                    "vs in-process"], rows))
+            _table(["mode", "images", "batch", "wall s", "CPU s", "images/s", "ms/image",
+                    "vs in-process (wall)", "vs in-process (CPU s)"], rows) +
+            ("" if s.get("cpu_ratio") is None else
+             f"\n\nIn-process job / bare model: {s['cpu_ratio']:.2f}x in CPU seconds (goal "
+             f"{s['cpu_ratio_goal']:.2f}x: {'met' if s['meets_cpu_ratio_goal'] else 'NOT met'})"
+             f", {s['wall_ratio']:.2f}x in wall time. The gRPC row's CPU seconds are the "
+             f"client side only when the server runs in another process."))
 
 
 def _md_training(s):
@@ -303,7 +362,9 @@ def _md_bf16(s):
          f"{'met' if s['meets_speed_target'] else 'NOT met'})"],
         ["pixels whose class agrees", _f(s["pixel_agreement"], 3, 100, " %"), "",
          f"{s['images_compared']} images (target {s['target_agreement'] * 100:.1f} %: "
-         f"{'met' if s['meets_agreement_target'] else 'NOT met'})"]])
+         f"{'met' if s['meets_agreement_target'] else 'NOT met'})"]]) + (
+        f"\n\nbfloat16 hardware: {s.get('bfloat16_unit') or 'none'}. {s['verdict']}."
+        if s.get("verdict") else "")
 
 
 def _md_profile(s):

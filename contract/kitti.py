@@ -3,12 +3,15 @@
     training/image_2/<cat>_<n>.png           cat in um, umm, uu; n six digits
     training/gt_image_2/<cat>_road_<n>.png   and um_lane_<n>.png (ego-lane, um only)
     training/calib/<cat>_<n>.txt
-    submission: <cat>_<task>_<n>.png (bird's-eye view confidence maps)
+    submission: <cat>_<task>_<n>.png (bird's-eye view confidence maps), zipped flat
 """
 from __future__ import annotations
 
+import io
 import posixpath
 import re
+import zipfile
+from typing import Mapping
 
 CATEGORIES = ("um", "umm", "uu")
 IMAGE_RE = re.compile(r"^(um|umm|uu)_(\d+)\.png$")
@@ -56,3 +59,17 @@ def submission_name(image_name: str, task: str = "road") -> str:
 def calib_name(image_name: str) -> str:
     category, number = parse_image_name(image_name)
     return f"{category}_{number}.txt"
+
+
+def submission_zip_bytes(maps: Mapping[str, bytes]) -> bytes:
+    """The archive to upload: each map at the root under its own name (um_road_000000.png),
+    as the devkit asks ("zip the contents of the directory"). PNGs are already compressed,
+    so they are stored; entries are sorted so the same maps give the same listing."""
+    for name in maps:
+        if posixpath.basename(name) != name or not GT_RE.match(name):
+            raise NotAKittiName(f"{name}: not a submission file name (<cat>_<task>_<n>.png)")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(maps):
+            archive.writestr(name, maps[name])
+    return buffer.getvalue()

@@ -111,6 +111,7 @@ class RunConfig(_Record):
     normalization: str = "caffe"
     fc_width: int = 4096
     encoder_weights: str | None = None
+    inference_size: Any = None              # [H, W] or names.NATIVE; validate fills it in
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("dataset", "class_names", "image_size")
     FILE: ClassVar[str] = "config.json"
@@ -118,17 +119,6 @@ class RunConfig(_Record):
     def validate(self, source: str) -> None:
         self._check_classes(source)
         self.image_size = [int(s) for s in self.image_size]
-        if self.inference_size is None:
-            self.inference_size = list(self.image_size)
-        elif self.inference_size != names.NATIVE:
-            try:
-                self.inference_size = [int(s) for s in self.inference_size]
-            except (TypeError, ValueError):
-                raise RecordError(f"{source}: inference_size must be [H, W] or "
-                                  f"{names.NATIVE!r}, got {self.inference_size!r}") from None
-            if len(self.inference_size) != 2:
-                raise RecordError(f"{source}: inference_size must be [H, W] or "
-                                  f"{names.NATIVE!r}, got {self.inference_size!r}")
         if self.num_classes is None:
             self.num_classes = len(self.class_names)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from contract.names import IGNORE_LABEL
+from contract.names import EXPORT_FORMAT, IGNORE_LABEL
 from contract.records import ExportMetadata
 
 
@@ -43,6 +43,8 @@ def build_metadata(config: dict, *, model_name: str, version: int, compute_dtype
         "image_size": [int(s) for s in config["image_size"]],
         "inference_size": inference_size,
         "ignore_label": IGNORE_LABEL,
+        # 2: string outputs named *_bytes, probabilities in segment_probabilities.
+        "export_format": EXPORT_FORMAT,
         "compute_dtype": compute_dtype,
         "metrics": metrics,
         "source_checkpoint": None if source is None else str(source),

@@ -1,11 +1,31 @@
 """The copy of the Keras model that goes into the serving graph, in the chosen compute dtype."""
 from __future__ import annotations
 
+import warnings
+
 import keras
+
+from contract.cpu import bfloat16_advice
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Keras' policy for bfloat16 compute: variables stay float32 and are cast at use.
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+class Bfloat16SlowWarning(RuntimeWarning):
+    """bfloat16 was asked for on a CPU without bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+
+
+def check_bfloat16_hardware() -> str | None:
+    """Warn, in plain words, when this CPU would run a bfloat16 export slower than float32.
+
+    Checked where the export is made, which is often where it is benchmarked; a server with
+    AVX512-BF16 or AMX runs the same SavedModel fast. Returns the warning (None: hardware ok).
+    """
+    advice = bfloat16_advice()
+    if advice:
+        warnings.warn(advice, Bfloat16SlowWarning, stacklevel=3)
+    return advice
 
 
 def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> keras.Model:
@@ -21,6 +41,8 @@ def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> ke
 
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    if compute_dtype == "bfloat16":
+        check_bfloat16_hardware()
     config = keras_model.get_config()
     if "layers" not in config or "output_layers" not in config:
         raise ValueError(f"export needs a functional Keras model, got {type(keras_model).__name__}")

@@ -23,8 +23,8 @@ from contract.names import NATIVE
 from contract.records import ExportMetadata
 from export.metadata import build_metadata, write_labels, write_metadata
 from export.precision import serving_copy
-from export.signatures import (SEGMENT_ENCODED, SERVING_DEFAULT, ServingModule, describe,
-                               geometry_of)
+from export.signatures import (SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT,
+                               ServingModule, describe, geometry_of)
 from export.warmup import write_warmup_file
 
 def weights_nbytes(keras_model) -> int:
@@ -112,11 +112,21 @@ def export_saved_model(keras_model, config: dict, model_base, model_name: str,
         # A native export is warmed up at the training size: real request sizes are unknown.
         write_warmup_file(tmp / WARMUP_PATH, model_name,
                           image_size if geometry == NATIVE else geometry)
+        make_world_readable(tmp)
         _move_into_place(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def make_world_readable(folder: Path) -> None:
+    """Folders 0755, files 0644. mkdtemp makes the version folder 0700, and TF Serving
+    usually runs as another user (the container's, or a service account) that must read
+    the SavedModel; nothing in an export is secret or executable."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
@@ -146,6 +156,11 @@ class LoadedModel:
     def segment(self, images: np.ndarray) -> dict:
         """serving_default on uint8 images [N,H,W,3] -> numpy outputs."""
         out = self.signatures[SERVING_DEFAULT](images=tf.constant(images, tf.uint8))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def probabilities(self, images: np.ndarray) -> dict:
+        """segment_probabilities on uint8 images [N,H,W,3] -> {"probabilities": float32}."""
+        out = self.signatures[SEGMENT_PROBABILITIES](images=tf.constant(images, tf.uint8))
         return {k: v.numpy() for k, v in out.items()}
 
     def segment_encoded(self, blobs) -> dict:

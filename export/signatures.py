@@ -1,6 +1,16 @@
-"""The serving graph: a tf.Module that holds the model's variables and the two signatures.
+"""The serving graph: a tf.Module that holds the model's variables and the three signatures.
 
-Both signatures share one pre/post-processing path (`to_geometry`, `from_geometry`), chosen
+    serving_default        uint8 images [N,H,W,3] -> class_ids, confidence (uint8 [N,H,W])
+    segment_probabilities  uint8 images [N,H,W,3] -> probabilities (float32 [N,H,W,C])
+    segment_encoded        PNG/JPEG bytes [N] -> mask_png_bytes, confidence_png_bytes,
+                           class_ids (padded), heights, widths
+
+serving_default holds only the compact outputs: a stock client sends no output_filter (and
+REST has none), and with float probabilities one 1242x375 reply was 4.76 MB, over gRPC's
+4 MiB default. The float maps have their own signature. String outputs end in `_bytes`,
+the suffix TF Serving's REST API needs to send them as {"b64": ...} (util/json_tensor.cc).
+
+All signatures share one pre/post-processing path (`to_geometry`, `from_geometry`), chosen
 at export as the inference geometry (metadata `inference_size`):
 - [h, w] (default: the training size): images of any size are resized bilinearly to it, the
   model runs once on the whole batch, and its probabilities are resized back to each image's
@@ -14,16 +24,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from contract import names
 from contract.names import NATIVE, SIZE_MULTIPLE
+# Re-exported: importers of export.signatures keep working.
+from contract.names import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED,  # noqa: F401
+                            SEGMENT_PROBABILITIES, SERVING_DEFAULT)
 
-SERVING_DEFAULT = "serving_default"
-SEGMENT_ENCODED = "segment_encoded"
 # Padding value of the batched class_ids of segment_encoded: the project's 'ignore' label.
-PAD_CLASS_ID = 255
-# What clients ask serving_default for by default: probabilities are 4*C bytes per pixel
-# (3.7 MB for one binary 1242x375 image), so they are left out with TF Serving's
-# output_filter; class_ids and confidence do not need them to be returned.
-DEFAULT_OUTPUT_FILTER = ("class_ids", "confidence")
+PAD_CLASS_ID = names.IGNORE_LABEL
 
 
 def to_geometry(images, geometry):
@@ -112,15 +120,21 @@ class ServingModule(tf.Module):
             return tf.ensure_shape(probs, [None, *((None, None) if native else geometry),
                                            num_classes])
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                    name="images")])
-        def serving_default(images):
+        def probabilities_at_input_size(images):
             images = require_images(images)
             size = tf.shape(images)[1:3]
-            probs = from_geometry(run_model(to_geometry(images, geometry)), size, geometry)
-            return {"class_ids": class_ids_of(probs),
-                    "confidence": confidence_of(probs),
-                    "probabilities": probs}
+            return from_geometry(run_model(to_geometry(images, geometry)), size, geometry)
+
+        images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=names.IMAGES)
+
+        @tf.function(input_signature=[images_spec])
+        def serving_default(images):
+            probs = probabilities_at_input_size(images)
+            return {names.CLASS_IDS: class_ids_of(probs), names.CONFIDENCE: confidence_of(probs)}
+
+        @tf.function(input_signature=[images_spec])
+        def segment_probabilities(images):
+            return {names.PROBABILITIES: probabilities_at_input_size(images)}
 
         def decode_rgb(data):
             # channels=3 turns grayscale and RGBA into RGB; an undecodable image fails the
@@ -163,18 +177,20 @@ class ServingModule(tf.Module):
                 fn_output_signature=(tf.TensorSpec([], tf.string),
                                      tf.TensorSpec([], tf.string),
                                      tf.TensorSpec([None, None], tf.uint8)))
-            return {"mask_png": mask_png, "confidence_png": confidence_png,
-                    "class_ids": class_ids, "heights": heights, "widths": widths}
+            return {names.MASK_PNG_BYTES: mask_png, names.CONFIDENCE_PNG_BYTES: confidence_png,
+                    names.CLASS_IDS: class_ids, names.HEIGHTS: heights, names.WIDTHS: widths}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.IMAGE_BYTES)])
         def segment_encoded(image_bytes):
             return encode_batch(require_images(image_bytes))
 
         self.serving_default = serving_default
+        self.segment_probabilities = segment_probabilities
         self.segment_encoded = segment_encoded
 
     def signatures(self) -> dict:
         return {SERVING_DEFAULT: self.serving_default.get_concrete_function(),
+                SEGMENT_PROBABILITIES: self.segment_probabilities.get_concrete_function(),
                 SEGMENT_ENCODED: self.segment_encoded.get_concrete_function()}
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from export.signatures import DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED, SERVING_DEFAULT
+from contract import names
+from export.signatures import SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT
 from export.wire import predict_request
 
 
@@ -27,11 +28,10 @@ def warmup_requests(model_name: str, size) -> list:
     image = warmup_image(size)
     png = tf.io.encode_png(image).numpy()
     return [
-        predict_request(model_name, SERVING_DEFAULT, {"images": image[None]},
-                        output_filter=DEFAULT_OUTPUT_FILTER),
-        predict_request(model_name, SERVING_DEFAULT, {"images": image[None]}),
+        predict_request(model_name, SERVING_DEFAULT, {names.IMAGES: image[None]}),
+        predict_request(model_name, SEGMENT_PROBABILITIES, {names.IMAGES: image[None]}),
         predict_request(model_name, SEGMENT_ENCODED,
-                        {"image_bytes": np.array([png], dtype=object)}),
+                        {names.IMAGE_BYTES: np.array([png], dtype=object)}),
     ]
 
 

@@ -1,10 +1,12 @@
 """VGG16 encoder weights for FCN-8s: Keras' ImageNet download or a local .h5 file.
 
-Local files use the layout Keras writes for its applications (one HDF5 group per layer,
-`weight_names` attribute listing kernel then bias), which is what
-`keras.applications.VGG16(...).save_weights('x.h5')` in Keras 2 and the files Keras downloads
-both contain. We read them with h5py ourselves so that loading works offline and every
-mismatch is reported by layer name and shape.
+Local files may use either layout Keras writes:
+- Keras 2 / the files Keras downloads: one HDF5 group per layer, `weight_names` attribute
+  listing kernel then bias (`keras.applications.VGG16(...).save_weights('x.h5')` in Keras 2);
+- Keras 3 `.weights.h5` (`model.save_weights('x.weights.h5')`): `layers/conv2d_<i>/vars/0, 1`,
+  keyed by layer class and position, not by layer name.
+We read them with h5py ourselves so that loading works offline and every mismatch is
+reported by layer name and shape.
 """
 from __future__ import annotations
 
@@ -28,14 +30,28 @@ class WeightsMismatchError(ValueError):
     """A weights file does not fit the encoder."""
 
 
+class WeightsDownloadError(RuntimeError):
+    """Keras' ImageNet weights could not be fetched (no network, blocked, server error)."""
+
+
 def download_imagenet_weights(include_fc: bool, base_url: str = WEIGHTS_BASE_URL,
                               cache_dir: str | None = None) -> str:
     """Fetch (or reuse from Keras' cache) VGG16 ImageNet weights; md5 is verified."""
     import keras
 
     fname, md5 = IMAGENET_FILES["top" if include_fc else "notop"]
-    return keras.utils.get_file(fname, base_url + fname, cache_subdir="models",
-                                file_hash=md5, hash_algorithm="md5", cache_dir=cache_dir)
+    url = base_url + fname
+    try:
+        return keras.utils.get_file(fname, url, cache_subdir="models",
+                                    file_hash=md5, hash_algorithm="md5", cache_dir=cache_dir)
+    except ValueError:
+        raise  # a checksum mismatch: the file came, but corrupt
+    except Exception as e:  # get_file wraps URLError/HTTPError in a plain Exception
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsDownloadError(
+            f"cannot download the VGG16 ImageNet weights from {url} ({reason}); either "
+            f"fetch that file elsewhere and pass its path (--encoder-weights /path/{fname}), "
+            f"or train from random weights (--encoder-weights none)") from None
 
 
 def read_h5_weights(path: str) -> dict[str, list[np.ndarray]]:
@@ -47,16 +63,46 @@ def read_h5_weights(path: str) -> dict[str, list[np.ndarray]]:
     except OSError as e:
         raise WeightsMismatchError(f"{path}: not a readable HDF5 weights file ({e})") from e
     with f:
-        root = f["model_weights"] if "model_weights" in f else f
-        out = {}
-        for name, group in root.items():
-            if not isinstance(group, h5py.Group):
-                continue
-            names = [n.decode() if isinstance(n, bytes) else n
-                     for n in group.attrs.get("weight_names", [])]
-            if names:
-                out[name] = [np.asarray(group[n]) for n in names]
+        out = _keras2_layout(f["model_weights"] if "model_weights" in f else f)
+        if not out and "layers" in f:
+            out = _keras3_layout(f["layers"])
         return out
+
+
+def _keras2_layout(root) -> dict[str, list[np.ndarray]]:
+    out = {}
+    for name, group in root.items():
+        if not isinstance(group, h5py.Group):
+            continue
+        names = [n.decode() if isinstance(n, bytes) else n
+                 for n in group.attrs.get("weight_names", [])]
+        if names:
+            out[name] = [np.asarray(group[n]) for n in names]
+    return out
+
+
+def _keras3_layout(layers) -> dict[str, list[np.ndarray]]:
+    """Keras 3 keys layers by class, not by layer name: layers/conv2d, conv2d_1, ... and
+    dense, dense_1, ... in the model's layer order (a per-class counter in
+    keras/src/saving/saving_lib.py). VGG16's first 13 convolutions are block1_conv1 ..
+    block5_conv3 in that order, its first two dense layers fc1 and fc2."""
+    def numbered(prefix):
+        found = [k for k in layers if k == prefix or (k.startswith(prefix + "_")
+                                                       and k[len(prefix) + 1:].isdigit())]
+        found.sort(key=lambda k: 0 if k == prefix else int(k[len(prefix) + 1:]) + 1)
+        return [_vars(layers[k]) for k in found]
+
+    def _vars(group):
+        variables = group.get("vars")
+        if not isinstance(variables, h5py.Group):
+            return []
+        return [np.asarray(variables[k]) for k in sorted(variables, key=int)]
+
+    out = dict(zip(CONV_LAYERS, numbered("conv2d")))
+    dense = numbered("dense")
+    if len(dense) >= 2 and dense[0] and dense[0][0].ndim == 2:
+        out["fc1"], out["fc2"] = dense[0], dense[1]
+    return {k: v for k, v in out.items() if v}
 
 
 def load_encoder_weights(model, weights: str, fc_width: int = 4096,

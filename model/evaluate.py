@@ -1,7 +1,15 @@
-"""Evaluate a trained model on its run's split: KITTI devkit scores or IoU, plus images.
+"""Evaluate a model on its run's split, or on any data root: KITTI devkit scores or IoU.
 
     python -m model.evaluate --checkpoint runs/X/checkpoints/best.keras [--split val]
-    python -m model.evaluate --model-dir models/fcn8s [--run-dir runs/X]   (newest version, or models/fcn8s/3)
+    python -m model.evaluate --model-dir models/fcn8s/3 [--run-dir runs/X]
+    python -m model.evaluate --model-dir models/fcn8s --dataset kitti --data-root DIR [--task lane]
+    python -m model.evaluate --checkpoint F --dataset coco --data-root DIR [--annotations JSON]
+    python -m model.evaluate --checkpoint F --dataset folder --data-root DIR
+
+With --dataset the model is scored on every labelled image of --data-root (or its train/val
+part with --split, split as model.train does); no run directory is needed. COCO masks are
+rendered for the model's own categories, in its class order.
+    (--model-dir: a model folder, its newest version, or a version folder)
 
 Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
 confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
@@ -23,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract import layout
-from contract.names import COCO_PROTOCOLS
+from contract.names import COCO_PROTOCOLS, NATIVE
 from contract.records import ExportMetadata, require_task
 from model import metrics, plots, runs
 from model.data import image_io, kitti, kitti_bev, palette
@@ -204,7 +212,8 @@ def _coco_protocol_pairs(config: dict, pairs, args):
                                  args.cache_dir, categories=_coco_categories(config),
                                  protocol=wanted, train=args.split == "train")
     masks = {pathlib.Path(image).name: pathlib.Path(mask) for image, mask in rendered}
-    keep = [(image, masks[image.name]) for image, _ in pairs if image.name in masks]
+    keep = [(image, masks[pathlib.Path(image).name]) for image, _ in pairs
+            if pathlib.Path(image).name in masks]
     return {**config, "coco_protocol": wanted}, keep
 
 
@@ -261,9 +270,27 @@ def parse_args(argv=None) -> argparse.Namespace:
                                            "e.g. models/fcn8s, or a version folder models/fcn8s/3")
     parser.add_argument("--run-dir", help="training run directory (default: from the checkpoint "
                                           "path or the SavedModel metadata)")
-    parser.add_argument("--split", default="val", choices=("val", "train"))
-    parser.add_argument("--data-root", help="dataset root, if it moved since training")
-    parser.add_argument("--out", help="output directory (default <run_dir>/eval_<split>)")
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="score on this dataset at --data-root instead of the run's split")
+    parser.add_argument("--split", choices=("val", "train", "all"),
+                        help="default: val of the run's split; with --dataset: all")
+    parser.add_argument("--data-root", help="with --dataset: the dataset folder (kitti: "
+                        "data_road; coco: with annotations/ and <split>2017/, or an image "
+                        "folder with --annotations; folder: with images/ labels/); without: "
+                        "the run's dataset root, if it moved since training")
+    parser.add_argument("--annotations", help="coco: instances JSON (default: "
+                        "<data-root>/annotations/instances_val2017*.json)")
+    parser.add_argument("--categories", nargs="+",
+                        help="coco: category names of classes 1..K (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="with --dataset and --split train|val: the split's seed")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="with --dataset and --split train|val")
+    parser.add_argument("--inference-size", nargs="+", metavar="H W | native",
+                        help="checkpoint only: geometry to run at (default: the training "
+                             "size; a SavedModel infers at its export's inference_size)")
+    parser.add_argument("--out", help="output directory (default <run_dir>/eval_<split>, with "
+                                      "--dataset eval_<dataset>_<split>)")
     parser.add_argument("--overlays", type=int, default=8,
                         help="number of overlay PNGs to write (default 8)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -276,49 +303,139 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="COCO: score against masks of these label rules (default: the "
                              "run's); another protocol re-renders the split's masks")
     parser.add_argument("--cache-dir", default="cache",
-                        help="COCO: where masks of another protocol are rendered")
+                        help="COCO: where masks of another protocol (or of --dataset coco) are "
+                             "rendered; folder: converted labels")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     if args.overlays < 0:
         parser.error("--overlays must be >= 0")
+    if args.dataset and not args.data_root:
+        parser.error(f"--dataset {args.dataset} needs --data-root")
+    if not args.dataset and (args.annotations or args.categories):
+        parser.error("--annotations and --categories go with --dataset coco")
+    if args.split is None:
+        args.split = "all" if args.dataset else "val"
+    elif args.split == "all" and not args.dataset:
+        parser.error("--split all goes with --dataset (a run's split has train and val)")
+    if args.inference_size is not None:
+        if args.model_dir:
+            parser.error("--inference-size is for --checkpoint; a SavedModel infers at its "
+                         "export's inference_size (python -m export --inference-size)")
+        if args.inference_size == [NATIVE]:
+            args.inference_size = NATIVE
+        elif len(args.inference_size) == 2 and all(
+                v.isdigit() and int(v) > 0 and int(v) % 32 == 0 for v in args.inference_size):
+            args.inference_size = [int(v) for v in args.inference_size]
+        else:
+            parser.error(f"--inference-size takes H W (positive multiples of 32) or "
+                         f"'{NATIVE}', got {' '.join(args.inference_size)}")
     return args
+
+
+DATASETS = ("kitti", "coco", "folder")
+
+
+def dataset_pairs(args, config: dict) -> tuple[list, str]:
+    """(image, label) pairs of --dataset at --data-root, and their label format."""
+    root = pathlib.Path(args.data_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: {args.dataset} dataset folder not found")
+    if args.dataset == "kitti":
+        task = args.task or (config.get("task") if config.get("dataset") == "kitti"
+                             else None) or "road"
+        pairs = kitti.list_pairs(root, task=task)
+        if args.split != "all":
+            pairs = kitti.stratified_split(pairs, args.val_fraction, args.seed)[
+                args.split == "val"]
+        return pairs, "kitti"
+    if args.dataset == "coco":
+        from model.data import coco
+
+        names = args.categories or config.get("categories") or list(config["class_names"][1:])
+        if len(names) + 1 != len(config["class_names"]):
+            raise ValueError(f"--categories names {len(names)} classes; the model has "
+                             f"{len(config['class_names'])} (background + "
+                             f"{len(config['class_names']) - 1})")
+        split = "train2017" if args.split == "train" else "val2017"
+        ann = (pathlib.Path(args.annotations) if args.annotations
+               else coco.find_annotation_file(root, split))
+        image_dir = root if args.annotations else root / split
+        protocol = args.coco_protocol or config.get("coco_protocol") or coco.DEFAULT_PROTOCOL
+        pairs = coco.render_masks(ann, image_dir, pathlib.Path(args.cache_dir),
+                                  categories=list(names), protocol=protocol,
+                                  train=args.split == "train")
+        config["coco_protocol"] = protocol
+        return pairs, "ids"
+    from model.data import folder, random_split
+
+    pairs = folder.list_pairs(root / "images", root / "labels")
+    pairs, top, top_file = folder.scan_labels(pairs, pathlib.Path(args.cache_dir))
+    if top >= len(config["class_names"]):
+        raise ValueError(f"{top_file}: class id {top}, but the model has only "
+                         f"{len(config['class_names'])} classes")
+    if args.split != "all":
+        pairs = random_split(pairs, args.val_fraction, args.seed)[args.split == "val"]
+    return pairs, "ids"
+
+
+def _model_and_config(args):
+    """(model or predictor, config, run_dir or None, source) of --checkpoint/--model-dir."""
+    from model import inference  # TensorFlow import, after argument errors are reported
+
+    needs_run = not args.dataset  # the run's split is read from its directory
+    if args.checkpoint:
+        run_dir = pathlib.Path(args.run_dir) if args.run_dir else runs.run_dir_of(args.checkpoint)
+        if (run_dir / runs.CONFIG).is_file() or needs_run:
+            config = runs.load_run_config(run_dir)
+        else:
+            raise FileNotFoundError(f"{run_dir / runs.CONFIG}: not found; the checkpoint's "
+                                    f"class names come from its run's config (pass --run-dir)")
+        model = runs.load_checkpoint(args.checkpoint)
+        model = inference.keras_predictor(model, args.inference_size or config["image_size"],
+                                          args.batch_size)
+        source = {"checkpoint": str(args.checkpoint)}
+        if args.inference_size:
+            source["inference_size"] = args.inference_size
+        return model, config, run_dir, source
+    version_dir = layout.resolve_version_dir(args.model_dir)
+    metadata = ExportMetadata.of_version(version_dir).to_dict()
+    run_dir = args.run_dir or metadata.get("run_dir")
+    if not run_dir and needs_run:
+        raise SystemExit(f"{version_dir}: metadata names no run directory; "
+                         f"pass --run-dir, or score it on a data root with --dataset")
+    run_dir = pathlib.Path(run_dir) if run_dir else None
+    # The run's config is the reference (it has data_root); the metadata carries the
+    # same model keys for a model whose run directory is gone.
+    config = (runs.load_run_config(run_dir) if run_dir and (run_dir / runs.CONFIG).is_file()
+              else metadata)
+    model = inference.saved_model_predictor(version_dir, args.batch_size)
+    return model, config, run_dir, {"saved_model": str(version_dir),
+                                    "inference_size": metadata.get("inference_size")}
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from model import inference  # TensorFlow import, after argument errors are reported
-
-    if args.checkpoint:
-        run_dir = pathlib.Path(args.run_dir) if args.run_dir else runs.run_dir_of(args.checkpoint)
-        config = runs.load_run_config(run_dir)
-        model = runs.load_checkpoint(args.checkpoint)
-        source = {"checkpoint": str(args.checkpoint)}
-    else:
-        version_dir = layout.resolve_version_dir(args.model_dir)
-        metadata = ExportMetadata.of_version(version_dir).to_dict()
-        run_dir = args.run_dir or metadata.get("run_dir")
-        if not run_dir:
-            raise SystemExit(f"{version_dir}: metadata names no run directory; "
-                             f"pass --run-dir")
-        run_dir = pathlib.Path(run_dir)
-        # The run's config is the reference (it has data_root); the metadata carries the
-        # same model keys for a model whose run directory is gone.
-        config = (runs.load_run_config(run_dir) if (run_dir / runs.CONFIG).is_file()
-                  else metadata)
-        model = inference.saved_model_predictor(version_dir, args.batch_size)
-        source = {"saved_model": str(version_dir)}
+    model, config, run_dir, source = _model_and_config(args)
     require_task(config.get("task") if config.get("dataset") == "kitti" else None, args.task,
                  str(args.checkpoint or args.model_dir))
-    split = runs.load_split(run_dir)
-    if args.split not in split:
-        raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
-                         f"(has {sorted(split)})")
-    pairs = resolve_pairs(split[args.split], config, args.data_root)
-    if config.get("dataset") == "coco":
-        config, pairs = _coco_protocol_pairs(config, pairs, args)
-    out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
-    source.update(run_dir=str(run_dir), split=args.split)
+    if args.dataset:
+        config = dict(config)
+        pairs, label_format = dataset_pairs(args, config)
+        config["label_format"] = label_format
+        name = f"eval_{args.dataset}_{args.split}"
+        out_dir = pathlib.Path(args.out) if args.out else (run_dir or pathlib.Path(".")) / name
+        source.update(dataset=args.dataset, data_root=str(args.data_root), split=args.split)
+    else:
+        split = runs.load_split(run_dir)
+        if args.split not in split:
+            raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
+                             f"(has {sorted(split)})")
+        pairs = resolve_pairs(split[args.split], config, args.data_root)
+        if config.get("dataset") == "coco":
+            config, pairs = _coco_protocol_pairs(config, pairs, args)
+        out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
+        source.update(run_dir=str(run_dir), split=args.split)
     result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source,
                             bev=args.bev)
     print(format_summary(result))

@@ -14,8 +14,9 @@ import json
 import pathlib
 
 from contract.files import atomic_write_text
+from contract.records import RunConfig
 
-CONFIG = "config.json"
+CONFIG = RunConfig.FILE
 SPLIT = "split.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best.keras"
@@ -38,7 +39,14 @@ def read_json(path) -> dict:
 
 
 def load_run_config(run_dir) -> dict:
-    return read_json(pathlib.Path(run_dir) / CONFIG)
+    """config.json of a run, checked by contract.records.RunConfig (classes, geometry)."""
+    path = pathlib.Path(run_dir) / CONFIG
+    return RunConfig.from_dict(read_json(path), str(path)).to_dict()
+
+
+def write_run_config(run_dir, config: dict) -> None:
+    path = pathlib.Path(run_dir) / CONFIG
+    RunConfig.from_dict(config, str(path)).write(path)
 
 
 def load_split(run_dir) -> dict:

@@ -1,7 +1,7 @@
 """How much each FCN stream adds to the logits: is the FCN-8s really using its skips?
 
     python -m model.streams --checkpoint runs/X/checkpoints/best.keras IMAGES...
-    python -m model.streams --saved-model models/fcn8s/3 IMAGES...
+    python -m model.streams --model-dir models/fcn8s[/3] IMAGES...
 
 Everything after the score layers (score_fr, score_pool4, score_pool3) is linear: bilinear-
 initialised transposed convolutions without bias and additions. So the logits are exactly the
@@ -24,6 +24,7 @@ import sys
 
 import numpy as np
 
+from contract import layout
 from contract.files import is_image_name
 from contract.names import NATIVE
 
@@ -122,13 +123,13 @@ def model_from_saved_model(path):
     """Rebuild the Keras model of an fcnseg export from its metadata and variables."""
     import tensorflow as tf
 
+    from contract.records import ExportMetadata
     from model.fcn8s import build_fcn8s
-    from model.inference import read_saved_model_metadata
 
     path = pathlib.Path(path)
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path}: not a SavedModel version directory (no saved_model.pb)")
-    meta = read_saved_model_metadata(path)
+    meta = ExportMetadata.of_version(path).to_dict()
     if not meta.get("variant"):
         raise ValueError(f"{path}: the export's metadata records no model variant (exported "
                          f"before fcnseg recorded it, possibly with fixed-scaled skips); run "
@@ -169,7 +170,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint of model.train")
-    which.add_argument("--saved-model", help="exported version folder, e.g. models/fcn8s/3")
+    which.add_argument("--model-dir", help="an export: a model folder (its newest version) "
+                                           "or a version folder, e.g. models/fcn8s/3")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--image-size", nargs="+", metavar="H W | native",
                    help="geometry (default: the run's or export's image_size)")
@@ -196,13 +198,13 @@ def main(argv=None) -> dict:
         config_path = runs.run_dir_of(args.checkpoint) / runs.CONFIG
         size = runs.read_json(config_path)["image_size"] if config_path.is_file() else NATIVE
     else:
-        model, meta = model_from_saved_model(args.saved_model)
+        model, meta = model_from_saved_model(layout.resolve_version_dir(args.model_dir))
         size = meta.get("image_size") or NATIVE
     size = args.image_size or size
     images = [image_io.read_image(p) for p in paths]
     result = measure(model, images, size)
     result.update(images=len(paths), image_size=size,
-                  source=args.checkpoint or args.saved_model)
+                  source=args.checkpoint or args.model_dir)
     print(f"{result['source']} on {len(paths)} images at "
           f"{size if size == NATIVE else 'x'.join(map(str, size))}")
     print(format_table(result))

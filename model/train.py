@@ -226,7 +226,7 @@ def main(argv=None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("history.csv",):
             (run_dir / stale).unlink(missing_ok=True)
-        runs.write_json(run_dir / runs.CONFIG, config)
+        runs.write_run_config(run_dir, config)
         runs.write_json(run_dir / runs.SPLIT, {"train": train_pairs, "val": val_pairs})
         initial_epoch, best = 0, None
         model = build_fcn8s(config["num_classes"], (*args.image_size, 3),
@@ -280,4 +280,9 @@ def finish_run(run_dir: pathlib.Path, config: dict, val_pairs, overlays: int) ->
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    from model.encoder_weights import WeightsDownloadError
+
+    try:
+        sys.exit(0 if main() is not None else 1)
+    except (FileNotFoundError, ValueError, WeightsDownloadError) as e:
+        sys.exit(f"error: {e}")

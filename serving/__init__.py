@@ -1,2 +1,2 @@
-"""Serving: clients for TensorFlow Serving (gRPC and REST), a CLI, server configuration, and a
-small stand-in server for tests and local development (`serving.test_server`)."""
+"""Serving: clients for TensorFlow Serving (gRPC and REST), a CLI and server configuration.
+The development server lives outside this package, in tfserving_dev/."""

@@ -6,8 +6,12 @@ In order of preference:
   3. a server already running at $TFSERVING_GRPC_ADDRESS (+ $TFSERVING_REST_ADDRESS), which
      must already serve the model (it cannot see our model folder: tests that write new
      versions or restart the server are skipped);
-  4. serving.test_server, in this process.
-Set FCNSEG_SERVING_BACKEND=test-server|binary|docker|external to force one.
+  4. the development server (tfserving_dev), in this process.
+Set FCNSEG_SERVING_BACKEND=dev-server|binary|docker|external to force one.
+
+The command lines for the real server are built by `tfserving_args` alone, in the
+`--name=value` form TF's flag parser takes; tests check them against main.cc's flags and
+server.cc's rules (tfserving_dev/flags.py).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ class Backend:
     """A running server. `stop()` and `start()` again keep the same ports (for restart
     tests); `close()` stops it for good and cleans up."""
 
-    kind: str                    # 'binary' | 'docker' | 'external' | 'test-server'
+    kind: str                    # 'binary' | 'docker' | 'external' | 'dev-server'
     description: str
     address: str                 # gRPC host:port
     rest_address: str | None
@@ -90,7 +94,20 @@ def choose_backend() -> str:
         return "docker"
     if os.environ.get("TFSERVING_GRPC_ADDRESS"):
         return "external"
-    return "test-server"
+    return "dev-server"
+
+
+def tfserving_args(config_path: str, port: int = 8500, rest_port: int = 8501,
+                   poll_seconds: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
+    """tensorflow_model_server's flags for a models.config serving our test layout.
+
+    The models.config labels versions 1 and 2; a label on a version that is not loaded yet
+    fails the first config (FAILED_PRECONDITION, server_core.cc
+    UpdateModelVersionLabelMap) unless --allow_version_labels_for_unavailable_models."""
+    return [f"--port={port}", f"--rest_api_port={rest_port}",
+            f"--model_config_file={config_path}",
+            "--allow_version_labels_for_unavailable_models=true",
+            f"--file_system_poll_wait_seconds={int(poll_seconds)}", *extra]
 
 
 def wait_until_available(address: str, model_name: str, versions: list[int],
@@ -119,11 +136,12 @@ def start_backend(model_base: pathlib.Path, model_name: str, labels: dict[str, i
                   kind: str | None = None) -> Backend:
     """Start (or find) a server for <model_base>/<model_name>/<versions>, labels applied."""
     kind = kind or choose_backend()
-    from contract.layout import versions as version_dirs
+    kind = "dev-server" if kind == "test-server" else kind  # the name before tfserving_dev
+    from contract.layout import versions as complete_versions
 
-    versions = sorted(version_dirs(model_base / model_name))
+    versions = sorted(complete_versions(model_base / model_name))
     starters = {"binary": _start_binary, "docker": _start_docker,
-                "external": _use_external, "test-server": _start_test_server}
+                "external": _use_external, "dev-server": _start_dev_server}
     if kind not in starters:
         raise ValueError(f"unknown serving backend {kind!r}; one of {sorted(starters)}")
     backend = starters[kind](model_base, model_name, labels)
@@ -142,9 +160,8 @@ def _start_binary(model_base, model_name, labels) -> Backend:
     port, rest_port = free_port(), free_port()
     binary = shutil.which("tensorflow_model_server")
     log = open(model_base / "tensorflow_model_server.log", "ab")
-    command = [binary, f"--port={port}", f"--rest_api_port={rest_port}",
-               f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-               "--rest_api_num_threads=4"]
+    command = [binary, *tfserving_args(str(config), port, rest_port,
+                                       extra=("--rest_api_num_threads=4",))]
     process: list[subprocess.Popen] = []
 
     def start():
@@ -172,8 +189,7 @@ def _start_docker(model_base, model_name, labels) -> Backend:
     command = ["docker", "run", "-d", "--name", name,
                "-p", f"{HOST}:{port}:8500", "-p", f"{HOST}:{rest_port}:8501",
                "-v", f"{model_base}:/models:ro", TFSERVING_IMAGE,
-               "--model_config_file=/models/models.config",
-               "--file_system_poll_wait_seconds=1"]
+               *tfserving_args("/models/models.config")]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
 
     def start():
@@ -199,8 +215,9 @@ def _use_external(model_base, model_name, labels) -> Backend:
                    address, rest, False, False)
 
 
-def _start_test_server(model_base, model_name, labels) -> Backend:
-    from serving.test_server import start_test_server
+def _start_dev_server(model_base, model_name, labels) -> Backend:
+    from tfserving_dev.config import read_model_config_file
+    from tfserving_dev.server import start_dev_server
 
     config = write_models_config(model_base / "models.config", model_name,
                                  str(model_base / model_name), labels)
@@ -208,8 +225,9 @@ def _start_test_server(model_base, model_name, labels) -> Backend:
     handle: list = []
 
     def start():
-        handle[:] = [start_test_server(model_config_file=config, port=port,
-                                       rest_api_port=rest_port, poll_interval=0.5)]
+        handle[:] = [start_dev_server(models=read_model_config_file(config), port=port,
+                                      rest_api_port=rest_port, poll_interval=0.5,
+                                      allow_version_labels_for_unavailable_models=True)]
 
     def stop():
         if handle:
@@ -220,7 +238,7 @@ def _start_test_server(model_base, model_name, labels) -> Backend:
     why = ("forced by FCNSEG_SERVING_BACKEND" if os.environ.get("FCNSEG_SERVING_BACKEND")
            else "no tensorflow_model_server on PATH, no Docker engine, "
                 "no TFSERVING_GRPC_ADDRESS")
-    return Backend("test-server", f"test-server (serving.test_server, in-process, "
+    return Backend("dev-server", f"dev-server (tfserving_dev, in-process, "
                    f"{HOST}:{port}; {why})",
                    f"{HOST}:{port}", f"{HOST}:{rest_port}", True, True, stop, start)
 

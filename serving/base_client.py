@@ -1,20 +1,24 @@
-"""What the gRPC and REST clients share: the segmentation calls, and batches split into
-requests under the size limit, on top of each client's own `predict`."""
+"""What the gRPC and REST clients share: the segmentation calls, batches split into
+requests under the size limit, and output names of old and new exports, on top of each
+client's own `predict`."""
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from contract import names
 from serving.chunking import chunk_slices, concat_outputs
-from serving.retry import RetryPolicy
 
-SERVING_DEFAULT = "serving_default"
-SEGMENT_ENCODED = "segment_encoded"
-# Probabilities are 4*C bytes a pixel (3.7 MB for one binary 1242x375 image): left out
-# unless asked for.
-DEFAULT_IMAGE_OUTPUTS = ("class_ids", "confidence")
-DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+SERVING_DEFAULT = names.SERVING_DEFAULT
+SEGMENT_ENCODED = names.SEGMENT_ENCODED
+SEGMENT_PROBABILITIES = names.SEGMENT_PROBABILITIES
+DEFAULT_IMAGE_OUTPUTS = names.DEFAULT_OUTPUT_FILTER
+DEFAULT_MAX_REQUEST_BYTES = names.GRPC_DEFAULT_MAX_MESSAGE_BYTES
+# Export format 1 named the PNG outputs without `_bytes`; results always use the new names.
+_LEGACY_TO_NEW = {names.LEGACY_MASK_PNG: names.MASK_PNG_BYTES,
+                  names.LEGACY_CONFIDENCE_PNG: names.CONFIDENCE_PNG_BYTES}
+_NEW_TO_LEGACY = {new: old for old, new in _LEGACY_TO_NEW.items()}
 
 
 def row_nbytes(row) -> int:
@@ -31,16 +35,40 @@ class SegmentationClient:
     """Base of PredictionClient (gRPC) and RestPredictionClient (REST)."""
 
     def __init__(self, model_name: str, version: int | None, version_label: str | None,
-                 timeout: float, max_retries: int, initial_backoff: float, max_backoff: float,
-                 max_request_bytes: int):
+                 timeout: float, max_request_bytes: int):
         if version is not None and version_label is not None:
             raise ValueError("give version or version_label, not both")
         self.model_name = model_name
         self.version = version
         self.version_label = version_label
         self.timeout = timeout
-        self.retry_policy = RetryPolicy(max_retries, initial_backoff, max_backoff)
         self.max_request_bytes = max_request_bytes
+        self._signature_outputs: dict[str, set[str]] | None = None
+
+    def get_model_metadata(self, timeout: float | None = None) -> dict:
+        raise NotImplementedError
+
+    # -- output names of export formats 1 and 2
+    def server_output_names(self, signature_name: str,
+                            wanted: Iterable[str] | None) -> list[str]:
+        """`wanted` (new names) as the served signature spells them: an export of format 1
+        calls mask_png_bytes "mask_png". Asks the server's metadata once, and only when a
+        name has an older spelling."""
+        wanted = list(wanted or ())
+        if not any(name in _NEW_TO_LEGACY for name in wanted):
+            return wanted
+        if self._signature_outputs is None:
+            signatures = self.get_model_metadata()["signature_def"]
+            self._signature_outputs = {k: set(v.get("outputs", {}))
+                                       for k, v in signatures.items()}
+        served = self._signature_outputs.get(signature_name, set())
+        return [_NEW_TO_LEGACY[n] if n not in served and _NEW_TO_LEGACY.get(n) in served else n
+                for n in wanted]
+
+    @staticmethod
+    def canonical_outputs(outputs: dict) -> dict:
+        """Outputs under the names of the current export format, whatever the server sent."""
+        return {_LEGACY_TO_NEW.get(k, k): v for k, v in outputs.items()}
 
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
                 output_filter: Iterable[str] | None = None, timeout: float | None = None,
@@ -89,29 +117,41 @@ class SegmentationClient:
                        outputs: Sequence[str] | None = DEFAULT_IMAGE_OUTPUTS,
                        timeout: float | None = None) -> dict:
         """uint8 [N,H,W,3] (or one [H,W,3]) -> {"class_ids": uint8 [N,H,W], "confidence":
-        uint8 [N,H,W], ("probabilities": float32 [N,H,W,C] if asked), "model_version"}.
-        outputs=None returns every output of the signature."""
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be [N,H,W,3] (or [H,W,3]), got shape {images.shape}")
-        if images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 RGB, got {images.dtype}")
-        result, version = self.predict_batched({"images": images}, SERVING_DEFAULT, outputs,
-                                               timeout)
+        uint8 [N,H,W], "model_version"}. outputs=None returns every output of the signature
+        (the same two for exports of format 2; float probabilities: `segment_probabilities`)."""
+        result, version = self.predict_batched({names.IMAGES: _check_images(images)},
+                                               SERVING_DEFAULT, outputs, timeout)
+        return {**result, "model_version": version}
+
+    def segment_probabilities(self, images: np.ndarray, timeout: float | None = None) -> dict:
+        """uint8 [N,H,W,3] (or one [H,W,3]) -> {"probabilities": float32 [N,H,W,C],
+        "model_version"}. 4*C bytes a pixel: one binary 1242x375 image is 3.7 MB of reply."""
+        result, version = self.predict_batched({names.IMAGES: _check_images(images)},
+                                               SEGMENT_PROBABILITIES, None, timeout)
         return {**result, "model_version": version}
 
     def segment_encoded(self, encoded: Sequence[bytes],
                         outputs: Sequence[str] | None = None,
                         timeout: float | None = None) -> dict:
-        """PNG/JPEG bytes (mixed sizes) -> {"mask_png": object [N] of bytes, "class_ids":
-        uint8 [N,Hmax,Wmax] padded with 255, "heights", "widths": int32 [N], ...,
-        "model_version"}."""
+        """PNG/JPEG bytes (mixed sizes) -> {"mask_png_bytes", "confidence_png_bytes": object
+        [N] of PNG bytes, "class_ids": uint8 [N,Hmax,Wmax] padded with 255, "heights",
+        "widths": int32 [N], "model_version"} (the names of export format 2, also when the
+        server runs an older export)."""
         encoded = list(encoded)
         if not all(isinstance(e, (bytes, bytearray)) for e in encoded):
             raise ValueError("segment_encoded takes a list of bytes (encoded PNG/JPEG files)")
         array = np.array([bytes(e) for e in encoded], dtype=object)
-        result, version = self.predict_batched({"image_bytes": array}, SEGMENT_ENCODED,
+        result, version = self.predict_batched({names.IMAGE_BYTES: array}, SEGMENT_ENCODED,
                                                outputs, timeout)
         return {**result, "model_version": version}
+
+
+def _check_images(images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [N,H,W,3] (or [H,W,3]), got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 RGB, got {images.dtype}")
+    return images

@@ -7,54 +7,75 @@
 
 `segment` writes, per image, <stem>_mask.png (class ids, one uint8 channel, 255 = ignore),
 <stem>_overlay.png (class colours over the image) and, from segment_encoded on a binary road
-model, <stem>_confidence.png (road probability 0..255, KITTI's submission format). Class
-names and colours come from the export's fcnseg_metadata.json when --metadata points at it
+model, <stem>_confidence.png (road probability 0..255, the perspective map). Class
+names and colours come from the export's fcnseg_metadata.json when --model-dir points at it
 (TF Serving does not serve that file); otherwise classes are numbered and a default palette
 is used.
+
+KITTI: `segment --kitti-submission [--task road|lane] [--submission-zip]` also writes, for
+each KITTI image (um_000012.png, ...), confidence/<cat>_<task>_<n>.png (the perspective map)
+and kitti_submission/<cat>_<task>_<n>.png: the same map in the benchmark's bird's-eye view,
+made with the image's calibration (<split>/calib/<cat>_<n>.txt, or --calib-dir), i.e. the
+files to upload (kitti_submission.zip). With --model-dir, --task must be the model's.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 from collections import defaultdict
 
 import numpy as np
 
-from contract.layout import METADATA_PATH
+from contract import names as tensor_names
+from contract.files import IMAGE_EXTENSIONS
+from contract.names import KITTI_TASKS
 from model.data import palette
 from serving.errors import ServingError
 
 
 
-def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
-    """class_names and colours from an export's fcnseg_metadata.json (file or version dir)."""
+def read_export_metadata(path: str | None):
+    """The ExportMetadata of --model-dir (a model folder: its newest version, or a version
+    folder), or None without one. TF Serving does not serve this file, so it is read here."""
+    from contract.records import ExportMetadata
+
     if not path:
-        return None, None
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / METADATA_PATH
+        return None
     try:
-        metadata = json.loads(path.read_text())
+        return ExportMetadata.of_export(path)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {path}: cannot read export metadata: {err}") from None
-    return metadata.get("class_names"), metadata.get("colours")
+
+
+def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
+    """class_names and colours of the export at --model-dir (None, None without one)."""
+    metadata = read_export_metadata(path)
+    return (None, None) if metadata is None else (metadata.class_names, metadata.colours)
 
 
 def make_client(args):
     kwargs = dict(version=args.version, version_label=args.label, timeout=args.timeout,
-                  max_retries=args.retries)
-    if args.rest:
-        from serving.rest_client import RestPredictionClient
-        headers = {"Authorization": args.auth} if args.auth else None
-        return RestPredictionClient(args.server, args.model, headers=headers,
-                                    verify=args.tls_ca or True, **kwargs)
-    from serving.grpc_client import PredictionClient
-    metadata = {"authorization": args.auth} if args.auth else None
-    root = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
-    return PredictionClient(args.server, args.model, root_certificates=root, metadata=metadata,
-                            **kwargs)
+                  max_retries=args.retries,
+                  allow_plaintext_credentials=args.allow_plaintext_auth)
+    tls = args.tls or bool(args.tls_ca)
+    try:
+        if args.rest:
+            from serving.rest_client import RestPredictionClient
+            headers = {"Authorization": args.auth} if args.auth else None
+            server = args.server
+            if tls and "://" not in server:
+                server = f"https://{server}"
+            return RestPredictionClient(server, args.model, headers=headers,
+                                        verify=args.tls_ca or True, **kwargs)
+        from serving.grpc_client import PredictionClient
+        metadata = {"authorization": args.auth} if args.auth else None
+        root = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
+        return PredictionClient(args.server, args.model, tls=tls, root_certificates=root,
+                                metadata=metadata, max_response_bytes=args.max_response_bytes,
+                                **kwargs)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def _describe(class_ids: np.ndarray, names: list[str] | None) -> str:
@@ -67,15 +88,12 @@ def _describe(class_ids: np.ndarray, names: list[str] | None) -> str:
     return ", ".join(parts)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-
 def expand_images(paths: list[str]) -> list[pathlib.Path]:
     """Files as given; folders replaced by the image files in them (sorted)."""
     files = []
     for path in map(pathlib.Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             files.append(path)
     return files
@@ -89,14 +107,15 @@ def _segment_batch(client, signature: str, paths: list[pathlib.Path]) -> list[di
     blobs = [p.read_bytes() for p in paths]
     images = [decode_image_bytes(b, str(p)) for b, p in zip(blobs, paths)]  # fail early
     items = [{"image": image, "mask_png": None, "confidence_png": None} for image in images]
-    if signature == "segment_encoded":
+    if signature == tensor_names.SEGMENT_ENCODED:
+        # The clients return export format 2's names whatever the server runs.
         result = client.segment_encoded(blobs)
         for i, item in enumerate(items):
             h, w = result["heights"][i], result["widths"][i]
             item["class_ids"] = result["class_ids"][i, :h, :w]
-            item["mask_png"] = result["mask_png"][i]
-            if "confidence_png" in result:
-                item["confidence_png"] = result["confidence_png"][i]
+            item["mask_png"] = result[tensor_names.MASK_PNG_BYTES][i]
+            if tensor_names.CONFIDENCE_PNG_BYTES in result:
+                item["confidence_png"] = result[tensor_names.CONFIDENCE_PNG_BYTES][i]
             item["version"] = result["model_version"]
         return items
     # serving_default: one request per image size (a batch tensor has one height and width).
@@ -111,6 +130,70 @@ def _segment_batch(client, signature: str, paths: list[pathlib.Path]) -> list[di
     return items
 
 
+class KittiSubmission:
+    """Writes the bird's-eye-view submission maps of `segment --kitti-submission`.
+
+    An image that cannot get one (not a KITTI name, a category the task lacks, a missing or
+    bad calibration file) is reported naming the file and counted; the others go on.
+    """
+
+    def __init__(self, out: pathlib.Path, task: str, calib_dir: str | None):
+        self.out, self.task = out, task
+        self.calib_dir = pathlib.Path(calib_dir) if calib_dir else None
+        self.maps: dict[str, pathlib.Path] = {}
+        self.failed = 0
+
+    def add(self, image_path: pathlib.Path, confidence_png: bytes | None) -> str:
+        """Write the maps of one image; returns a note for the progress line."""
+        from contract import kitti as contract_kitti
+        from contract.files import atomic_write_bytes, png_bytes
+        from model.data import kitti, kitti_bev
+        from model.data.image_io import decode_image_bytes
+
+        try:
+            name = contract_kitti.submission_name(image_path.name, self.task)
+            calib_path = (self.calib_dir / contract_kitti.calib_name(image_path.name)
+                          if self.calib_dir else kitti.calib_path_for(image_path))
+            if confidence_png is None:
+                raise ValueError("the server sent no confidence map (use --signature "
+                                 "segment_encoded on a binary road/lane model)")
+            confidence = decode_image_bytes(confidence_png, f"{image_path} (confidence)")
+            bev = kitti_bev.submission_map(confidence[..., 0] if confidence.ndim == 3
+                                           else confidence, kitti.read_calib(calib_path))
+        except (ValueError, FileNotFoundError) as err:
+            self.failed += 1
+            print(f"error: {image_path}: no KITTI submission map: {err}", file=sys.stderr)
+            return ""
+        atomic_write_bytes(self.out / "confidence" / name, confidence_png)
+        self.maps[name] = atomic_write_bytes(self.out / "kitti_submission" / name,
+                                             png_bytes(bev))
+        return f", bird's-eye view -> kitti_submission/{name}"
+
+    def write_zip(self) -> pathlib.Path:
+        from contract.files import atomic_write_bytes
+        from contract.kitti import submission_zip_bytes
+
+        path = self.out / "kitti_submission.zip"
+        atomic_write_bytes(path, submission_zip_bytes(
+            {name: p.read_bytes() for name, p in self.maps.items()}))
+        print(f"{path}: {len(self.maps)} bird's-eye-view maps for the {self.task} task")
+        return path
+
+
+def _submission_task(args) -> str:
+    """--task, checked against the export's metadata when given (a lane model written as
+    um_road_* would be scored against the wrong ground truth)."""
+    from contract.records import RecordError, require_task
+
+    metadata = read_export_metadata(args.model_dir)
+    model_task = metadata.task if metadata is not None and metadata.dataset == "kitti" else None
+    try:
+        require_task(model_task, args.task, str(args.model_dir))
+    except RecordError as err:
+        raise SystemExit(f"error: {err}") from None
+    return args.task or model_task or "road"
+
+
 def cmd_segment(args) -> int:
     from tqdm import tqdm
     from model.data.image_io import ImageReadError, write_png
@@ -118,7 +201,17 @@ def cmd_segment(args) -> int:
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names, colours = read_class_info(args.metadata)
+    if (args.task or args.submission_zip or args.calib_dir) and not args.kitti_submission:
+        print("error: --task, --calib-dir and --submission-zip go with --kitti-submission",
+              file=sys.stderr)
+        return 2
+    if args.kitti_submission and args.signature != "segment_encoded":
+        print("error: --kitti-submission needs --signature segment_encoded (confidence maps)",
+              file=sys.stderr)
+        return 2
+    submission = (KittiSubmission(out, _submission_task(args), args.calib_dir)
+                  if args.kitti_submission else None)
+    names, colours = read_class_info(args.model_dir)
     colours = colours or palette(255)  # any class id gets a colour
     paths = expand_images(args.images)
     if not paths:
@@ -143,13 +236,18 @@ def cmd_segment(args) -> int:
                 save_overlay(overlay_path, item["image"], item["class_ids"], colours)
                 if item["confidence_png"] is not None:
                     (out / f"{path.stem}_confidence.png").write_bytes(item["confidence_png"])
+                note = submission.add(path, item["confidence_png"]) if submission else ""
                 h, w = item["class_ids"].shape
-                version = ("n/a (REST does not say)" if item["version"] is None
-                           else item["version"])
-                tqdm.write(f"{path}: {w}x{h}, version {version}: "
+                tqdm.write(f"{path}: {w}x{h}, version {item['version']}: "
                            f"{_describe(item['class_ids'], names)} -> {mask_path}, "
-                           f"{overlay_path}")
+                           f"{overlay_path}{note}")
             progress.update(len(batch))
+    if submission and args.submission_zip:
+        submission.write_zip()
+    if submission and submission.failed:
+        print(f"error: {submission.failed} image(s) got no KITTI submission map (see above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -195,11 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--label", help="version label, e.g. stable or canary")
     common.add_argument("--rest", action="store_true", help="use the REST API (port 8501)")
     common.add_argument("--timeout", type=float, default=30.0,
-                        help="overall deadline per call in seconds, retries included")
-    common.add_argument("--retries", type=int, default=5,
-                        help="retries on UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED")
-    common.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS")
-    common.add_argument("--auth", help="authorization header value, e.g. 'Bearer TOKEN'")
+                        help="deadline per call in seconds, retries included (default 30)")
+    common.add_argument("--retries", type=int, default=4,
+                        help="retries while the server is UNAVAILABLE (gRPC: at most 4)")
+    common.add_argument("--tls", action="store_true",
+                        help="connect with TLS, verifying against the system's roots")
+    common.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS, verifying "
+                                         "against it")
+    common.add_argument("--auth", help="authorization header value, e.g. 'Bearer TOKEN' "
+                                       "(needs --tls or --tls-ca)")
+    common.add_argument("--allow-plaintext-auth", action="store_true",
+                        help="send --auth without TLS (e.g. to a local TLS sidecar)")
+    common.add_argument("--max-response-bytes", type=int,
+                        default=tensor_names.GRPC_DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest gRPC reply accepted (default 4 MiB, gRPC's; -1 = any)")
     commands = parser.add_subparsers(dest="command", required=True)
     segment = commands.add_parser("segment", parents=[common],
                                   help="segment images, write masks and overlays")
@@ -208,11 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--out", required=True, help="output folder")
     segment.add_argument("--batch-size", type=int, default=8,
                          help="images per request batch (default 8)")
-    segment.add_argument("--signature", default="segment_encoded",
-                         choices=["segment_encoded", "serving_default"],
+    segment.add_argument("--signature", default=tensor_names.SEGMENT_ENCODED,
+                         choices=[tensor_names.SEGMENT_ENCODED, tensor_names.SERVING_DEFAULT],
                          help="send encoded files (default) or decoded pixels")
-    segment.add_argument("--metadata", help="the export's fcnseg_metadata.json (or its version "
-                                            "folder) for class names and colours")
+    segment.add_argument("--kitti-submission", action="store_true",
+                         help="KITTI images: also write confidence/ and the bird's-eye-view "
+                              "kitti_submission/ maps the benchmark wants uploaded")
+    segment.add_argument("--task", choices=KITTI_TASKS,
+                         help="KITTI task of the maps (default: the model's from --model-dir, "
+                              "else road); must be the model's")
+    segment.add_argument("--calib-dir", help="KITTI calibration folder (default: calib/ "
+                                             "beside each image's image_2/)")
+    segment.add_argument("--submission-zip", action="store_true",
+                         help="also write kitti_submission.zip (the maps, flat) for upload")
+    segment.add_argument("--model-dir", help="the export being served (a model folder or a "
+                                             "version folder), for class names, colours and "
+                                             "task")
     segment.set_defaults(run=cmd_segment)
     commands.add_parser("metadata", parents=[common],
                         help="show the served signatures").set_defaults(run=cmd_metadata)

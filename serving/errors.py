@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import grpc
 
-# Transient conditions worth another attempt. INVALID_ARGUMENT, NOT_FOUND and the rest will
-# not change by asking again, so they are raised at once.
+# Worth sending again later, by a caller with its own retries (Beam's RemoteModelHandler):
+# the server was away or slow. The gRPC client itself retries only UNAVAILABLE, through its
+# service config (serving/channel.py). RESOURCE_EXHAUSTED is not here: a reply over a
+# message limit is as large the next time. INVALID_ARGUMENT, NOT_FOUND and the rest will
+# not change by asking again.
 RETRYABLE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
 
-# HTTP status -> gRPC code, as TF Serving's REST front end maps them (google.rpc convention).
+# HTTP status -> gRPC code: the inverse of TF Serving's ToHTTPStatusCode
+# (model_servers/http_server.cc), where it is one to one.
 HTTP_TO_GRPC = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -26,6 +29,7 @@ HTTP_TO_GRPC = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# gRPC code -> HTTP status, as TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
 GRPC_TO_HTTP = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.CANCELLED: 499,

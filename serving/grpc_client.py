@@ -5,13 +5,15 @@
         result["class_ids"], result["model_version"]
         result = client.segment_encoded([png_bytes, jpeg_bytes])
 
-Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with
-exponential backoff and jitter within the call's overall deadline; everything else raises
-ServingError at once. Large batches are sent as several requests of at most
-`max_request_bytes` each.
+Retries, waiting for a restarting server and message limits are gRPC's own, set through a
+service config (serving/channel.py): UNAVAILABLE is retried with backoff inside the call's
+deadline; everything else raises ServingError at once. A reply over `max_response_bytes`
+fails at once with a message naming the limit. Large batches are sent as several requests
+of at most `max_request_bytes` each, all answered by one version.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable, Mapping
 
 import grpc
@@ -22,54 +24,53 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from contract.names import GRPC_DEFAULT_MAX_MESSAGE_BYTES
 from serving.base_client import DEFAULT_MAX_REQUEST_BYTES, SERVING_DEFAULT, SegmentationClient
+from serving.channel import make_channel, refuse_plaintext_credentials
 from serving.errors import ServingError
-from serving.retry import call_with_retries
 
+# gRPC's text for a message over the receive limit (src/core/.../message_size_filter).
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 
 
 class PredictionClient(SegmentationClient):
     """Predict, GetModelMetadata and GetModelStatus against one model.
 
     address: "host:port" of TF Serving's gRPC port. version / version_label: pin a version
-    (default: the newest the server has). timeout: overall deadline in seconds for one method
-    call, retries included. max_retries and the backoff settings bound the retries.
+    (default: the newest the server has). timeout: deadline in seconds for one method call,
+    retries and waiting for the server included. max_retries: retries of UNAVAILABLE
+    (gRPC allows at most 4, i.e. 5 attempts); initial/max_backoff: their spacing.
     max_request_bytes: batches are split so each request stays under it.
-    root_certificates (PEM bytes) turns on TLS; private_key + certificate_chain add a client
+    max_response_bytes: the largest reply accepted (gRPC's 4 MiB default; -1 = no limit).
+    tls=True verifies the server against the system's root certificates; root_certificates
+    (PEM bytes) against those instead; private_key + certificate_chain add a client
     certificate; server_name_override checks the server certificate against that name.
-    metadata: extra headers on every call, e.g. {"authorization": "Bearer ..."}.
+    metadata: extra headers on every call, e.g. {"authorization": "Bearer ..."}; credentials
+    are refused over plaintext unless allow_plaintext_credentials=True.
     """
 
     def __init__(self, address: str, model_name: str, version: int | None = None,
                  version_label: str | None = None, timeout: float = 30.0,
-                 max_retries: int = 5, initial_backoff: float = 0.1, max_backoff: float = 5.0,
+                 max_retries: int = 4, initial_backoff: float = 0.1, max_backoff: float = 5.0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_response_bytes: int = -1,
-                 root_certificates: bytes | None = None, private_key: bytes | None = None,
-                 certificate_chain: bytes | None = None, server_name_override: str | None = None,
-                 metadata: Mapping[str, str] | None = None):
-        super().__init__(model_name, version, version_label, timeout, max_retries,
-                         initial_backoff, max_backoff, max_request_bytes)
+                 max_response_bytes: int = GRPC_DEFAULT_MAX_MESSAGE_BYTES,
+                 tls: bool = False, root_certificates: bytes | None = None,
+                 private_key: bytes | None = None, certificate_chain: bytes | None = None,
+                 server_name_override: str | None = None,
+                 metadata: Mapping[str, str] | None = None,
+                 allow_plaintext_credentials: bool = False):
+        super().__init__(model_name, version, version_label, timeout, max_request_bytes)
         self.address = address
+        self.max_response_bytes = max_response_bytes
         self.metadata = tuple((k.lower(), v) for k, v in (metadata or {}).items())
-        options = [
-            # Requests are kept under max_request_bytes by chunking, but one image can be
-            # bigger than that on its own; responses with probabilities are ~10x the request.
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_receive_message_length", max_response_bytes),
-            # Reconnect quickly after a server restart (gRPC's default backoff grows to 120 s).
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
-        ]
-        if server_name_override:
-            options.append(("grpc.ssl_target_name_override", server_name_override))
-        if root_certificates is not None or certificate_chain is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates, private_key,
-                                                       certificate_chain)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
+        secure = tls or root_certificates is not None or certificate_chain is not None
+        refuse_plaintext_credentials(dict(self.metadata), secure, allow_plaintext_credentials,
+                                     address)
+        self._channel = make_channel(
+            address, max_attempts=max(1, max_retries + 1), initial_backoff=initial_backoff,
+            max_backoff=max_backoff, max_response_bytes=max_response_bytes, tls=tls,
+            root_certificates=root_certificates, private_key=private_key,
+            certificate_chain=certificate_chain, server_name_override=server_name_override)
         self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -90,13 +91,27 @@ class PredictionClient(SegmentationClient):
             spec.signature_name = signature_name
 
     def _call(self, method, request, timeout: float | None):
-        def attempt(remaining: float):
-            try:
-                return method(request, timeout=remaining, metadata=self.metadata)
-            except grpc.RpcError as err:
-                raise ServingError(err.code(), err.details() or "", target=self.address) from None
-        return call_with_retries(attempt, self.retry_policy,
-                                 self.timeout if timeout is None else timeout)
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout,
+                          metadata=self.metadata)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def _error(self, err: grpc.RpcError) -> ServingError:
+        code, details = err.code(), err.details() or ""
+        trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") \
+            else {}
+        # gRPC reports the attempts made before this one when it retried.
+        attempts = 1 + int(trailing.get("grpc-previous-rpc-attempts", 0) or 0)
+        too_large = _TOO_LARGE.search(details)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and too_large:
+            size, limit = too_large.groups()
+            details = (f"the reply is {int(size):,} bytes, over this client's limit of "
+                       f"{int(limit):,} bytes (max_response_bytes). Raise it "
+                       f"(PredictionClient(..., max_response_bytes=N or -1), "
+                       f"--max-response-bytes N), ask for fewer outputs, or send fewer "
+                       f"images per request. [{details}]")
+        return ServingError(code, details, attempts=attempts, target=self.address)
 
     # -- API
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
@@ -107,10 +122,10 @@ class PredictionClient(SegmentationClient):
         self._model_spec(request.model_spec, signature_name, _pin)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        request.output_filter.extend(output_filter or ())
+        request.output_filter.extend(self.server_output_names(signature_name, output_filter))
         response = self._call(self._predict_stub.Predict, request, timeout)
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
-        return outputs, response.model_spec.version.value
+        return self.canonical_outputs(outputs), response.model_spec.version.value
 
     def get_model_metadata(self, timeout: float | None = None) -> dict:
         """{"name", "version", "signature_def": {name: {"inputs", "outputs", "method_name"}}},

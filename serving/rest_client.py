@@ -1,30 +1,40 @@
 """REST client for a segmentation model on TensorFlow Serving (port 8501).
 
-Same methods and retry policy as serving.grpc_client.PredictionClient, over
+Same methods as serving.grpc_client.PredictionClient, over
 `/v1/models/NAME[/versions/N|/labels/L]` (`:predict`, `/metadata`, status). Differences that
-come from the REST API itself:
+come from the REST API itself (g3doc/api_rest.md):
   * images travel as JSON numbers (about 4x the bytes of gRPC) and encoded images as
     {"b64": ...}; prefer gRPC for throughput;
-  * the predict response does not say which version answered: "model_version" is the pinned
-    version, or None when the newest was asked for;
+  * a predict reply does not say which version answered. Unless a version is pinned, the
+    client first asks `/metadata` (of the label, or of the newest version) which version
+    that is, and sends the request to `/versions/N`: "model_version" is always known, and
+    the chunks of one batch are answered by one version, as over gRPC;
   * REST has no output_filter: every output is computed and sent, and the filter is applied
-    here. String outputs whose names do not end in "_bytes" (mask_png) are sent by TF Serving
-    as raw bytes inside JSON strings; they are recovered byte for byte.
+    here. PNG outputs end in "_bytes" (export format 2), so TF Serving sends them as
+    {"b64": ...}; exports of format 1 (mask_png) are sent as raw bytes inside JSON strings,
+    which are recovered byte for byte here but which generic JSON clients cannot read.
+
+`timeout` bounds the whole call (connecting, sending, waiting and reading the reply), not
+each socket read. Connection failures and 503 are retried with backoff (urllib3's Retry).
 """
 from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Iterable, Mapping
 
 import grpc
 import numpy as np
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import exceptions as urllib3_exceptions
+from urllib3.util.retry import Retry
 
 from serving.base_client import (DEFAULT_MAX_REQUEST_BYTES, SERVING_DEFAULT,
                                  SegmentationClient, row_nbytes)
+from serving.channel import refuse_plaintext_credentials
 from serving.errors import HTTP_TO_GRPC, ServingError
-from serving.retry import call_with_retries
 
 # TensorFlow DataType names (as in metadata JSON) -> numpy dtypes.
 _NUMPY_DTYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_INT32": np.int32,
@@ -34,25 +44,37 @@ _NUMPY_DTYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_INT32": np
 # JSON numbers are text: one uint8 pixel channel is 1-4 bytes ("255,"), so the JSON request
 # is ~3.5x the array. Chunk on that estimate.
 _JSON_BYTES_PER_VALUE = 3.6
+_READ_CHUNK = 1 << 16
 
 
 class RestPredictionClient(SegmentationClient):
     """REST twin of PredictionClient. address: "host:port" or "http(s)://host:port".
 
-    verify: TLS verification (True, False or a CA bundle path); cert: client certificate
-    (path or (cert, key)); headers: extra headers, e.g. {"Authorization": "Bearer ..."}.
+    timeout: seconds for a whole call. max_retries: retries of refused connections and 503.
+    verify: TLS verification (True = the system's CA bundle via requests, False, or a CA
+    bundle path); cert: client certificate (path or (cert, key)); headers: extra headers,
+    e.g. {"Authorization": "Bearer ..."}, refused over http:// unless
+    allow_plaintext_credentials=True.
     """
 
     def __init__(self, address: str, model_name: str, version: int | None = None,
                  version_label: str | None = None, timeout: float = 30.0,
-                 max_retries: int = 5, initial_backoff: float = 0.1, max_backoff: float = 5.0,
+                 max_retries: int = 4, initial_backoff: float = 0.1, max_backoff: float = 5.0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  verify: bool | str = True, cert=None,
-                 headers: Mapping[str, str] | None = None):
-        super().__init__(model_name, version, version_label, timeout, max_retries,
-                         initial_backoff, max_backoff, max_request_bytes)
+                 headers: Mapping[str, str] | None = None,
+                 allow_plaintext_credentials: bool = False):
+        super().__init__(model_name, version, version_label, timeout, max_request_bytes)
         self.base_url = address if "://" in address else f"http://{address}"
+        refuse_plaintext_credentials(dict(headers or {}), self.base_url.startswith("https://"),
+                                     allow_plaintext_credentials, self.base_url)
         self._session = requests.Session()
+        retry = Retry(total=max_retries, connect=max_retries, read=0, other=0,
+                      status=max_retries, status_forcelist=(503,), allowed_methods=None,
+                      backoff_factor=initial_backoff, backoff_max=max_backoff,
+                      respect_retry_after_header=True, raise_on_status=False)
+        for prefix in ("http://", "https://"):
+            self._session.mount(prefix, HTTPAdapter(max_retries=retry))
         self._session.verify = verify
         self._session.cert = cert
         self._session.headers.update(headers or {})
@@ -71,29 +93,55 @@ class RestPredictionClient(SegmentationClient):
         return url + suffix
 
     def _call(self, method: str, url: str, body: dict | None, timeout: float | None) -> bytes:
-        def attempt(remaining: float) -> bytes:
-            try:
-                response = self._session.request(
-                    method, url, timeout=remaining,
-                    data=None if body is None else json.dumps(body),
-                    headers={"Content-Type": "application/json"} if body is not None else None)
-            except requests.Timeout as err:
-                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, str(err),
-                                   target=self.base_url) from None
-            except requests.ConnectionError as err:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE, str(err),
-                                   target=self.base_url) from None
-            if response.status_code != 200:
-                try:
-                    message = response.json()["error"]
-                except (ValueError, KeyError, TypeError):
-                    message = response.text[:500] or response.reason
-                code = HTTP_TO_GRPC.get(response.status_code, grpc.StatusCode.UNKNOWN)
-                raise ServingError(code, f"HTTP {response.status_code}: {message}",
+        """One HTTP call within `timeout` seconds in all: every socket operation gets what
+        is left, and reading the reply stops at the deadline."""
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"{method} {url}: no complete reply within {budget:g} s",
                                    target=self.base_url)
-            return response.content
-        return call_with_retries(attempt, self.retry_policy,
-                                 self.timeout if timeout is None else timeout)
+            return remaining
+        try:
+            with self._session.request(
+                    method, url, timeout=left(), stream=True,
+                    data=None if body is None else json.dumps(body),
+                    headers={"Content-Type": "application/json"} if body is not None
+                    else None) as response:
+                content = self._read_body(response, left)
+        except (requests.Timeout, TimeoutError, urllib3_exceptions.ReadTimeoutError) as err:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, str(err),
+                               target=self.base_url) from None
+        except requests.ConnectionError as err:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, str(err),
+                               target=self.base_url) from None
+        if response.status_code != 200:
+            try:
+                message = json.loads(content)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = content[:500].decode("utf-8", "replace") or response.reason
+            code = HTTP_TO_GRPC.get(response.status_code, grpc.StatusCode.UNKNOWN)
+            raise ServingError(code, f"HTTP {response.status_code}: {message}",
+                               target=self.base_url)
+        return content
+
+    @staticmethod
+    def _read_body(response, left) -> bytes:
+        """The body, read in whatever pieces arrive, each socket wait bounded by what is
+        left of the call (requests' timeout would give every read the whole budget)."""
+        raw, parts = response.raw, []
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        while True:
+            if sock is not None:
+                sock.settimeout(left())
+            part = raw.read1(_READ_CHUNK, decode_content=True)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+            left()
 
     def _signature(self, name: str) -> dict:
         if self._signatures is None:
@@ -107,13 +155,17 @@ class RestPredictionClient(SegmentationClient):
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
                 output_filter: Iterable[str] | None = None, timeout: float | None = None,
                 *, _pin: int | None = None) -> tuple[dict[str, np.ndarray], int | None]:
-        """One :predict call in the columnar ("inputs") format: (outputs, version or None)."""
+        """One :predict call in the columnar ("inputs") format: (outputs, version)."""
+        if _pin is None and self.version is None:
+            # Which version answers: asked first, then pinned (the reply would not say).
+            _pin = self.get_model_metadata(timeout)["version"]
         body = {"signature_name": signature_name,
                 "inputs": {name: _to_json(np.asarray(value)) for name, value in inputs.items()}}
         raw = self._call("POST", self._url(":predict", _pin), body, timeout)
         # surrogateescape: raw bytes inside strings (see module doc) survive the round trip.
         answer = json.loads(raw.decode("utf-8", "surrogateescape"))["outputs"]
         outputs_meta = self._signature(signature_name).get("outputs", {})
+        output_filter = self.server_output_names(signature_name, output_filter)
         if not isinstance(answer, dict):  # a single output is sent bare
             answer = {next(iter(outputs_meta)): answer}
         wanted = list(output_filter) if output_filter else list(answer)
@@ -126,7 +178,7 @@ class RestPredictionClient(SegmentationClient):
         outputs = {name: _from_json(name, answer[name],
                                     outputs_meta.get(name, {}).get("dtype", "DT_FLOAT"))
                    for name in wanted}
-        return outputs, self.version if _pin is None else _pin
+        return self.canonical_outputs(outputs), self.version if _pin is None else _pin
 
     def _request_bytes(self, value: np.ndarray) -> list[int]:
         # base64 for encoded images, JSON text for numbers

@@ -1,7 +1,7 @@
 """Fixtures for the serving tests: exported model versions and one running server.
 
 The server is real TF Serving when it can be had (see serving/backends.py: the binary on
-PATH, a Docker engine, or TFSERVING_GRPC_ADDRESS), else serving.test_server. Which one ran is
+PATH, a Docker engine, or TFSERVING_GRPC_ADDRESS), else tfserving_dev. Which one ran is
 printed in pytest's terminal summary: "serving backend: ...".
 """
 from __future__ import annotations
@@ -57,20 +57,29 @@ def write_test_models(base: pathlib.Path, served_base: str | None = None) -> pat
     return base
 
 
+# The fixtures are imported into several test modules, and pytest makes each import its own
+# fixture: the exported models and the server are kept on the pytest config, so a session
+# exports once and starts one server whatever the modules.
+
 @pytest.fixture(scope="session")
-def model_base(tmp_path_factory) -> pathlib.Path:
+def model_base(tmp_path_factory, request) -> pathlib.Path:
     """The folder with fcn8s/1 and fcn8s/2: exported here, or $TFSERVING_MODEL_BASE (the
     models an external server at $TFSERVING_GRPC_ADDRESS serves, made by
     `python -m tests.serving_fixtures DIR`)."""
     pytest.importorskip("export.savedmodel", reason="export/savedmodel.py not available")
+    cached = getattr(request.config, "_fcnseg_model_base", None)
+    if cached is not None:
+        return cached
     given = os.environ.get("TFSERVING_MODEL_BASE")
     if given:
         base = pathlib.Path(given)
         if not all((base / MODEL_NAME / v / "saved_model.pb").is_file() for v in ("1", "2")):
             pytest.fail(f"TFSERVING_MODEL_BASE={given} has no {MODEL_NAME}/1 and /2 "
                         "(make them with: python -m tests.serving_fixtures DIR)")
-        return base
-    return write_test_models(tmp_path_factory.mktemp("models"))
+    else:
+        base = write_test_models(tmp_path_factory.mktemp("models"))
+    request.config._fcnseg_model_base = base
+    return base
 
 
 @pytest.fixture(scope="session")
@@ -78,14 +87,17 @@ def serving_backend(model_base, request):
     """A running server for MODEL_NAME with versions 1 and 2 (labels stable=1, canary=2)."""
     from serving.backends import start_backend
 
-    backend = start_backend(model_base, MODEL_NAME, labels={"stable": 1, "canary": 2})
-    line = f"serving backend: {backend.description}"
-    request.config.pluginmanager.register(_SummaryLine(line), "serving-backend-summary")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("\n" + line)
-    yield backend
-    backend.close()
+    backend = getattr(request.config, "_fcnseg_serving_backend", None)
+    if backend is None:
+        backend = start_backend(model_base, MODEL_NAME, labels={"stable": 1, "canary": 2})
+        request.config._fcnseg_serving_backend = backend
+        request.config.add_cleanup(backend.close)
+        line = f"serving backend: {backend.description}"
+        request.config.pluginmanager.register(_SummaryLine(line), "serving-backend-summary")
+        reporter = request.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("\n" + line)
+    return backend
 
 
 class _SummaryLine:

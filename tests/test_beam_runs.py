@@ -16,7 +16,8 @@ from PIL import Image
 
 pytest.importorskip("apache_beam")
 
-from tests.test_beam_segment import _png, _read_jsonl, _rgb, road_model  # noqa: F401,E402
+from tests.test_beam_segment import (SMALL_CALIB, _png, _read_jsonl, _rgb,  # noqa: F401,E402
+                                     road_model)
 
 
 def _run(*args) -> dict:
@@ -25,12 +26,15 @@ def _run(*args) -> dict:
 
 
 def _kitti_images(root: pathlib.Path, n: int) -> pathlib.Path:
-    """training/image_2 with n KITTI-named images (um, umm, uu in turn), small and random."""
-    folder = root / "training" / "image_2"
+    """training/image_2 with n KITTI-named images (um, umm, uu in turn), small and random,
+    and their calib files (the bird's-eye-view submission needs them)."""
+    folder, calib = root / "training" / "image_2", root / "training" / "calib"
     folder.mkdir(parents=True)
+    calib.mkdir()
     for i in range(n):
         cat = ("um", "umm", "uu")[i % 3]
         (folder / f"{cat}_{i:06d}.png").write_bytes(_png(_rgb(24, 64, seed=i)))
+        (calib / f"{cat}_{i:06d}.txt").write_text(SMALL_CALIB)
     return root
 
 

@@ -240,8 +240,8 @@ def test_folder_with_labels_dir(tmp_path, road_model):
 
 @pytest.fixture()
 def grpc_server(road_model):
-    from serving.test_server import start_test_server
-    server = start_test_server(road_model.parent, "fcn8s")
+    from tfserving_dev.server import start_dev_server
+    server = start_dev_server(road_model.parent, "fcn8s")
     yield server
     server.stop()
 
@@ -382,6 +382,7 @@ def test_kitti_missing_calibration_is_a_dead_letter(tmp_path, road_model):
     out = tmp_path / "out"
     summary = _run("--input", tmp_path / "kitti", "--output", out, "--dataset", "kitti",
                    "--model-dir", road_model)
+    out = _published(out, summary)
     dead = {pathlib.Path(d["path"]).name: d for d in _read_jsonl(out, "dead_letter")}
     assert dead["uu_000001.png"]["stage"] == "calibration"
     assert "calib/uu_000001.txt not found" in dead["uu_000001.png"]["reason"]
@@ -423,6 +424,8 @@ def test_kitti_lane_submission_in_birds_eye_view(tmp_path_factory, tmp_path, kit
     out = tmp_path / "out"
     summary = _run("--input", pattern, "--output", out, "--dataset", "kitti",
                    "--model-dir", lane_model, "--submission-zip")
+    out = _published(out, summary)
+    assert summary["submission_zip"] == str(out / "kitti_submission.zip")
     images = sorted(pattern.parent.glob(pattern.name))
     um = [p for p in images if p.name.startswith("um_")]
     assert um and len(um) < len(images)
@@ -495,15 +498,16 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     from model import metrics
     from model.data import coco as coco_mod
     out2 = tmp_path / "out_tv"
-    _run("--input", coco_root / "val2017", "--output", out2, "--dataset", "coco",
-         "--annotations", ann_file, "--model-dir", model, "--coco-protocol", "torchvision")
+    out2 = _published(out2, _run("--input", coco_root / "val2017", "--output", out2,
+                                 "--dataset", "coco", "--annotations", ann_file,
+                                 "--model-dir", model, "--coco-protocol", "torchvision"))
     m2 = json.loads((out2 / "metrics.json").read_text())
     assert m2["coco_protocol"] == "torchvision"
     index = coco_mod.load_coco(ann_file)
     lut = {1: 1, 3: 2}  # person, car
     cm = np.zeros((3, 3), np.int64)
     for info in images:
-        pred = np.asarray(Image.open(out2 / "masks" / info["file_name"].replace(".jpg", ".png")))
+        pred = np.asarray(Image.open(_published(out2, summary2) / "masks" / info["file_name"].replace(".jpg", ".png")))
         label = coco_mod.semantic_mask(index, info, lut, protocol="torchvision")
         cm += metrics.confusion_matrix(pred, label, 3)
     assert m2["confusion_matrix"] == cm.tolist()
@@ -523,14 +527,14 @@ def test_multiprocess_direct_runner(tmp_path, road_model):
 def test_grpc_survives_server_restart(tmp_path, road_model):
     """Stop the server while the job runs and start it again on the same port: every image
     still comes out (client retries, then Beam's backoff)."""
-    from serving.test_server import start_test_server
+    from tfserving_dev.server import start_dev_server
 
     folder = tmp_path / "in"
     folder.mkdir()
     n = 12  # enough to stop after 3 masks and still have most of the job left
     for i in range(n):
         (folder / f"img_{i:02d}.png").write_bytes(_png(_rgb(120, 300, seed=i)))
-    server = start_test_server(road_model.parent, "fcn8s")
+    server = start_dev_server(road_model.parent, "fcn8s")
     port = int(server.address.rsplit(":", 1)[1])
     out = tmp_path / "out"
     state = {"masks_at_stop": None, "server": server}
@@ -541,7 +545,7 @@ def test_grpc_survives_server_restart(tmp_path, road_model):
         state["server"].stop(grace=0)
         state["masks_at_stop"] = len(list(out.glob("runs/*/masks/*.png")))
         time.sleep(3)
-        state["server"] = start_test_server(road_model.parent, "fcn8s", port=port)
+        state["server"] = start_dev_server(road_model.parent, "fcn8s", port=port)
 
     t = threading.Thread(target=restart, daemon=True)
     t.start()

@@ -19,15 +19,16 @@ TINY = ["--warmup", "1", "--repeats", "1", "--min-seconds", "0", "--images", "3"
 
 SECTION_KEYS = {
     "floor": ["flops_per_image", "conv2d_flops", "graph_conv2d_flops", "graph_agrees",
-              "matmul_float32", "matmul_bfloat16", "floor_ms_per_image"],
+              "matmul_float32", "matmul_bfloat16", "floor_ms_per_image", "machine",
+              "peak_float32_flops_per_s", "peak_ms_per_image", "kernel_share_of_peak"],
     "inprocess": ["results"],
     "grpc": ["backend", "wire", "results"],
-    "beam": ["results", "inprocess_reference"],
+    "beam": ["results", "inprocess_reference", "cpu_ratio", "wall_ratio"],
     "training": ["train_step", "input_pipeline", "pipeline_vs_training"],
     "scaling": ["by_images", "by_image_size"],
     "export": ["total_bytes", "weights_bytes", "size_vs_weights", "without_warmup",
                "with_warmup", "first_request_speedup"],
-    "bf16": ["float32", "bfloat16", "speedup", "pixel_agreement"],
+    "bf16": ["float32", "bfloat16", "speedup", "pixel_agreement", "verdict"],
     "profile": ["stages_ms", "decomposition", "slowest_path", "beam_cprofile"],
 }
 
@@ -89,8 +90,8 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path):
     assert result["meta"]["model"]["name"] == MODEL_NAME
     assert {r["clients"] for r in result["grpc"]["results"]} == {1, 2}
     assert all(not r["errors"] for r in result["grpc"]["results"])
-    assert {w["signature"] for w in result["grpc"]["wire"]} == {"serving_default",
-                                                                 "segment_encoded"}
+    assert {w["signature"] for w in result["grpc"]["wire"]} == {
+        "serving_default", "segment_probabilities", "segment_encoded"}
     assert {r["mode"] for r in result["beam"]["results"]} == {"inprocess", "grpc"}
     assert [r["images"] for r in result["scaling"]["by_images"]["results"]] == [1, 2]
     assert 0.0 <= result["bf16"]["pixel_agreement"] <= 1.0

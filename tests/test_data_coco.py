@@ -327,3 +327,32 @@ def test_torchvision_rules_on_generated_overlaps(tmp_path):
                               min_area_fraction=0.1)
     with pytest.raises(ValueError, match="protocol must be one of"):
         coco_mod.semantic_mask(coco, coco.imgs[1], lut, protocol="voc")
+
+
+def test_evaluate_scores_against_masks_of_another_protocol(coco_root, tmp_path):
+    """model.evaluate --coco-protocol torchvision on a run trained with the fcnseg rules:
+    the same validation images (torchvision never filters them), masks re-rendered."""
+    import argparse
+
+    from model import evaluate
+
+    data = load_dataset("coco", coco_root, categories="voc", cache_dir=tmp_path / "a",
+                        progress=False)
+    config = {"dataset": "coco", "data_root": str(coco_root), "coco_protocol": "fcnseg",
+              "categories": list(data.class_names[1:])}  # as model.train records them
+    args = argparse.Namespace(coco_protocol="torchvision", data_root=None, split="val",
+                              cache_dir=tmp_path / "b")
+    scored, pairs = evaluate._coco_protocol_pairs(config, data.val, args)
+    assert scored["coco_protocol"] == "torchvision"
+    assert [image for image, _ in pairs] == [image for image, _ in data.val]
+    val_json = json.loads((coco_root / "annotations" / "instances_val2017_sample.json").read_text())
+    by_name = {i["file_name"]: i for i in val_json["images"]}
+    lut = {c: i + 1 for i, c in enumerate(coco_mod.VOC_CATEGORY_IDS)}
+    for image, mask in pairs[:8]:
+        expected, _ = _torchvision_reference(val_json, coco_root / "val2017",
+                                             by_name[os.path.basename(image)], lut)
+        np.testing.assert_array_equal(read_label_png(mask), expected)
+    same, same_pairs = evaluate._coco_protocol_pairs(
+        config, data.val, argparse.Namespace(coco_protocol=None, data_root=None, split="val",
+                                             cache_dir=tmp_path / "b"))
+    assert same["coco_protocol"] == "fcnseg" and same_pairs == data.val

@@ -16,9 +16,17 @@ def _devkit_reference(rgb) -> np.ndarray:
     return np.where(valid, road.astype(np.uint8), np.uint8(255))
 
 
+def _images_by_category(kitti_root, split="training"):
+    """Counts from the folder itself (the sample grows: 36 images once, 136 now)."""
+    names = [p.name for p in (kitti_root / split / "image_2").glob("*.png")]
+    return {cat: sum(n.startswith(f"{cat}_") for n in names) for cat in ("um", "umm", "uu")}
+
+
 def test_decode_gt_matches_devkit_on_all_samples(kitti_root):
+    counts = _images_by_category(kitti_root)
     gt_files = sorted((kitti_root / "training" / "gt_image_2").glob("*.png"))
-    assert len(gt_files) == 36 + 12  # road for all 36 images, lane for the 12 um
+    # road for every image, lane for every um image
+    assert len(gt_files) == sum(counts.values()) + counts["um"]
     blue_only_total = 0
     for path in gt_files:
         label = kitti.read_gt(path)
@@ -34,7 +42,8 @@ def test_decode_gt_matches_devkit_on_all_samples(kitti_root):
         assert (label[blue_only] == 255).all()  # road outside the evaluated area
         blue_only_total += int(blue_only.sum())
         assert set(np.unique(label)) <= {0, 1, 255}
-    # The samples hold pure-blue pixels (5 umm files, 142 pixels): the rule above is exercised.
+    # The samples hold pure-blue pixels (data README: 10 of the road files): the rule above
+    # is exercised.
     assert blue_only_total > 0
 
 
@@ -46,17 +55,20 @@ def test_decode_gt_synthetic_colours():
 
 
 def test_pairs_road_lane_testing(kitti_root):
+    counts = _images_by_category(kitti_root)
     road = kitti.list_pairs(kitti_root)
-    assert len(road) == 36
+    assert len(road) == sum(counts.values())
     for image, gt in road:
         assert pathlib.Path(gt).name == pathlib.Path(image).name.replace("_", "_road_", 1)
         assert kitti.category_of(image) == kitti.category_of(gt)
         assert kitti.gt_path_for(image) == gt
     assert {kitti.category_of(i) for i, _ in road} == {"um", "umm", "uu"}
     lane = kitti.list_pairs(kitti_root, task="lane")
-    assert len(lane) == 12 and all(pathlib.Path(g).name.startswith("um_lane_") for _, g in lane)
+    assert len(lane) == counts["um"]
+    assert all(pathlib.Path(g).name.startswith("um_lane_") for _, g in lane)
     testing = kitti.list_pairs(kitti_root, split="testing")
-    assert len(testing) == 12 and all(g is None for _, g in testing)
+    assert len(testing) == sum(_images_by_category(kitti_root, "testing").values())
+    assert all(g is None for _, g in testing)
     assert kitti.gt_path_for(testing[0][0]) is None
 
 
@@ -71,9 +83,12 @@ def test_category_of():
 def test_stratified_split_deterministic(kitti_root):
     pairs = kitti.list_pairs(kitti_root)
     train, val = kitti.stratified_split(pairs, 0.25, seed=3)
-    assert len(val) == 9 and len(train) == 27 and not set(train) & set(val)
+    # Stratified: a quarter of each category, rounded (45, 45, 46 -> 11, 11, 12 here).
+    expected = {cat: round(n * 0.25) for cat, n in _images_by_category(kitti_root).items()}
+    assert len(val) == sum(expected.values()) and len(train) == len(pairs) - len(val)
+    assert not set(train) & set(val)
     cats = [kitti.category_of(i) for i, _ in val]
-    assert cats.count("um") == cats.count("umm") == cats.count("uu") == 3
+    assert {cat: cats.count(cat) for cat in expected} == expected
     assert kitti.stratified_split(list(reversed(pairs)), 0.25, seed=3) == (train, val)
     other = [kitti.stratified_split(pairs, 0.25, seed=s)[1] for s in range(4, 8)]
     assert any(o != val for o in other)  # the seed matters
@@ -133,5 +148,7 @@ def test_missing_root_is_clear(tmp_path):
 def test_load_dataset_kitti(kitti_root):
     data = load_dataset("kitti", kitti_root, val_fraction=0.2, seed=0)
     assert data.label_format == "kitti" and data.class_names == ["not road", "road"]
-    assert len(data.train) + len(data.val) == 36 and len(data.val) == 6
+    counts = _images_by_category(kitti_root)
+    assert len(data.train) + len(data.val) == sum(counts.values())
+    assert len(data.val) == sum(round(n * 0.2) for n in counts.values())
     assert data.colours[1] == (255, 0, 255)

@@ -193,7 +193,7 @@ def _run_everything(case: str, tmp: pathlib.Path, kitti_root, coco_root) -> dict
         for name, flags in (("grpc", ["--server", backend.address]),
                             ("rest", ["--rest", "--server", backend.rest_address])):
             assert client.main(["segment", *flags, "--model", "fcn8s", str(images),
-                                "--out", str(tmp / name), "--metadata", str(version)]) == 0
+                                "--out", str(tmp / name), "--model-dir", str(version)]) == 0
     finally:
         backend.close()
     lap("clients")

@@ -9,7 +9,8 @@ from export import savedmodel
 from contract.layout import LABELS_FILE, METADATA_FILE, WARMUP_FILE, versions
 from export.savedmodel import (export_saved_model, load_saved_model, saved_model_sizes,
                                weights_nbytes)
-from export.signatures import DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED, SERVING_DEFAULT
+from export.signatures import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED, SEGMENT_PROBABILITIES,
+                               SERVING_DEFAULT)
 from export.warmup import read_warmup_file
 from export.wire import GRPC_DEFAULT_MAX_MESSAGE_BYTES, predict_request, predict_response
 from model.fcn8s import build_fcn8s
@@ -75,6 +76,15 @@ def test_layout_and_atomic_write(exported):
     assert [p.name for p in exported.parent.iterdir()] == ["1"]  # no temporary folder left
 
 
+def test_export_is_world_readable(exported):
+    """TF Serving rarely runs as the exporting user: folders 0755, files 0644 (mkdtemp
+    alone leaves the version folder 0700, unreadable to anyone else)."""
+    import stat
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o755
+    for path in exported.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
 def test_labels_and_metadata(exported, loaded):
     assert (exported / "assets" / LABELS_FILE).read_text() == "non-road\nroad\n"
     assert loaded.class_names == ["non-road", "road"]
@@ -86,7 +96,8 @@ def test_labels_and_metadata(exported, loaded):
     assert meta["metrics"] == METRICS
     assert meta["source_checkpoint"] == "runs/x/checkpoints/best.keras"
     assert meta["run_dir"] == "runs/x" and meta["version"] == 1
-    assert set(meta["signatures"]) == {SERVING_DEFAULT, SEGMENT_ENCODED}
+    assert set(meta["signatures"]) == {SERVING_DEFAULT, SEGMENT_ENCODED, SEGMENT_PROBABILITIES}
+    assert meta["export_format"] == 2
     assert meta["signatures"][SERVING_DEFAULT]["inputs"]["images"] == {
         "dtype": "uint8", "shape": [None, None, None, 3]}
     # The labels asset is part of the graph, so loading points it at the version's copy.
@@ -96,9 +107,10 @@ def test_labels_and_metadata(exported, loaded):
 def test_warmup_records_parse(exported):
     logs = read_warmup_file(exported / "assets.extra" / WARMUP_FILE)
     requests = [log.predict_log.request for log in logs]
-    assert {r.model_spec.signature_name for r in requests} == {SERVING_DEFAULT, SEGMENT_ENCODED}
+    assert {r.model_spec.signature_name for r in requests} == {
+        SERVING_DEFAULT, SEGMENT_ENCODED, SEGMENT_PROBABILITIES}
     for request in requests:
-        key = "images" if request.model_spec.signature_name == SERVING_DEFAULT else "image_bytes"
+        key = "image_bytes" if request.model_spec.signature_name == SEGMENT_ENCODED else "images"
         value = tf.make_ndarray(request.inputs[key])
         if key == "images":
             assert value.dtype == np.uint8 and value.shape == (1, *IMAGE_SIZE, 3)
@@ -108,25 +120,31 @@ def test_warmup_records_parse(exported):
 
 def test_signature_names_dtypes_shapes(loaded):
     sigs = loaded.signatures
-    assert set(sigs) == {SERVING_DEFAULT, SEGMENT_ENCODED}
-    _, inputs = sigs[SERVING_DEFAULT].structured_input_signature
-    assert inputs["images"].dtype == tf.uint8
-    assert inputs["images"].shape.as_list() == [None, None, None, 3]
+    assert set(sigs) == {SERVING_DEFAULT, SEGMENT_ENCODED, SEGMENT_PROBABILITIES}
+    for name in (SERVING_DEFAULT, SEGMENT_PROBABILITIES):
+        _, inputs = sigs[name].structured_input_signature
+        assert inputs["images"].dtype == tf.uint8
+        assert inputs["images"].shape.as_list() == [None, None, None, 3]
+    # serving_default: only the compact maps, so a client without output_filter (and REST,
+    # which has none) gets a small reply; float maps from their own signature.
     outputs = sigs[SERVING_DEFAULT].structured_outputs
     assert {k: v.dtype for k, v in outputs.items()} == {
-        "class_ids": tf.uint8, "confidence": tf.uint8, "probabilities": tf.float32}
+        "class_ids": tf.uint8, "confidence": tf.uint8}
+    outputs = sigs[SEGMENT_PROBABILITIES].structured_outputs
+    assert {k: v.dtype for k, v in outputs.items()} == {"probabilities": tf.float32}
     _, inputs = sigs[SEGMENT_ENCODED].structured_input_signature
     assert inputs["image_bytes"].dtype == tf.string
     assert inputs["image_bytes"].shape.as_list() == [None]
     outputs = sigs[SEGMENT_ENCODED].structured_outputs
     assert {k: v.dtype for k, v in outputs.items()} == {
-        "mask_png": tf.string, "confidence_png": tf.string, "class_ids": tf.uint8,
+        # `_bytes`: TF Serving's REST API sends these as {"b64": ...} (util/json_tensor.cc)
+        "mask_png_bytes": tf.string, "confidence_png_bytes": tf.string, "class_ids": tf.uint8,
         "heights": tf.int32, "widths": tf.int32}
 
 
 def test_serving_default_any_size(loaded):
     images = np.stack([random_image(50, 77, 1), random_image(50, 77, 2)])
-    out = loaded.segment(images)
+    out = {**loaded.segment(images), **loaded.probabilities(images)}
     assert out["class_ids"].shape == out["confidence"].shape == (2, 50, 77)
     assert out["probabilities"].shape == (2, 50, 77, 2)
     np.testing.assert_array_equal(out["class_ids"], out["probabilities"].argmax(-1))
@@ -164,13 +182,13 @@ def test_segment_encoded_mixed_sizes_and_modes(loaded):
         ids = out["class_ids"][i]
         assert (ids[h:, :] == 255).all() and (ids[:, w:] == 255).all()
         assert ids[:h, :w].max() < 2
-        mask = tf.io.decode_png(out["mask_png"][i]).numpy()
+        mask = tf.io.decode_png(out["mask_png_bytes"][i]).numpy()
         np.testing.assert_array_equal(mask[..., 0], ids[:h, :w])  # PNG round trip
-        assert tf.io.decode_png(out["confidence_png"][i]).shape == (h, w, 1)
+        assert tf.io.decode_png(out["confidence_png_bytes"][i]).shape == (h, w, 1)
     # A lossless image gives the same answer through either signature.
     direct = loaded.segment(rgb[None])
     np.testing.assert_array_equal(out["class_ids"][0, :40, :60], direct["class_ids"][0])
-    np.testing.assert_array_equal(tf.io.decode_png(out["confidence_png"][0]).numpy()[..., 0],
+    np.testing.assert_array_equal(tf.io.decode_png(out["confidence_png_bytes"][0]).numpy()[..., 0],
                                   direct["confidence"][0])
     gray_rgb = loaded.segment(np.repeat(gray, 3, -1)[None])["class_ids"][0]
     np.testing.assert_array_equal(out["class_ids"][2, :30, :90], gray_rgb)
@@ -205,7 +223,8 @@ def test_multiclass_confidence_is_max_probability(tmp_path):
               "colours": [[0, 0, 255], [255, 0, 0], [255, 0, 255]]}
     served = load_saved_model(export_saved_model(model, config, tmp_path, "m"))
     assert served.class_names == ["sky", "car", "road"]
-    out = served.segment(random_image(33, 99, 11)[None])
+    image = random_image(33, 99, 11)[None]
+    out = {**served.segment(image), **served.probabilities(image)}
     assert out["probabilities"].shape == (1, 33, 99, 3)
     expected = np.round(out["probabilities"].max(-1) * 255)
     assert np.abs(out["confidence"].astype(int) - expected).max() <= 1
@@ -220,11 +239,10 @@ def test_undecodable_image_fails_the_request(loaded):
 
 def test_kitti_sized_messages_fit_grpc_default(loaded, tmp_path):
     image = random_image(375, 1242, 7)
-    request = predict_request("fcn8s", SERVING_DEFAULT, {"images": image[None]},
-                              DEFAULT_OUTPUT_FILTER)
-    out = loaded.segment(image[None])
-    response = predict_response("fcn8s", SERVING_DEFAULT,
-                                {k: out[k] for k in DEFAULT_OUTPUT_FILTER}, 1)
+    # No output_filter: what a stock client sends. The responses are encoded as TF Serving
+    # encodes them by default (typed fields: uint8 as int_val varints, up to 2 bytes each).
+    request = predict_request("fcn8s", SERVING_DEFAULT, {"images": image[None]})
+    response = predict_response("fcn8s", SERVING_DEFAULT, loaded.segment(image[None]), 1)
     png = tf.io.encode_png(image).numpy()
     request2 = predict_request("fcn8s", SEGMENT_ENCODED,
                                {"image_bytes": np.array([png], dtype=object)})
@@ -293,7 +311,8 @@ def test_bfloat16_export(model, loaded, tmp_path):
     # ... while the outputs keep their dtypes and mostly agree with float32.
     images = np.stack([random_image(64, 128, 8), random_image(64, 128, 9)])
     out16, out32 = bf16.segment(images), loaded.segment(images)
-    assert out16["probabilities"].dtype == np.float32 and out16["class_ids"].dtype == np.uint8
+    assert bf16.probabilities(images)["probabilities"].dtype == np.float32
+    assert out16["class_ids"].dtype == np.uint8
     assert (out16["class_ids"] == out32["class_ids"]).mean() > 0.95
 
 

@@ -111,7 +111,7 @@ def test_fixed_inference_size_and_cli_parsing(model, tmp_path):
     loaded = load_saved_model(path)
     assert loaded.metadata["inference_size"] == [96, 192]
     assert loaded.segment(_image(50, 60, 4)[None])["class_ids"].shape == (1, 50, 60)
-    base = ["--run-dir", "r", "--model-base", "m", "--model-name", "n"]
+    base = ["--run-dir", "r", "--model-dir", "m/n"]
     assert export_args(base + ["--inference-size", "native"]).inference_size == NATIVE
     assert export_args(base + ["--inference-size", "384", "1248"]).inference_size == [384, 1248]
     assert export_args(base).inference_size is None

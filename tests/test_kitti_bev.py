@@ -85,6 +85,10 @@ def test_calibration_is_read_as_written(um0_calib):
     (100, 319, 490.8054804318, 218.2985689306),
     # (X, Z) = (-9.975, 45.975) m: the far left corner of the grid
     (0, 0, 453.3536065864, 205.3383116453),
+    # (X, Z) = (2.525, 10.875) m and (5.025, 13.475) m: fractions above .5, so truncation
+    # (pixel [282, 785], [259, 887]) and rounding would differ
+    (250, 702, 786.8362813089, 283.8796088413),
+    (300, 650, 888.6820019551, 260.8492755902),
     # (X, Z) = (0.025, 6.025) m: below the image's bottom edge (v > 375)
     (200, 799, 622.2302264112, 378.4422870273),
     # (X, Z) = (9.975, 6.025) m: right of the image (u > 1242)
@@ -298,3 +302,52 @@ def test_evaluate_without_calibration_stops_before_work(kitti_root, tmp_path):
         lambda images: predictor(images, [next(it) for _ in images])[0], config, pairs,
         tmp_path / "e", overlays=0, bev=False)
     assert "kitti_bev" not in result and "kitti" in result
+
+
+def test_client_writes_birds_eye_view_submission(kitti_root, tmp_path, capsys):
+    """serving.client's submission writer: BEV maps named as the benchmark wants, made with
+    each image's calibration (checked against the reference table), one image without its
+    calibration reported by name while the others go on, and the flat zip."""
+    import argparse
+    import io
+    import shutil
+    import zipfile
+
+    from serving import client
+
+    rng = np.random.default_rng(3)
+    out = tmp_path / "out"
+    writer = client.KittiSubmission(out, "road", None)
+    notes = {}
+    images = [kitti_root / "training" / "image_2" / n for n in ("um_000000.png", "uu_000004.png")]
+    lost = tmp_path / "copy" / "image_2" / "umm_000000.png"  # no calib/ beside it
+    lost.parent.mkdir(parents=True)
+    shutil.copy(kitti_root / "training" / "image_2" / "umm_000000.png", lost)
+    confidences = {}
+    for path in images + [lost]:
+        h, w = np.asarray(Image.open(path)).shape[:2]
+        confidences[path] = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(confidences[path]).save(buf, format="PNG")
+        notes[path] = writer.add(path, buf.getvalue())
+    assert writer.failed == 1 and notes[lost] == ""
+    assert "copy/calib/umm_000000.txt" in capsys.readouterr().err
+    for path in images:
+        name = path.name.replace("_", "_road_")
+        bev = np.asarray(Image.open(out / "kitti_submission" / name))
+        index, _ = _reference_table(kitti.read_calib(kitti.calib_path_for(path)),
+                                    confidences[path].shape)
+        expected = np.where(index >= 0, confidences[path].ravel()[np.maximum(index, 0)], 0)
+        np.testing.assert_array_equal(bev, expected)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "confidence" / name)),
+                                      confidences[path])
+    with zipfile.ZipFile(writer.write_zip()) as archive:
+        assert sorted(archive.namelist()) == ["um_road_000000.png", "uu_road_000004.png"]
+    # a lane model's metadata refuses road maps
+    meta = tmp_path / "fcnseg_metadata.json"
+    meta.write_text('{"dataset": "kitti", "task": "lane"}')
+    with pytest.raises(SystemExit, match="trained for the KITTI 'lane' task, not 'road'"):
+        client._submission_task(argparse.Namespace(metadata=str(meta), task="road"))
+    assert client._submission_task(argparse.Namespace(metadata=str(meta), task=None)) == "lane"
+    lane = client.KittiSubmission(tmp_path / "lane", "lane", None)
+    assert lane.add(images[1], b"") == "" and lane.failed == 1  # uu has no lane task

@@ -48,6 +48,44 @@ def test_has_fc_convolutions_and_three_skips(small):
     assert inbound("fuse_pool3") == {"upscore_pool4", "score_pool3"}
     assert inbound("score_pool4") == {"block4_pool"}
     assert inbound("score_pool3") == {"block3_pool"}
+    assert not any(layer.name.startswith("scale_") for layer in small.layers)
+
+
+def test_score_layers_start_small_and_random():
+    # KittiSeg / tensorflow-fcn fcn8_vgg.py _score_layer: He stddev sqrt(2 / fan_in) for
+    # score_fr, 1e-3 for score_pool4, 1e-4 for score_pool3 (truncated normal: std ~0.88x).
+    m = build_fcn8s(2, (None, None, 3), fc_width=512)
+    for name, stddev in (("score_fr", (2 / 512) ** 0.5), ("score_pool4", 1e-3),
+                         ("score_pool3", 1e-4)):
+        kernel = np.asarray(m.get_layer(name).kernel)
+        assert 0.7 * stddev < kernel.std() < 1.0 * stddev, name
+
+
+@pytest.mark.parametrize("variant,layers,absent", [
+    ("fcn32s", {"score_fr", "upscore32"}, {"score_pool4", "score_pool3"}),
+    ("fcn16s", {"score_fr", "score_pool4", "upscore2", "upscore16"}, {"score_pool3"}),
+    ("fcn8s", {"score_fr", "score_pool4", "score_pool3", "upscore8"}, {"upscore32"}),
+])
+def test_variants(variant, layers, absent):
+    from model.fcn8s import variant_of
+
+    m = build_fcn8s(2, (None, None, 3), fc_width=8, variant=variant)
+    names = {layer.name for layer in m.layers}
+    assert layers <= names and not absent & names and m.name == variant
+    assert variant_of(m) == variant
+    assert m(np.zeros((1, 64, 96, 3), "float32")).shape == (1, 64, 96, 2)
+
+
+def test_l2_on_conv_kernels_only():
+    m = build_fcn8s(2, (None, None, 3), fc_width=8, weight_decay=5e-4)
+    decayed = {layer.name for layer in m.layers
+               if getattr(layer, "kernel_regularizer", None) is not None}
+    assert decayed == set(CONV_LAYERS) | {"fc6", "fc7", "score_fr", "score_pool4", "score_pool3"}
+    assert not any(getattr(layer, "bias_regularizer", None) for layer in m.layers)
+    # KittiSeg: wd * tf.nn.l2_loss(w) = wd * sum(w^2) / 2 per kernel.
+    kernel = np.asarray(m.get_layer("fc7").kernel)
+    penalty = float(m.get_layer("fc7").kernel_regularizer(kernel))
+    assert penalty == pytest.approx(5e-4 * (kernel.astype(np.float64) ** 2).sum() / 2, rel=1e-5)
 
 
 def test_upsampling_initialised_bilinear(small):
@@ -142,6 +180,42 @@ def test_shape_mismatch_fails_clearly(tmp_path):
                          reshape={"block2_conv1": [(3, 3, 64, 64), (64,)]})
     with pytest.raises(WeightsMismatchError, match=r"bad\.h5.*block2_conv1.*\(3, 3, 64, 128\)"):
         build_fcn8s(2, (32, 32, 3), fc_width=8, encoder_weights=str(path))
+
+
+def test_keras3_weights_h5_loads(tmp_path):
+    import keras
+
+    # Keras' own VGG16, saved by Keras 3 (layers keyed conv2d, conv2d_1, ...).
+    ref = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16.weights.h5"
+    ref.save_weights(path)
+    m = build_fcn8s(2, (32, 32, 3), fc_width=8, encoder_weights=str(path))
+    for name in CONV_LAYERS:
+        for got, want in zip(m.get_layer(name).weights, ref.get_layer(name).weights):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
+    # And an fcnseg model's own weights file (more convolutions after the encoder's 13).
+    own = build_fcn8s(2, (32, 32, 3), fc_width=8)
+    own.save_weights(tmp_path / "own.weights.h5")
+    m = build_fcn8s(2, (32, 32, 3), fc_width=8, encoder_weights=str(tmp_path / "own.weights.h5"))
+    np.testing.assert_array_equal(np.asarray(m.get_layer("block5_conv3").kernel),
+                                  np.asarray(own.get_layer("block5_conv3").kernel))
+
+
+def test_offline_imagenet_is_one_clear_line(tmp_path):
+    # A closed port stands in for no network.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    with pytest.raises(encoder_weights.WeightsDownloadError) as info:
+        encoder_weights.download_imagenet_weights(False, base_url=url,
+                                                  cache_dir=str(tmp_path / "keras"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert url + encoder_weights.IMAGENET_FILES["notop"][0] in message
+    assert "--encoder-weights none" in message and ".h5" in message
 
 
 def test_missing_or_corrupt_file_is_reported(tmp_path):

@@ -144,3 +144,12 @@ def lookup_for_file(calib_path: str | os.PathLike, image_shape) -> BevLookup:
         return lookup(calib, image_shape)
     except CalibrationError as exc:
         raise CalibrationError(f"{calib_path}: {exc}") from None
+
+
+def submission_map(confidence: np.ndarray, calib: dict) -> np.ndarray:
+    """uint8 [800, 400]: a perspective confidence map (uint8 v / 255, or float) as the
+    benchmark wants it uploaded, resampled by the image's calibration."""
+    from model.metrics import quantize_probability
+
+    values = quantize_probability(confidence)
+    return confidence_to_bev(values, lookup(calib, values.shape[:2]))
