@@ -2,8 +2,8 @@
 
 For each of synthetic, KITTI road, KITTI lane, COCO `voc`, COCO `all` and a folder dataset:
 train with `model.train` (64x64, fc_width 8, two steps), give the checkpoint random score
-layers (so that masks depend on the image), export with `python -m export`, then segment the validation images through `model.evaluate --model-dir`, the Beam
-job in process and over gRPC (against the development server, as tests/test_serving_*.py
+layers (so that masks depend on the image), export with `python -m export`, then segment
+the validation images through `model.evaluate --model-dir`, the Beam job in process and over gRPC (against the development server, as tests/test_serving_*.py
 use it) and both serving clients (gRPC and REST). Every path must give the same masks and
 the same metrics. The CLIs' `main(argv)` are called in process (one TensorFlow start for the
 file); each dataset's work is one module-scoped fixture, shared by its assertions.
