@@ -309,6 +309,7 @@ def _kitti_tree(root: pathlib.Path) -> None:
 
 def test_kitti_layout_gt_mismatch_and_metrics(tmp_path, road_model):
     from beam_jobs.handlers import SavedModelSegmenter
+    from contract.names import CONFIDENCE_PNG_BYTES  # export format 2
     from model import metrics
     from model.data import kitti
 
@@ -336,7 +337,7 @@ def test_kitti_layout_gt_mismatch_and_metrics(tmp_path, road_model):
     for name in ("um_000000", "uu_000001"):
         o = seg.segment([(tmp_path / "kitti/training/image_2" / f"{name}.png").read_bytes()])
         label = kitti.read_gt(kitti.gt_path_for(tmp_path / "kitti/training/image_2" / f"{name}.png"))
-        conf = np.asarray(Image.open(io.BytesIO(o["confidence_png"][0])))
+        conf = np.asarray(Image.open(io.BytesIO(o[CONFIDENCE_PNG_BYTES][0])))
         road = road + metrics.road_counts(conf, label)
         cm += metrics.confusion_matrix(o["class_ids"][0][: label.shape[0], : label.shape[1]],
                                        label, 2)
@@ -507,7 +508,7 @@ def test_coco_missing_images_and_confusion_matrix(tmp_path, coco_root):
     lut = {1: 1, 3: 2}  # person, car
     cm = np.zeros((3, 3), np.int64)
     for info in images:
-        pred = np.asarray(Image.open(_published(out2, summary2) / "masks" / info["file_name"].replace(".jpg", ".png")))
+        pred = np.asarray(Image.open(out2 / "masks" / info["file_name"].replace(".jpg", ".png")))
         label = coco_mod.semantic_mask(index, info, lut, protocol="torchvision")
         cm += metrics.confusion_matrix(pred, label, 3)
     assert m2["confusion_matrix"] == cm.tolist()
