@@ -336,7 +336,7 @@ def test_kitti_layout_gt_mismatch_and_metrics(tmp_path, road_model):
     for name in ("um_000000", "uu_000001"):
         o = seg.segment([(tmp_path / "kitti/training/image_2" / f"{name}.png").read_bytes()])
         label = kitti.read_gt(kitti.gt_path_for(tmp_path / "kitti/training/image_2" / f"{name}.png"))
-        conf = np.asarray(Image.open(io.BytesIO(o["confidence_png"][0])))
+        conf = np.asarray(Image.open(io.BytesIO(o["confidence_png_bytes"][0])))
         road = road + metrics.road_counts(conf, label)
         cm += metrics.confusion_matrix(o["class_ids"][0][: label.shape[0], : label.shape[1]],
                                        label, 2)
