@@ -5,9 +5,14 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
 # The embedded default: synthetic road scenes generated in code, random encoder (no download).
+# Quick (a few minutes) and for synthetic scenes only: it is no road detector for real images.
 RUN_DIR    ?= runs/fcn8s
 TRAIN_ARGS ?= --dataset synthetic --encoder-weights none --image-size 96 320 \
               --num-synthetic 160 --epochs 3 --batch-size 4 --learning-rate 3e-4
+# The KITTI road recipe (docs/training.md): 160x576, Adam, L2 5e-4 on kernels, clip norm 1.
+KITTI_ROOT ?= data/data_road
+KITTI_ARGS ?= --image-size 160 576 --variant fcn8s --encoder-weights imagenet --epochs 30 \
+              --batch-size 4 --learning-rate 1e-4 --weight-decay 5e-4 --clip-norm 1.0
 MODEL_BASE ?= models
 MODEL_NAME ?= fcn8s
 EXPORT_ARGS ?=
@@ -17,7 +22,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv train export evaluate test test-all mutation serve bench data-kitti data-coco clean
+.PHONY: venv train train-kitti export evaluate test test-all mutation serve bench data-kitti data-coco clean
 
 venv: $(STAMP)
 
@@ -32,6 +37,10 @@ $(STAMP): requirements.txt requirements-aws.txt requirements-test.txt pyproject.
 
 train: $(STAMP)
 	$(PY) -m model.train --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+
+train-kitti: $(STAMP)
+	$(PY) -m model.train --dataset kitti --data-root $(KITTI_ROOT) --task road \
+		--run-dir runs/kitti $(KITTI_ARGS)
 
 export: $(STAMP)
 	$(PY) -m export --run-dir $(RUN_DIR) --model-dir $(MODEL_BASE)/$(MODEL_NAME) $(EXPORT_ARGS)

@@ -308,6 +308,7 @@ def _kitti_tree(root: pathlib.Path) -> None:
 
 
 def test_kitti_layout_gt_mismatch_and_metrics(tmp_path, road_model):
+    from contract import names
     from beam_jobs.handlers import SavedModelSegmenter
     from model import metrics
     from model.data import kitti
@@ -336,7 +337,8 @@ def test_kitti_layout_gt_mismatch_and_metrics(tmp_path, road_model):
     for name in ("um_000000", "uu_000001"):
         o = seg.segment([(tmp_path / "kitti/training/image_2" / f"{name}.png").read_bytes()])
         label = kitti.read_gt(kitti.gt_path_for(tmp_path / "kitti/training/image_2" / f"{name}.png"))
-        conf = np.asarray(Image.open(io.BytesIO(o["confidence_png_bytes"][0])))
+        # export format 2 names it confidence_png_bytes (contract.names)
+        conf = np.asarray(Image.open(io.BytesIO(o[names.CONFIDENCE_PNG_BYTES][0])))
         road = road + metrics.road_counts(conf, label)
         cm += metrics.confusion_matrix(o["class_ids"][0][: label.shape[0], : label.shape[1]],
                                        label, 2)

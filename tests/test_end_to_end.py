@@ -2,8 +2,8 @@
 
 For each of synthetic, KITTI road, KITTI lane, COCO `voc`, COCO `all` and a folder dataset:
 train with `model.train` (64x64, fc_width 8, two steps), give the checkpoint random score
-layers (so that masks depend on the image), export with `python -m export`, then segment the validation images through `model.evaluate --model-dir`, the Beam
-job in process and over gRPC (against the development server, as tests/test_serving_*.py
+layers (so that masks depend on the image), export with `python -m export`, then segment
+the validation images through `model.evaluate --model-dir`, the Beam job in process and over gRPC (against the development server, as tests/test_serving_*.py
 use it) and both serving clients (gRPC and REST). Every path must give the same masks and
 the same metrics. The CLIs' `main(argv)` are called in process (one TensorFlow start for the
 file); each dataset's work is one module-scoped fixture, shared by its assertions.
@@ -24,7 +24,10 @@ from contract.records import ExportMetadata
 SIZE = ["64", "64"]
 TRAIN = ["--encoder-weights", "none", "--image-size", *SIZE, "--fc-width", "8",
          "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--no-augment", "--val-fraction", "0.5",
-         "--eval-overlays", "0", "--verbose", "0"]
+         "--eval-overlays", "0", "--verbose", "0",
+         # A random VGG16 at some seeds has no live unit at the skips' depth for these
+         # images (every logit 0, every pixel class 0); seed 5 has (checked by hand).
+         "--seed", "5"]
 CASES = ("synthetic", "kitti_road", "kitti_lane", "coco_voc", "coco_all", "folder")
 
 
@@ -101,11 +104,14 @@ def _beam_inputs(case: str, data_root, pairs, dest: pathlib.Path) -> tuple[list,
                  data_root / "annotations" / "instances_val2017_sample.json"], images)
     if case.startswith("kitti"):
         images, gts = dest / "training" / "image_2", dest / "training" / "gt_image_2"
-        images.mkdir(parents=True)
-        gts.mkdir(parents=True)
+        calib = dest / "training" / "calib"  # the bird's-eye-view submission needs it
+        for folder in (images, gts, calib):
+            folder.mkdir(parents=True)
         for image, gt in pairs:
             shutil.copy(image, images)
             shutil.copy(gt, gts)
+            shutil.copy(data_root / "training" / "calib" / f"{pathlib.Path(image).stem}.txt",
+                        calib)
         return ["--dataset", "kitti", "--input", dest], images
     images, labels = dest / "images", dest / "labels"
     images.mkdir(parents=True)
@@ -157,7 +163,7 @@ def _run_everything(case: str, tmp: pathlib.Path, kitti_root, coco_root) -> dict
     from tests.tiny_models import randomize_scores
 
     best = runs.checkpoint_path(tmp / "run", "best")
-    randomize_scores(runs.load_checkpoint(best), seed=0).save(best)
+    randomize_scores(runs.load_checkpoint(best), seed=5).save(best)
 
     base = tmp / "models"
     assert export_main(["--run-dir", str(tmp / "run"), "--model-dir", str(base / "fcn8s")]) == 0
@@ -191,12 +197,14 @@ def _run_everything(case: str, tmp: pathlib.Path, kitti_root, coco_root) -> dict
     finally:
         backend.close()
     lap("clients")
-    out["masks"] = {"beam": _masks(tmp / "beam" / "masks"),
-                    "beam_grpc": _masks(tmp / "beam_grpc" / "masks"),
+    runs = {name: pathlib.Path(out[name]["run_dir"]) for name in ("beam", "beam_grpc")}
+    out["runs"] = runs  # the published run folders
+    out["masks"] = {"beam": _masks(runs["beam"] / "masks"),
+                    "beam_grpc": _masks(runs["beam_grpc"] / "masks"),
                     "grpc client": _masks(tmp / "grpc", "_mask"),
                     "rest client": _masks(tmp / "rest", "_mask")}
-    out["metrics"] = {"beam": json.loads((tmp / "beam" / "metrics.json").read_text()),
-                      "beam_grpc": json.loads((tmp / "beam_grpc" / "metrics.json").read_text())}
+    out["metrics"] = {name: json.loads((run / "metrics.json").read_text())
+                      for name, run in runs.items()}
     return out
 
 
@@ -252,9 +260,10 @@ def _assert_same_metrics(case, path, got, expected, cm_tolerance, score_toleranc
     assert np.abs(cm_got - cm_exp).sum() <= cm_tolerance * cm_exp.sum(), (case, path)
     assert got["mean_iou"] == pytest.approx(expected["mean_iou"], abs=score_tolerance), (
         case, path)
-    if case.startswith("kitti"):
-        assert "kitti" in got and "kitti" in expected, (case, path)
-    for group, scores in expected.get("kitti", {}).items():
+    if not case.startswith("kitti"):
+        return  # road tables: see test_evaluate_and_beam_report_the_same_tables
+    assert "kitti" in got and "kitti" in expected, (case, path)
+    for group, scores in expected["kitti"].items():
         for key in ("MaxF", "AP", "PRE", "REC", "IoU"):
             assert got["kitti"][group][key] == pytest.approx(scores[key], abs=score_tolerance), (
                 case, path, group, key)
@@ -304,6 +313,5 @@ def test_metadata_says_what_the_model_is(e2e):
     if case.startswith("kitti"):
         assert meta.task == case.split("_")[1]
         # The lane model is scored on lane ground truth (um only) and named so.
-        submitted = sorted(p.name for p in (out["version"].parents[2] / "beam" /
-                                            "kitti_submission").iterdir())
+        submitted = sorted(p.name for p in (out["runs"]["beam"] / "kitti_submission").iterdir())
         assert all(f"_{meta.task}_" in name for name in submitted) and submitted

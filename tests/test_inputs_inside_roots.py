@@ -42,6 +42,7 @@ def model(tmp_path_factory) -> pathlib.Path:
 
 
 def _rows(out: pathlib.Path, prefix: str) -> dict:
+    out = out / "latest"  # the published run folder
     rows = [json.loads(line) for f in sorted(out.glob(f"{prefix}-*.jsonl"))
             for line in f.read_text().splitlines() if line.strip()]
     return {pathlib.Path(r["path"]).name: r for r in rows}
@@ -83,7 +84,7 @@ def test_beam_folder_entry_and_label_outside_are_dead_letters(tmp_path, model):
     assert dead["stolen.png"]["stage"] == "ground_truth"
     assert "outside" in dead["stolen.png"]["reason"]
     assert summary["ok"] == 1 and summary["failed"] == 2
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["good.png"]
+    assert sorted(p.name for p in (out / "latest" / "masks").iterdir()) == ["good.png"]
 
 
 def test_beam_coco_file_name_outside_is_a_dead_letter(tmp_path, model):

@@ -344,10 +344,18 @@ def test_client_writes_birds_eye_view_submission(kitti_root, tmp_path, capsys):
     with zipfile.ZipFile(writer.write_zip()) as archive:
         assert sorted(archive.namelist()) == ["um_road_000000.png", "uu_road_000004.png"]
     # a lane model's metadata refuses road maps
-    meta = tmp_path / "fcnseg_metadata.json"
-    meta.write_text('{"dataset": "kitti", "task": "lane"}')
+    from contract import layout
+    from contract.records import ExportMetadata
+
+    version = tmp_path / "lane_model" / "1"  # an export's version folder, metadata only
+    version.mkdir(parents=True)
+    (version / layout.SAVED_MODEL_FILE).write_bytes(b"")
+    ExportMetadata(model_name="lane_model", version=1, class_names=["not lane", "lane"],
+                   image_size=[64, 128], dataset="kitti", task="lane").write(
+        version / layout.METADATA_PATH)
     with pytest.raises(SystemExit, match="trained for the KITTI 'lane' task, not 'road'"):
-        client._submission_task(argparse.Namespace(metadata=str(meta), task="road"))
-    assert client._submission_task(argparse.Namespace(metadata=str(meta), task=None)) == "lane"
+        client._submission_task(argparse.Namespace(model_dir=str(version.parent), task="road"))
+    assert client._submission_task(argparse.Namespace(model_dir=str(version.parent),
+                                                      task=None)) == "lane"
     lane = client.KittiSubmission(tmp_path / "lane", "lane", None)
     assert lane.add(images[1], b"") == "" and lane.failed == 1  # uu has no lane task

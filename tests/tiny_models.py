@@ -15,7 +15,7 @@ SCORE_LAYERS = (("score_fr", 1.0), ("score_pool4", 1.0), ("score_pool3", 1.0))
 
 
 def randomize_scores(model, seed: int = 0):
-    """Random score layers (normal, std scale / sqrt(fan-in)); returns the model."""
+    """Random score layers (normal, std scale / sqrt(fan-in), zero bias); returns the model."""
     rng = np.random.default_rng(seed)
     present = {layer.name for layer in model.layers}
     for name, scale in SCORE_LAYERS:
@@ -24,7 +24,9 @@ def randomize_scores(model, seed: int = 0):
         layer = model.get_layer(name)
         kernel, bias = layer.get_weights()
         kernel = rng.normal(0.0, scale / np.sqrt(kernel.shape[2]), kernel.shape)
-        layer.set_weights([kernel.astype("float32"), bias])
+        # Zero biases: a trained model's biases hold the class prior, which would outvote
+        # the random kernels and give every pixel the majority class again.
+        layer.set_weights([kernel.astype("float32"), np.zeros_like(bias)])
     return model
 
 
