@@ -69,6 +69,7 @@ def test_native_export_masks_at_image_size_without_resize(model, native):
     assert native.metadata["inference_size"] == NATIVE
     assert ExportMetadata.from_dict(native.metadata).inference_size == NATIVE
     image = _image(75, 150, 1)  # neither side a multiple of 32, nor the training size
+    # Export format 2: probabilities come from segment_probabilities.
     out = native.segment(image[None])
     ref = _padded_reference(model, image)
     assert out["class_ids"].shape == (1, 75, 150)
