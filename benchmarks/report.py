@@ -296,7 +296,7 @@ def _md_beam(s):
 def _md_training(s):
     t, d = s["train_step"], s["input_pipeline"]
     return _table(["what", "images/s", "notes"], [
-        ["Keras train step (AdamW, masked cross-entropy)", _f(t["images_per_s"], 2),
+        ["Keras train step (Adam, cross-entropy on logits)", _f(t["images_per_s"], 2),
          f"batch {t['batch']} at {t['image_size'][0]}x{t['image_size'][1]}, random data, "
          f"median of {t['steps']} steps"],
         ["tf.data pipeline (make_dataset, training=True)", _f(d["images_per_s"], 1),

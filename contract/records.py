@@ -111,7 +111,6 @@ class RunConfig(_Record):
     normalization: str = "caffe"
     fc_width: int = 4096
     encoder_weights: str | None = None
-    inference_size: Any = None              # [H, W] or names.NATIVE; validate fills it in
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("dataset", "class_names", "image_size")
     FILE: ClassVar[str] = "config.json"

@@ -64,20 +64,27 @@ def _predict_native(keras_model, images, batch_size):
 
     keras_model = with_free_size(keras_model)  # trained at a fixed size; runs at any
     results: list[np.ndarray] = []
-    start = 0
-    while start < len(images):
-        end = start + 1
-        while (end < len(images) and end - start < batch_size
-               and images[end].shape == images[start].shape):
-            end += 1
+    for start, end in same_size_runs(images, batch_size):
         h, w = images[start].shape[:2]
         ph, pw = padded_size(h, w)
         batch = np.stack([np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)))
                           for img in images[start:end]]).astype(np.float32)
         probs = keras_model.predict_on_batch(batch)
         results.extend(np.asarray(p[:h, :w], dtype=np.float32) for p in probs)
-        start = end
     return results
+
+
+def same_size_runs(images: Sequence[np.ndarray], batch_size: int):
+    """(start, end) of runs of consecutive images of one size, at most batch_size long: a
+    batch of raw arrays must share one shape."""
+    start = 0
+    while start < len(images):
+        end = start + 1
+        while (end < len(images) and end - start < batch_size
+               and images[end].shape == images[start].shape):
+            end += 1
+        yield start, end
+        start = end
 
 
 def keras_predictor(keras_model, image_size, batch_size: int = 4) -> Predictor:
@@ -109,16 +116,10 @@ def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
     def predict(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         _check_images(images)
         results: list[np.ndarray] = []
-        start = 0
-        while start < len(images):
-            end = start + 1
-            while (end < len(images) and end - start < batch_size
-                   and images[end].shape == images[start].shape):
-                end += 1
+        for start, end in same_size_runs(images, batch_size):
             batch = tf.constant(np.stack(images[start:end]))
             probs = signature(**{names.IMAGES: batch})[names.PROBABILITIES].numpy()
             results.extend(np.asarray(p, dtype=np.float32) for p in probs)
-            start = end
         return results
 
     predict.saved_model = loaded  # keep the loaded object (and its variables) alive

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contract import names
 from contract.names import NATIVE
 from contract.records import ExportMetadata
 from export.__main__ import parse_args as export_args
@@ -68,10 +69,12 @@ def test_native_export_masks_at_image_size_without_resize(model, native):
     assert native.metadata["inference_size"] == NATIVE
     assert ExportMetadata.from_dict(native.metadata).inference_size == NATIVE
     image = _image(75, 150, 1)  # neither side a multiple of 32, nor the training size
+    # Export format 2: probabilities come from segment_probabilities.
     out = native.segment(image[None])
     ref = _padded_reference(model, image)
     assert out["class_ids"].shape == (1, 75, 150)
-    np.testing.assert_allclose(out["probabilities"][0], ref, atol=1e-5)
+    np.testing.assert_allclose(native.probabilities(image[None])["probabilities"][0], ref,
+                               atol=1e-5)
     np.testing.assert_array_equal(out["class_ids"][0], np.argmax(ref, axis=-1))
     assert 0.05 < out["class_ids"].mean() < 0.95  # a non-trivial mask
 
@@ -82,7 +85,7 @@ def test_native_segment_encoded_runs_each_image_at_its_size(model, native):
     out = native.segment_encoded(blobs)
     assert list(out["heights"]) == [75, 40] and list(out["widths"]) == [150, 70]
     for i, img in enumerate(images):
-        mask = tf.io.decode_png(out["mask_png"][i]).numpy()[..., 0]
+        mask = tf.io.decode_png(out[names.MASK_PNG_BYTES][i]).numpy()[..., 0]
         ref = np.argmax(_padded_reference(model, img), axis=-1)
         # Equal except where the two classes are within float rounding of each other.
         assert (mask == ref).mean() > 0.999
@@ -95,15 +98,16 @@ def test_native_differs_from_the_resizing_default(model, native, tmp_path):
     resized = load_saved_model(export_saved_model(model, CONFIG, tmp_path, "road"))
     assert resized.metadata["inference_size"] == list(TRAIN_SIZE)
     image = _image(75, 150, 1)
-    a = native.segment(image[None])["probabilities"]
-    b = resized.segment(image[None])["probabilities"]
+    a = native.probabilities(image[None])["probabilities"]
+    b = resized.probabilities(image[None])["probabilities"]
     assert a.shape == b.shape and np.abs(a - b).max() > 1e-3
 
 
 def test_keras_predictor_native_matches_export(model, native):
     image = _image(75, 150, 1)
     (prob,) = keras_predictor(model, NATIVE)([image])
-    np.testing.assert_allclose(prob, native.segment(image[None])["probabilities"][0], atol=1e-5)
+    np.testing.assert_allclose(prob, native.probabilities(image[None])["probabilities"][0],
+                               atol=1e-5)
 
 
 def test_fixed_inference_size_and_cli_parsing(model, tmp_path):
