@@ -89,17 +89,19 @@ def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
 def image_stats(dataset: str, category: Optional[str], seg, label: np.ndarray,
                 num_classes: int, confidence: Optional[np.ndarray] = None,
                 bev_table=None) -> list[tuple[str, object]]:
-    """[(key, statistic)] of one image: its confusion matrix, and for KITTI its RoadCounts
-    (perspective, and bird's-eye view when `bev_table` is given) and image count under its
-    category and OVERALL (as model.evaluate groups them). `confidence`: the decoded
-    confidence PNG (v / 255), decoded here when not given."""
+    """[(key, statistic)] of one image: its confusion matrix, and for every binary model its
+    RoadCounts (the devkit's road scores, as model.evaluate gives them) and image count:
+    KITTI under its category and OVERALL (and in the bird's-eye view when `bev_table` is
+    given), other datasets under OVERALL. `confidence`: the decoded confidence PNG (v / 255,
+    the probability of class 1), decoded here when not given."""
     stats: list[tuple[str, object]] = [
         (CONFUSION, metrics.confusion_matrix(seg.class_ids, label, num_classes))]
-    if dataset == "kitti":
+    if dataset == "kitti" or num_classes == 2:
         road = decode_confidence(seg.confidence_png) if confidence is None else confidence
         counts = metrics.road_counts(road, label)
         bev = metrics.bev_road_counts(road, label, bev_table) if bev_table is not None else None
-        for group in (category or "other", OVERALL):
+        groups = (category or "other", OVERALL) if dataset == "kitti" else (OVERALL,)
+        for group in groups:
             stats += [(f"{ROAD}/{group}", counts), (f"{IMAGES}/{group}", 1)]
             if bev is not None:
                 stats.append((f"{ROAD_BEV}/{group}", bev))

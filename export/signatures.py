@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from contract import names
 from contract.names import NATIVE, SIZE_MULTIPLE
+from model.data import pipeline
 # Re-exported: importers of export.signatures keep working.
 from contract.names import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED,  # noqa: F401
                             SEGMENT_PROBABILITIES, SERVING_DEFAULT)
@@ -137,9 +138,9 @@ class ServingModule(tf.Module):
             return {names.PROBABILITIES: probabilities_at_input_size(images)}
 
         def decode_rgb(data):
-            # channels=3 turns grayscale and RGBA into RGB; an undecodable image fails the
-            # whole request with INVALID_ARGUMENT (a graph cannot skip one batch element).
-            return tf.io.decode_image(data, channels=3, expand_animations=False)
+            # An undecodable image fails the whole request with INVALID_ARGUMENT (a graph
+            # cannot skip one batch element).
+            return pipeline.decode_rgb(data)
 
         def encode_batch(image_bytes):
             if native:

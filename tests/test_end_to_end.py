@@ -243,16 +243,6 @@ def test_every_path_gives_the_same_masks(e2e):
     assert classes <= set(range(len(out["metadata"].class_names)))
 
 
-# Differences between the paths this test found and that are not fixed yet. strict: when
-# one is fixed the xfail turns into a failure, and its entry here must go.
-KNOWN_DIFFERENCES = {
-    "coco_voc": "JPEG: model.evaluate decodes with Pillow, the SavedModel (Beam, serving) "
-                "with tf.io.decode_image; the decoders differ in a few pixel values, which "
-                "moves argmax in up to a few % of the pixels of an 81-class random model",
-    "coco_all": "same as coco_voc",
-}
-
-
 def _assert_same_metrics(case, path, got, expected, cm_tolerance, score_tolerance):
     assert got["class_names"] == expected["class_names"], (case, path)
     cm_got, cm_exp = np.array(got["confusion_matrix"]), np.array(expected["confusion_matrix"])
@@ -260,8 +250,8 @@ def _assert_same_metrics(case, path, got, expected, cm_tolerance, score_toleranc
     assert np.abs(cm_got - cm_exp).sum() <= cm_tolerance * cm_exp.sum(), (case, path)
     assert got["mean_iou"] == pytest.approx(expected["mean_iou"], abs=score_tolerance), (
         case, path)
-    if not case.startswith("kitti"):
-        return  # road tables: see test_evaluate_and_beam_report_the_same_tables
+    if "kitti" not in expected:
+        return  # not a binary model: no road table
     assert "kitti" in got and "kitti" in expected, (case, path)
     for group, scores in expected["kitti"].items():
         for key in ("MaxF", "AP", "PRE", "REC", "IoU"):
@@ -279,22 +269,18 @@ def test_both_beam_modes_give_the_same_metrics(e2e):
     _assert_same_metrics(case, "beam_grpc", grpc, inprocess, 0, 1e-9)
 
 
-def test_evaluate_and_beam_give_the_same_metrics(e2e, request):
+def test_evaluate_and_beam_give_the_same_metrics(e2e):
     case, out = e2e
-    if case in KNOWN_DIFFERENCES:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_DIFFERENCES[case], strict=True))
+    # JPEGs too: the graph decodes them with libjpeg's accurate DCT, as Pillow does for
+    # evaluate (tf.io.decode_image's default DCT moved argmax in up to a few % of COCO pixels).
     # Same graph and resizing; argmax ties and p = k + 0.5 / 255 roundings may differ in a
     # handful of pixels between serving_default (evaluate) and segment_encoded (Beam).
     _assert_same_metrics(case, "beam", out["metrics"]["beam"], out["evaluate"], 1e-4, 1e-3)
 
 
-def test_evaluate_and_beam_report_the_same_tables(e2e, request):
-    """A binary road model gets the devkit road table from evaluate on any dataset."""
+def test_evaluate_and_beam_report_the_same_tables(e2e):
+    """A binary road model gets the devkit road table from evaluate and Beam on any dataset."""
     case, out = e2e
-    if case == "synthetic":
-        request.applymarker(pytest.mark.xfail(
-            reason="the Beam job writes the road table for --dataset kitti only, "
-                   "model.evaluate for every binary road model", strict=True))
     missing = (set(out["evaluate"]) & {"kitti"}) - set(out["metrics"]["beam"])
     assert not missing, (case, missing)
 

@@ -28,8 +28,20 @@ def decode_label(data: tf.Tensor, label_format: str) -> tf.Tensor:
     raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
 
 
+def decode_rgb(data):
+    """Encoded image bytes -> uint8 [H, W, 3], in a graph: the one in-graph decode of training
+    and the serving signatures. channels=3 turns grayscale and RGBA into RGB. JPEGs use
+    libjpeg's accurate integer DCT, which is how Pillow decodes them (model.evaluate and the
+    Beam job read images with Pillow): TF's default fast DCT differs in most pixel values, by
+    up to 17."""
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+
+
 def _load(image_path, label_path, label_format):
-    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+    image = decode_rgb(tf.io.read_file(image_path))
     label = decode_label(tf.io.read_file(label_path), label_format)
     image = tf.ensure_shape(image, [None, None, 3])
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)[:2]))
