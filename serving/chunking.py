@@ -5,8 +5,10 @@ from typing import Sequence
 
 import numpy as np
 
+from contract.names import IGNORE_LABEL
+
 # Padding of segment_encoded's class_ids (the project's 'ignore' label).
-PAD_CLASS_ID = 255
+PAD_CLASS_ID = IGNORE_LABEL
 # Room for the request's own framing (model spec, tensor shapes, field tags).
 REQUEST_OVERHEAD_BYTES = 4096
 

@@ -112,7 +112,7 @@ def _segment_batch(client, signature: str, paths: list[pathlib.Path]) -> list[di
         result = client.segment_encoded(blobs)
         for i, item in enumerate(items):
             h, w = result["heights"][i], result["widths"][i]
-            item["class_ids"] = result["class_ids"][i, :h, :w]
+            item["class_ids"] = result[tensor_names.CLASS_IDS][i, :h, :w]
             item["mask_png"] = result[tensor_names.MASK_PNG_BYTES][i]
             if tensor_names.CONFIDENCE_PNG_BYTES in result:
                 item["confidence_png"] = result[tensor_names.CONFIDENCE_PNG_BYTES][i]
@@ -125,7 +125,7 @@ def _segment_batch(client, signature: str, paths: list[pathlib.Path]) -> list[di
     for indices in by_size.values():
         result = client.segment_images(np.stack([images[i] for i in indices]))
         for k, i in enumerate(indices):
-            items[i]["class_ids"] = result["class_ids"][k]
+            items[i]["class_ids"] = result[tensor_names.CLASS_IDS][k]
             items[i]["version"] = result["model_version"]
     return items
 
@@ -205,7 +205,7 @@ def cmd_segment(args) -> int:
         print("error: --task, --calib-dir and --submission-zip go with --kitti-submission",
               file=sys.stderr)
         return 2
-    if args.kitti_submission and args.signature != "segment_encoded":
+    if args.kitti_submission and args.signature != tensor_names.SEGMENT_ENCODED:
         print("error: --kitti-submission needs --signature segment_encoded (confidence maps)",
               file=sys.stderr)
         return 2

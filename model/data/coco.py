@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from contract.files import OutsideRootError, resolve_inside
 from contract.names import COCO_PROTOCOLS
+from contract.names import IGNORE_LABEL
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["VOC_CATEGORIES", "VOC_CATEGORY_IDS", "load_coco", "select_categories",
@@ -147,8 +148,8 @@ def semantic_mask(coco, image_info: dict, cat_id_to_label: dict[int, int],
         existing = label[m]
         conflict[m] |= (existing != 0) & (existing != lab)
         label[m & (label == 0)] = lab
-    label[conflict] = 255
-    label[crowd & (label == 0)] = 255
+    label[conflict] = IGNORE_LABEL
+    label[crowd & (label == 0)] = IGNORE_LABEL
     return label
 
 
@@ -160,7 +161,7 @@ def _torchvision_mask(coco, image_info, cat_id_to_label, h, w) -> np.ndarray:
     for lab, _is_crowd, m in _instance_masks(coco, image_info, cat_id_to_label):
         np.maximum(label, np.where(m, np.uint8(lab), np.uint8(0)), out=label)
         count += m
-    label[count > 1] = 255
+    label[count > 1] = IGNORE_LABEL
     return label
 
 

@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from contract.names import IGNORE_LABEL
 from model.data import palette
 from model.data.coco import load_coco, select_categories, semantic_mask
 from model.data.image_io import read_image
@@ -70,8 +71,8 @@ def render_grid(coco, image_dir, names, out_path, n: int = 16, require_all: bool
     for info in infos:
         img = read_image(pathlib.Path(image_dir) / info["file_name"]).astype(np.float32)
         mask = semantic_mask(coco, info, lut)
-        present.update(int(v) for v in np.unique(mask) if 0 < v < 255)
-        fg = (mask > 0) & (mask < 255)
+        present.update(int(v) for v in np.unique(mask) if 0 < v < IGNORE_LABEL)
+        fg = (mask > 0) & (mask < IGNORE_LABEL)
         img[fg] = (1 - alpha) * img[fg] + alpha * colours[mask[fg]]
         img[mask == 255] = 0.5 * img[mask == 255] + 0.5 * 255  # ignore: washed out white
         tile = Image.fromarray(img.astype(np.uint8))

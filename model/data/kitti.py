@@ -17,6 +17,7 @@ import re
 import numpy as np
 
 from contract import kitti as contract_kitti
+from contract.names import IGNORE_LABEL
 from model.data.image_io import read_image
 
 __all__ = ["CATEGORIES", "TASKS", "category_of", "gt_path_for", "decode_gt", "read_gt",
@@ -68,7 +69,7 @@ def decode_gt(rgb: np.ndarray) -> np.ndarray:
     road = rgb[..., 2] > 0
     valid = rgb[..., 0] > 0
     label = road.astype(np.uint8)
-    label[~valid] = 255
+    label[~valid] = IGNORE_LABEL
     return label
 
 
