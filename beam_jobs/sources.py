@@ -10,7 +10,6 @@ import fnmatch
 import json
 import os
 import posixpath
-import re
 from typing import Optional
 
 import apache_beam as beam
@@ -22,7 +21,7 @@ from contract.files import OutsideRootError, resolve_inside
 
 DATASETS = ("kitti", "coco", "folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_KITTI_IMAGE_RE = re.compile(r"^(um|umm|uu)_(\d+)\.png$")
+_KITTI_IMAGE_RE = contract_kitti.IMAGE_RE
 
 
 @dataclasses.dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pathlib
 import random
-import re
 
 import numpy as np
 
@@ -26,8 +25,8 @@ __all__ = ["CATEGORIES", "TASKS", "category_of", "gt_path_for", "decode_gt", "re
 CATEGORIES = ("um", "umm", "uu")
 TASKS = ("road", "lane")
 CALIB_REQUIRED = ("P2", "R0_rect", "Tr_cam_to_road")
-_IMAGE_RE = re.compile(r"^(um|umm|uu)_(\d+)\.png$")
-_GT_RE = re.compile(r"^(um|umm|uu)_(road|lane)_(\d+)\.png$")
+_IMAGE_RE = contract_kitti.IMAGE_RE  # the file-name rules live in contract.kitti
+_GT_RE = contract_kitti.GT_RE
 
 
 def category_of(path: str | os.PathLike) -> str:
