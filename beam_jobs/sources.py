@@ -17,7 +17,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from contract import kitti as contract_kitti
-from contract.files import OutsideRootError, resolve_inside
+from common.files import OutsideRootError, resolve_inside
 
 DATASETS = ("kitti", "coco", "folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from benchmarks.common import log, throughput
-from contract.cpu import bfloat16_advice, this_machine
+from common.cpu import bfloat16_advice, this_machine
 
 TARGET_SPEEDUP = 1.8
 TARGET_AGREEMENT = 0.995

@@ -10,7 +10,7 @@ different kernels, and on some CPUs the convolution is the faster one).
 
 A measured floor is only as good as the best kernel TensorFlow has on this machine: on a
 2-core AMD Zen 3 its float32 matmul ran at one core's peak. So beside it stands the machine's
-peak from its CPU flags (contract.cpu: cores x FLOPs per cycle of the vector units x clock),
+peak from its CPU flags (common.cpu: cores x FLOPs per cycle of the vector units x clock),
 and every path is given as a share of both: the floor says how close a path is to what
 TensorFlow can do here, the peak how close it is to what the hardware can do.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.common import log, measure
-from contract.cpu import this_machine
+from common.cpu import this_machine
 
 
 def layer_flops(keras_model) -> dict:

@@ -8,6 +8,6 @@ loading a 500 MB runtime.
     contract.names     signature and tensor names, the ignore label, message limits
     contract.layout    an export's folders and files, versions and the one rule for "newest"
     contract.records   ExportMetadata and RunConfig: typed records that validate themselves
-    contract.files     image extensions, atomic writes, PNG bytes, paths kept inside a root
+    contract.files     which file names are images (one list for every reader)
     contract.kitti     KITTI road file-name rules
 """

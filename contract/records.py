@@ -15,7 +15,7 @@ import pathlib
 from typing import Any, ClassVar
 
 from contract import layout, names
-from contract.files import atomic_write_text
+from common.files import atomic_write_text
 
 
 class RecordError(ValueError):

@@ -5,7 +5,7 @@ import warnings
 
 import keras
 
-from contract.cpu import bfloat16_advice
+from common.cpu import bfloat16_advice
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Keras' policy for bfloat16 compute: variables stay float32 and are cast at use.

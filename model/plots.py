@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
-from contract.files import atomic_write_bytes
+from common.files import atomic_write_bytes
 from contract.names import IGNORE_LABEL
 from model import metrics
 from model.data.image_io import write_png

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from contract.files import atomic_write_text
+from common.files import atomic_write_text
 from contract.records import RunConfig
 
 CONFIG = RunConfig.FILE

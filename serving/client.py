@@ -146,7 +146,7 @@ class KittiSubmission:
     def add(self, image_path: pathlib.Path, confidence_png: bytes | None) -> str:
         """Write the maps of one image; returns a note for the progress line."""
         from contract import kitti as contract_kitti
-        from contract.files import atomic_write_bytes, png_bytes
+        from common.files import atomic_write_bytes, png_bytes
         from model.data import kitti, kitti_bev
         from model.data.image_io import decode_image_bytes
 
@@ -170,7 +170,7 @@ class KittiSubmission:
         return f", bird's-eye view -> kitti_submission/{name}"
 
     def write_zip(self) -> pathlib.Path:
-        from contract.files import atomic_write_bytes
+        from common.files import atomic_write_bytes
         from contract.kitti import submission_zip_bytes
 
         path = self.out / "kitti_submission.zip"

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common import files as common_files
 from contract import files, kitti, layout, names
 from contract.records import ExportMetadata, RecordError, RunConfig
 
 
 def test_contract_imports_no_tensorflow():
     code = ("import sys, contract.names, contract.layout, contract.records, contract.files, "
-            "contract.kitti; print('tensorflow' in sys.modules or 'keras' in sys.modules)")
+            "contract.kitti, common.files, common.cli, common.cpu; print('tensorflow' in sys.modules or 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -124,31 +125,31 @@ def test_resolve_inside_refuses_escapes(tmp_path):
     root = tmp_path / "images"
     root.mkdir()
     (tmp_path / "secret.txt").write_text("x")
-    assert files.resolve_inside(root, "a/b.jpg") == str(root / "a" / "b.jpg")
+    assert common_files.resolve_inside(root, "a/b.jpg") == str(root / "a" / "b.jpg")
     for bad in ("../secret.txt", "../../../../etc/passwd", "/etc/passwd", "a/../../secret.txt"):
-        with pytest.raises(files.OutsideRootError):
-            files.resolve_inside(root, bad)
+        with pytest.raises(common_files.OutsideRootError):
+            common_files.resolve_inside(root, bad)
     (root / "link").symlink_to(tmp_path)                 # a link that leads out
-    with pytest.raises(files.OutsideRootError):
-        files.resolve_inside(root, "link/secret.txt")
-    assert files.resolve_inside("gs://bucket/coco/val", "x/1.jpg") == "gs://bucket/coco/val/x/1.jpg"
-    with pytest.raises(files.OutsideRootError):
-        files.resolve_inside("gs://bucket/coco/val", "../train/1.jpg")
+    with pytest.raises(common_files.OutsideRootError):
+        common_files.resolve_inside(root, "link/secret.txt")
+    assert common_files.resolve_inside("gs://bucket/coco/val", "x/1.jpg") == "gs://bucket/coco/val/x/1.jpg"
+    with pytest.raises(common_files.OutsideRootError):
+        common_files.resolve_inside("gs://bucket/coco/val", "../train/1.jpg")
 
 
 def test_atomic_write_and_png_bytes(tmp_path):
     ids = np.array([[0, 1], [255, 2]], np.uint8)
-    path = files.atomic_write_bytes(tmp_path / "sub" / "m.png", files.png_bytes(ids))
+    path = common_files.atomic_write_bytes(tmp_path / "sub" / "m.png", common_files.png_bytes(ids))
     with Image.open(path) as img:
         assert img.mode == "L" and np.array_equal(np.asarray(img), ids)
     assert [p.name for p in path.parent.iterdir()] == ["m.png"]  # no temporary left
-    indexed = files.atomic_write_bytes(tmp_path / "p.png",
-                                       files.png_bytes(ids, palette=[[1, 2, 3], [4, 5, 6]]))
+    indexed = common_files.atomic_write_bytes(tmp_path / "p.png",
+                                       common_files.png_bytes(ids, palette=[[1, 2, 3], [4, 5, 6]]))
     with Image.open(indexed) as img:
         assert img.mode == "P" and img.getpalette()[:6] == [1, 2, 3, 4, 5, 6]
         assert np.array_equal(np.asarray(img), ids)
     with pytest.raises(ValueError, match="uint8"):
-        files.png_bytes(ids.astype(np.int32))
+        common_files.png_bytes(ids.astype(np.int32))
     assert files.is_image_name("a/B.TIF") and not files.is_image_name("a.txt")
 
 

@@ -1,4 +1,4 @@
-"""contract.cpu: the machine's peak from its CPU flags, and the plain bfloat16 warning.
+"""common.cpu: the machine's peak from its CPU flags, and the plain bfloat16 warning.
 
 Expected peaks are hand computations from the vendors' figures (FMA = 2 FLOPs):
 AMD Zen 3 (AVX2, two 256-bit FMA units): 2 x 8 lanes x 2 = 32 FLOP/cycle per core, so 2 cores
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract import cpu
+from common import cpu
 
 ZEN3 = """processor	: 0
 vendor_id	: AuthenticAMD

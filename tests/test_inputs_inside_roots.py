@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from contract.files import OutsideRootError
+from common.files import OutsideRootError
 from model.data.image_io import write_png
 
 IMAGE_SIZE = (64, 64)
@@ -54,7 +54,7 @@ def _run(*args) -> dict:
 
 
 def test_resolve_inside_hand_cases(tmp_path):
-    from contract.files import resolve_inside
+    from common.files import resolve_inside
 
     assert resolve_inside(tmp_path, "a/b.png") == str((tmp_path / "a/b.png").resolve())
     assert resolve_inside("gs://bucket/coco", "val/x.jpg") == "gs://bucket/coco/val/x.jpg"

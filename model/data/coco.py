@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from contract.files import OutsideRootError, resolve_inside
+from common.files import OutsideRootError, resolve_inside
 from contract.names import COCO_PROTOCOLS
 from contract.names import IGNORE_LABEL
 from model.data.image_io import read_label_png, write_png

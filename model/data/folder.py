@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from contract.files import OutsideRootError, resolve_inside
+from common.files import OutsideRootError, resolve_inside
 from model.data.image_io import read_label_png, write_png
 
 __all__ = ["IMAGE_EXTENSIONS", "list_pairs", "read_class_names", "scan_labels"]

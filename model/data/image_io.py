@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from contract.files import atomic_write_bytes, png_bytes
+from common.files import atomic_write_bytes, png_bytes
 
 __all__ = ["ImageReadError", "read_image", "decode_image_bytes", "read_label_png", "write_png",
            "to_rgb_uint8"]
