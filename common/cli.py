@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Callable, Optional, Sequence
 
 USAGE_ERROR = 2  # argparse's status for a bad command line; ours for every user error
@@ -25,14 +26,34 @@ class UserError(Exception):
 
 
 def quiet_tensorflow(argv: Optional[Sequence[str]] = None) -> None:
-    """Hide TensorFlow's C++ INFO/WARNING start-up lines (CUDA stubs, cpu_feature_guard,
-    oneDNN notes) for a command run from a shell; errors still show. TensorFlow reads the
-    variable once, when it loads, so call this before it is imported. A value the user set,
-    or `--verbose` on the command line, leaves the log as it is."""
+    """Load TensorFlow without its C++ start-up log (CUDA stubs, cpu_feature_guard, oneDNN
+    notes, a failed cuInit on a machine without a GPU), for a command run from a shell.
+
+    TensorFlow 2.21 writes those lines through absl before its logging is initialised, so
+    TF_CPP_MIN_LOG_LEVEL does not hide them: the import and the device probe run with file
+    descriptor 2 sent to a temporary file, which is replayed if the import fails. A
+    TF_CPP_MIN_LOG_LEVEL set by the user, or `--verbose` on the command line, leaves the log
+    as it is. Call it before anything imports TensorFlow.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    if "--verbose" in argv:
+    if "--verbose" in argv or "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # what absl does honour once it is initialised
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()  # the GPU probe logs here, not at import
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def fail(what, why) -> int:
