@@ -147,13 +147,20 @@ class ExportMetadata(_Record):
     fc_width: int | None = None
     compute_dtype: str = "float32"
     ignore_label: int = names.IGNORE_LABEL
-    export_format: int = 1                  # files written before format 2 have no key
+    export_format: int = names.EXPORT_FORMAT
     signatures: dict = dataclasses.field(default_factory=dict)
     metrics: dict | None = None
     source_checkpoint: str | None = None
     run_dir: str | None = None
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("class_names", "image_size")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "record") -> "ExportMetadata":
+        # A file without the key was written by format 1 (fcnseg 0.1), not by this one.
+        if data.get("export_format") is None:
+            data = {**data, "export_format": 1}
+        return super().from_dict(data, source)
 
     def validate(self, source: str) -> None:
         self._check_classes(source)
@@ -171,18 +178,12 @@ class ExportMetadata(_Record):
                                   f"{names.NATIVE!r}, got {self.inference_size!r}")
         if self.num_classes is None:
             self.num_classes = len(self.class_names)
+        if self.export_format != names.EXPORT_FORMAT:
+            raise RecordError(f"{source}: export format {self.export_format}, this fcnseg "
+                              f"reads format {names.EXPORT_FORMAT} only: export the model again")
         if int(self.ignore_label) != names.IGNORE_LABEL:
             raise RecordError(f"{source}: ignore_label {self.ignore_label}, this fcnseg uses "
                               f"{names.IGNORE_LABEL}")
-
-    @property
-    def mask_png_output(self) -> str:
-        return names.MASK_PNG_BYTES if self.export_format >= 2 else names.LEGACY_MASK_PNG
-
-    @property
-    def confidence_png_output(self) -> str:
-        return (names.CONFIDENCE_PNG_BYTES if self.export_format >= 2
-                else names.LEGACY_CONFIDENCE_PNG)
 
     def require_task(self, task: str | None, source: str = "model") -> None:
         """A KITTI lane model scored as road (or the reverse) is an error, not a wrong score."""
