@@ -1,4 +1,4 @@
-"""python -m benchmarks --model-dir models/fcn8s --out bench_out [options]
+"""python -m benchmarks --model-dir models/fcn8s --output bench_out [options]
 
 Runs every section (or those named with --sections), prints progress on stderr and the
 summary table on stdout, and writes bench_out/bench.json, bench_out/bench.md and plots.
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full-size", action="store_true",
                    help="instead: a fc_width=4096 FCN-8s at 160x576 with random weights, "
                         "exported to a temporary folder")
-    p.add_argument("--out", default="bench_out", type=pathlib.Path, help="output folder")
+    p.add_argument("--output", default="bench_out", type=pathlib.Path, help="output folder")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     g = p.add_argument_group("repetitions")
     g.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             f"{mut.fc_width}, {mut.num_classes} classes); images: {images.source}")
         sections = run_sections(mut, images, args)
         result = report.build(mut, images, args, sections, started)
-    paths = report.write(result, args.out)
+    paths = report.write(result, args.output)
     print(report.summary_markdown(result))
     log(f"wrote {', '.join(str(p) for p in paths)}")
     return 1 if any("error" in s for s in sections.values()) else 0

@@ -1,4 +1,4 @@
-"""python -m export --run-dir runs/X --model-dir models/fcn8s [--version N] [...]"""
+"""python -m export --run-dir runs/X --model-dir models/fcn8s [--model-version N] [...]"""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-dir", required=True, type=Path,
                    help="the model folder the version is written into, e.g. models/fcn8s; "
                         "its name is the model's name in the metadata")
-    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument("--model-version", type=int, help="version number (default: next free)")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                    help="dtype the exported graph computes in (weights stay float32)")
     p.add_argument("--inference-size", nargs="+", metavar="H W | native",
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
     from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
 
-    target = args.model_dir / str(args.version)
-    if args.version is not None and target.exists() and not args.overwrite:
+    target = args.model_dir / str(args.model_version)
+    if args.model_version is not None and target.exists() and not args.overwrite:
         # Checked again by export_saved_model; here so we fail before loading the checkpoint.
         print(f"error: {target} already exists (pass --overwrite to replace it, or choose "
               f"another version)", file=sys.stderr)
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     print(f"exporting ({args.compute_dtype}) ...", file=sys.stderr)
     try:
         path = export_saved_model(keras_model, config, args.model_dir.parent, args.model_dir.name,
-                                  version=args.version, metrics=metrics, source=checkpoint,
+                                  version=args.model_version, metrics=metrics, source=checkpoint,
                                   compute_dtype=args.compute_dtype, run_dir=args.run_dir,
                                   overwrite=args.overwrite, inference_size=args.inference_size)
     except FileExistsError as e:

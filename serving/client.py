@@ -1,9 +1,10 @@
 """Command line client for a segmentation model on TF Serving.
 
-    python -m serving.client segment --server 127.0.0.1:8500 --model fcn8s IMAGE... --out DIR
+    python -m serving.client segment --server 127.0.0.1:8500 --model-name fcn8s IMAGE... \
+        --output DIR
     python -m serving.client segment --rest --server 127.0.0.1:8501 ... (REST instead of gRPC)
-    python -m serving.client metadata --server 127.0.0.1:8500 --model fcn8s
-    python -m serving.client status --server 127.0.0.1:8500 --model fcn8s
+    python -m serving.client metadata --server 127.0.0.1:8500 --model-name fcn8s
+    python -m serving.client status --server 127.0.0.1:8500 --model-name fcn8s
 
 `segment` writes, per image, <stem>_mask.png (class ids, one uint8 channel, 255 = ignore),
 <stem>_overlay.png (class colours over the image) and, from segment_encoded on a binary road
@@ -55,7 +56,7 @@ def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]]
 
 
 def make_client(args):
-    kwargs = dict(version=args.version, version_label=args.label, timeout=args.timeout,
+    kwargs = dict(version=args.model_version, version_label=args.model_label, timeout=args.timeout,
                   max_retries=args.retries,
                   allow_plaintext_credentials=args.allow_plaintext_auth)
     tls = args.tls or bool(args.tls_ca)
@@ -66,12 +67,12 @@ def make_client(args):
             server = args.server
             if tls and "://" not in server:
                 server = f"https://{server}"
-            return RestPredictionClient(server, args.model, headers=headers,
+            return RestPredictionClient(server, args.model_name, headers=headers,
                                         verify=args.tls_ca or True, **kwargs)
         from serving.grpc_client import PredictionClient
         metadata = {"authorization": args.auth} if args.auth else None
         root = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
-        return PredictionClient(args.server, args.model, tls=tls, root_certificates=root,
+        return PredictionClient(args.server, args.model_name, tls=tls, root_certificates=root,
                                 metadata=metadata, max_response_bytes=args.max_response_bytes,
                                 **kwargs)
     except (ValueError, OSError) as err:
@@ -155,7 +156,7 @@ class KittiSubmission:
             calib_path = (self.calib_dir / contract_kitti.calib_name(image_path.name)
                           if self.calib_dir else kitti.calib_path_for(image_path))
             if confidence_png is None:
-                raise ValueError("the server sent no confidence map (use --signature "
+                raise ValueError("the server sent no confidence map (use --signature-name "
                                  "segment_encoded on a binary road/lane model)")
             confidence = decode_image_bytes(confidence_png, f"{image_path} (confidence)")
             bev = kitti_bev.submission_map(confidence[..., 0] if confidence.ndim == 3
@@ -199,14 +200,14 @@ def cmd_segment(args) -> int:
     from model.data.image_io import ImageReadError, write_png
     from model.plots import save_overlay
 
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if (args.task or args.submission_zip or args.calib_dir) and not args.kitti_submission:
         print("error: --task, --calib-dir and --submission-zip go with --kitti-submission",
               file=sys.stderr)
         return 2
-    if args.kitti_submission and args.signature != tensor_names.SEGMENT_ENCODED:
-        print("error: --kitti-submission needs --signature segment_encoded (confidence maps)",
+    if args.kitti_submission and args.signature_name != tensor_names.SEGMENT_ENCODED:
+        print("error: --kitti-submission needs --signature-name segment_encoded (confidence maps)",
               file=sys.stderr)
         return 2
     submission = (KittiSubmission(out, _submission_task(args), args.calib_dir)
@@ -222,7 +223,7 @@ def cmd_segment(args) -> int:
                                            disable=len(batches) == 1) as progress:
         for batch in batches:
             try:
-                items = _segment_batch(client, args.signature, batch)
+                items = _segment_batch(client, args.signature_name, batch)
             except (OSError, ImageReadError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
@@ -277,7 +278,7 @@ def cmd_status(args) -> int:
     with make_client(args) as client:
         for entry in client.get_model_status():
             message = f" ({entry['error_message']})" if entry["error_message"] else ""
-            print(f"model {args.model} version {entry['version']}: {entry['state']}{message}")
+            print(f"model {args.model_name} version {entry['version']}: {entry['state']}{message}")
     return 0
 
 
@@ -287,10 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=None,
                         help="host:port (default 127.0.0.1:8500, or :8501 with --rest)")
-    common.add_argument("--model", default="fcn8s", help="model name (default fcn8s)")
+    common.add_argument("--model-name", default="fcn8s", help="model name (default fcn8s)")
     pin = common.add_mutually_exclusive_group()
-    pin.add_argument("--version", type=int, help="model version (default: newest)")
-    pin.add_argument("--label", help="version label, e.g. stable or canary")
+    pin.add_argument("--model-version", type=int, help="model version (default: newest)")
+    pin.add_argument("--model-label", help="version label, e.g. stable or canary")
     common.add_argument("--rest", action="store_true", help="use the REST API (port 8501)")
     common.add_argument("--timeout", type=float, default=30.0,
                         help="deadline per call in seconds, retries included (default 30)")
@@ -312,10 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="segment images, write masks and overlays")
     segment.add_argument("images", nargs="+", metavar="IMAGE",
                          help="image files, or folders of them")
-    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument("--output", required=True, help="output folder")
     segment.add_argument("--batch-size", type=int, default=8,
                          help="images per request batch (default 8)")
-    segment.add_argument("--signature", default=tensor_names.SEGMENT_ENCODED,
+    segment.add_argument("--signature-name", default=tensor_names.SEGMENT_ENCODED,
                          choices=[tensor_names.SEGMENT_ENCODED, tensor_names.SERVING_DEFAULT],
                          help="send encoded files (default) or decoded pixels")
     segment.add_argument("--kitti-submission", action="store_true",

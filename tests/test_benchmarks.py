@@ -46,7 +46,7 @@ def _run(args):
 
 def test_floor_and_inprocess_sections(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
-    code = _run(["--model-dir", str(tiny_model.parent), "--out", str(out),
+    code = _run(["--model-dir", str(tiny_model.parent), "--output", str(out),
                  "--sections", "floor", "inprocess", *TINY])
     assert code == 0
     result = json.loads((out / "bench.json").read_text())
@@ -71,7 +71,7 @@ def test_floor_and_inprocess_sections(tiny_model, tmp_path, capsys):
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
-    code = _run(["--model-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    code = _run(["--model-dir", str(tmp_path / "nothing"), "--output", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
     assert "nothing" in err and "make train export" in err
@@ -80,7 +80,7 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 
 def test_every_section_at_tiny_size(tiny_model, tmp_path):
     out = tmp_path / "out"
-    code = _run(["--model-dir", str(tiny_model), "--out", str(out), *TINY])
+    code = _run(["--model-dir", str(tiny_model), "--output", str(out), *TINY])
     result = json.loads((out / "bench.json").read_text())
     errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
     assert code == 0 and not errors, errors

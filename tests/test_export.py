@@ -331,5 +331,5 @@ def test_cli(model, tmp_path, capsys):
     meta = json.loads((path / "assets.extra" / METADATA_FILE).read_text())
     assert meta["metrics"] == METRICS
     assert meta["source_checkpoint"] == str(run / "checkpoints" / "best.keras")
-    assert main(args + ["--version", "1"]) == 1
+    assert main(args + ["--model-version", "1"]) == 1
     assert "already exists" in capsys.readouterr().err

@@ -270,7 +270,7 @@ def test_cli_reports_unreadable_image(tmp_path, capsys):
     from serving.client import main
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    assert main(["segment", "--server", "127.0.0.1:1", str(bad), "--out", str(tmp_path)]) == 2
+    assert main(["segment", "--server", "127.0.0.1:1", str(bad), "--output", str(tmp_path)]) == 2
     assert "broken.png" in capsys.readouterr().err
 
 
