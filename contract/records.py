@@ -14,12 +14,18 @@ import json
 import pathlib
 from typing import Any, ClassVar
 
-from contract import layout, names
+from common.cli import UserError
 from common.files import atomic_write_text
+from contract import layout, names
 
 
-class RecordError(ValueError):
-    pass
+class RecordError(UserError, ValueError):
+    """A record file that is missing a field or contradicts itself: "<file>: <why>", which a
+    command prints as its one error line."""
+
+    def __init__(self, message: str):
+        what, _, why = message.partition(": ")
+        super().__init__(what, why)
 
 
 def _read_json(path) -> dict:
@@ -89,10 +95,9 @@ def require_task(model_task: str | None, task: str | None, source: str = "model"
     """The one check that a KITTI task asked for is the task a model was trained for; a
     record without a task (not KITTI, or written before tasks were recorded) passes."""
     if task is not None and task not in names.KITTI_TASKS:
-        raise RecordError(f"task must be one of {names.KITTI_TASKS}, got {task!r}")
+        raise RecordError(f"task {task!r}: must be one of {names.KITTI_TASKS}")
     if task is not None and model_task is not None and task != model_task:
-        raise RecordError(f"{source} was trained for the KITTI {model_task!r} task, "
-                          f"not {task!r}")
+        raise RecordError(f"{source}: trained for the KITTI {model_task!r} task, not {task!r}")
 
 
 @dataclasses.dataclass

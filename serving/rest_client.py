@@ -120,7 +120,9 @@ class RestPredictionClient(SegmentationClient):
             try:
                 message = json.loads(content)["error"]
             except (ValueError, KeyError, TypeError):
-                message = content[:500].decode("utf-8", "replace") or response.reason
+                # TF Serving always answers {"error": ...}: whatever sent this is not it.
+                text = " ".join(content[:200].decode("utf-8", "replace").split())
+                message = f"not a TF Serving reply ({text or response.reason})"
             code = HTTP_TO_GRPC.get(response.status_code, grpc.StatusCode.UNKNOWN)
             raise ServingError(code, f"HTTP {response.status_code}: {message}",
                                target=self.base_url)
