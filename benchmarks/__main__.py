@@ -5,10 +5,16 @@ summary table on stdout, and writes bench_out/bench.json, bench_out/bench.md and
 """
 from __future__ import annotations
 
+import sys
+
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below loads TensorFlow
+
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 import time
 import traceback
@@ -18,7 +24,7 @@ SECTIONS = ("floor", "inprocess", "grpc", "beam", "training", "scaling", "export
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmark the exported FCN-8s in process, behind gRPC and in the Beam "
                     "job, against the hardware's floor; see docs/benchmarks.md.",
@@ -62,6 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-profile-beam", dest="profile_beam", action="store_false",
                    help="skip the cProfile run of the Beam job")
     args = p.parse_args(argv)
+    for flag in ("images", "repeats", "max_repeats", "batch_sizes", "clients", "grpc_requests",
+                 "grpc_batch", "beam_images", "beam_batch", "train_batch", "train_steps"):
+        values = getattr(args, flag)
+        if any(v < 1 for v in (values if isinstance(values, list) else [values])):
+            raise cli.UserError(f"--{flag.replace('_', '-')}",
+                                f"must be 1 or more, got {values}")
     args.sections = [s for s in SECTIONS if s in args.sections]  # run in the usual order
     return args
 
@@ -106,8 +118,7 @@ def run_sections(mut, images, args) -> dict:
     return sections
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _main(argv=None) -> int:
     args = parse_args(argv)
     from benchmarks import report
     from benchmarks.common import export_random_model, load_images, log, open_model
@@ -121,9 +132,9 @@ def main(argv=None) -> int:
             model_dir = args.model_dir
         try:
             mut = open_model(model_dir)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except (FileNotFoundError, ValueError) as err:  # "<path>: <why>"
+            what, _, why = str(err).partition(": ")
+            raise cli.UserError(what, why) from None
         images = load_images(args.images)
         log(f"model {mut.path} ({mut.image_size[0]}x{mut.image_size[1]}, fc_width "
             f"{mut.fc_width}, {mut.num_classes} classes); images: {images.source}")
@@ -133,6 +144,10 @@ def main(argv=None) -> int:
     print(report.summary_markdown(result))
     log(f"wrote {', '.join(str(p) for p in paths)}")
     return 1 if any("error" in s for s in sections.values()) else 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
