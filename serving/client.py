@@ -59,7 +59,8 @@ def read_export_metadata(path: str | None):
     try:
         return ExportMetadata.of_export(path)
     except (OSError, ValueError) as err:
-        raise cli.UserError(path, f"cannot read export metadata: {err}") from None
+        why = str(err).removeprefix(f"{path}: ")
+        raise cli.UserError(path, f"cannot read export metadata: {why}") from None
 
 
 def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
