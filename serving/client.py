@@ -46,7 +46,7 @@ from contract.records import ExportMetadata, require_task
 from model.data import kitti, kitti_bev, palette
 from model.data.image_io import ImageReadError, decode_image_bytes, write_png
 from model.plots import save_overlay
-from serving.channel import check_server
+from serving.channel import check_server, refuse_plaintext_credentials
 from serving.errors import ServingError
 from serving.rest_client import RestPredictionClient
 
@@ -361,6 +361,11 @@ def _main(argv) -> int:
         args.server = "127.0.0.1:8501" if args.rest else "127.0.0.1:8500"
     _check_flags(args)
     secure = args.tls or bool(args.tls_ca) or args.server.startswith("https://")
+    try:  # before anything is sent anywhere
+        refuse_plaintext_credentials({"authorization": args.auth} if args.auth else {}, secure,
+                                     args.allow_plaintext_auth, args.server)
+    except ValueError as err:
+        raise cli.UserError(args.server, str(err).removeprefix(f"{args.server}: ")) from None
     check_server(args.server, "tls" if secure else "rest" if args.rest else "grpc",
                  timeout=min(args.timeout, 5.0))
     try:
