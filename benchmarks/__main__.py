@@ -19,6 +19,10 @@ import tempfile
 import time
 import traceback
 
+from benchmarks import (beam, bf16, breakdown, export_cost, floor, grpc_serving, inprocess, report,
+                        scaling, training)
+from benchmarks.common import export_random_model, load_images, log, open_model
+
 SECTIONS = ("floor", "inprocess", "grpc", "beam", "training", "scaling", "export", "bf16",
             "profile")
 
@@ -79,10 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_sections(mut, images, args) -> dict:
-    from benchmarks import (beam, bf16, breakdown, export_cost, floor, grpc_serving,
-                            inprocess, scaling, training)
-    from benchmarks.common import log
-
     def flops():
         return sections.get("floor", {}).get("flops_per_image")
 
@@ -120,8 +120,6 @@ def run_sections(mut, images, args) -> dict:
 
 def _main(argv=None) -> int:
     args = parse_args(argv)
-    from benchmarks import report
-    from benchmarks.common import export_random_model, load_images, log, open_model
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-model-") as tmp:

@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
 
+    # Here, not at the top: `--help` and bad flags answer without loading TensorFlow, which
+    # this parent only needs to write the inputs its measured children read.
     from benchmarks.beam import write_inputs
     from benchmarks.common import load_images
 
