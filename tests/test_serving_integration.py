@@ -256,8 +256,16 @@ def test_cli_segment_writes_masks_and_overlays(serving_backend, tmp_path):  # no
         assert mask.shape == image.shape[:2] and overlay.shape == image.shape
         assert (out / f"img{i}_confidence.png").is_file()
     assert main(["status", "--server", serving_backend.address]) == 0
+
+def test_cli_reports_a_missing_version_in_one_line(serving_backend, tmp_path, capsys):  # noqa: F811
+    from serving.client import main
+    image = tmp_path / "img.png"
+    image.write_bytes(png(sample_images(11)[0]))
     assert main(["segment", "--server", serving_backend.address, "--model-version", "7",
-                 str(paths[0]), "--output", str(out)]) == 1
+                 str(image), "--output", str(tmp_path / "out")]) == 2
+    # TF Serving's words for it (core/basic_manager.cc)
+    assert capsys.readouterr().err == (f"error: {serving_backend.address}: NOT_FOUND: Servable "
+                                       f"not found for request: Specific(fcn8s, 7)\n")
 
 
 def test_never_answering_server_gives_deadline_error():
