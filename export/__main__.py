@@ -11,7 +11,7 @@ if __name__ == "__main__":
 import json
 from pathlib import Path
 
-from contract.names import NATIVE, SIZE_MULTIPLE
+from contract.records import parse_inference_size
 from export.precision import COMPUTE_DTYPES
 from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
 from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
@@ -45,15 +45,10 @@ def parse_args(argv=None):
         # TF Serving loads only positive numeric version folders (file_system_storage_path_source)
         raise cli.UserError("--model-version", f"must be 1 or more, got {args.model_version}")
     if args.inference_size is not None:
-        value = args.inference_size
-        if value == [NATIVE]:
-            args.inference_size = NATIVE
-        elif len(value) == 2 and all(v.isdigit() and int(v) % SIZE_MULTIPLE == 0 and int(v) > 0
-                                     for v in value):
-            args.inference_size = [int(v) for v in value]
-        else:
-            raise cli.UserError("--inference-size", f"takes H W (positive multiples of "
-                                f"{SIZE_MULTIPLE}) or '{NATIVE}', got {' '.join(value)}")
+        try:
+            args.inference_size = parse_inference_size(args.inference_size)
+        except ValueError as err:
+            raise cli.UserError("--inference-size", err) from None
     return args
 
 
