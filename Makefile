@@ -75,7 +75,7 @@ serve: $(STAMP)
 
 BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m benchmarks --model-dir $(MODEL_BASE)/$(MODEL_NAME) --out bench_out $(BENCH_ARGS)
+	$(PY) -m benchmarks --model-dir $(MODEL_BASE)/$(MODEL_NAME) --output bench_out $(BENCH_ARGS)
 
 data-kitti: $(STAMP)
 	$(PY) -m model.data.download kitti --dest $(DATA_DIR) $(DATA_ARGS)

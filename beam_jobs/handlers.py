@@ -142,18 +142,10 @@ def _decode_png(data: bytes) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-def _first_of(outputs: dict, candidates: tuple[str, ...]):
-    # Export format 2 names the PNG outputs *_bytes; format 1 exports lack the suffix.
-    for name in candidates:
-        if name in outputs:
-            return outputs[name]
-    raise KeyError(f"the model returned none of {candidates} (got {sorted(outputs)})")
-
-
 def _segmentations(outputs: dict, model_name: str, version: Optional[int],
                    latency_ms: float, n: int) -> list[Segmentation]:
-    masks = _first_of(outputs, names.MASK_PNG_NAMES)
-    conf = _first_of(outputs, names.CONFIDENCE_PNG_NAMES)
+    masks = outputs[names.MASK_PNG_BYTES]
+    conf = outputs[names.CONFIDENCE_PNG_BYTES]
     heights, widths = outputs["heights"], outputs["widths"]
     padded = outputs.get("class_ids")
     results = []

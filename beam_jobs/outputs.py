@@ -29,12 +29,16 @@ import datetime
 import io
 import json
 import os
+import posixpath
+import tempfile
 import uuid
 from typing import Optional
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
+
+from contract.kitti import submission_zip_bytes
 
 MASKS = "masks"
 SUBMISSION = "kitti_submission"       # bird's-eye-view maps, named as the benchmark wants
@@ -101,8 +105,6 @@ def png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
 
 def write_figure(path: str, save_fn, *args, **kwargs) -> None:
     """Run a model.plots `save_*(local_path, ...)` and copy its PNG to `path` (maybe remote)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "figure.png")
         save_fn(local, *args, **kwargs)
@@ -172,10 +174,6 @@ def _point_link(output: str, run_id: str) -> None:
 def write_submission_zip(path: str, files: list[str]) -> dict:
     """Zip the bird's-eye-view maps for upload (contract.kitti.submission_zip_bytes: flat,
     named as the benchmark expects). Returns {"path", "files"}."""
-    import posixpath
-
-    from contract.kitti import submission_zip_bytes
-
     maps: dict[str, bytes] = {}
     for f in sorted(files):
         name = posixpath.basename(f)

@@ -17,11 +17,17 @@ view (what the benchmark wants uploaded; --submission-zip zips them); scores in 
 """
 from __future__ import annotations
 
+import sys
+
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below loads TensorFlow
+
 import argparse
 import json
 import logging
 import os
-import sys
 import time
 from typing import Optional
 
@@ -49,7 +55,7 @@ PROGRESS_EVERY = 50
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: unknown options go to Beam, so a prefix must not be taken for one
     # of ours (Dataflow's --labels team=vision would otherwise become --labels-dir).
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m beam_jobs.segment", allow_abbrev=False,
         description="Segment images with an exported FCN-8s SavedModel (in process) or TF "
                     "Serving (gRPC). Unknown options go to Beam (--runner, "
@@ -487,14 +493,15 @@ def _counters(result) -> dict:
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _main(argv: Optional[list[str]]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         summary = run(argv)
-    except (FileNotFoundError, ValueError) as exc:  # bad paths or options: no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # bad inputs or options, said as "<what>: <why>"
+        what, sep, why = str(exc).partition(": ")
+        raise (cli.UserError(what, why) if sep else cli.UserError("beam_jobs.segment", exc)) \
+            from None
     brief = {k: summary.get(k) for k in ("images_in", "ok", "failed", "failed_by_stage",
                                           "wall_time_s", "images_per_s", "run_dir")}
     print(json.dumps(brief))
@@ -507,6 +514,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             brief.update({f"BEV_{k}": m["kitti_bev"]["overall"].get(k) for k in ("MaxF", "AP")})
         print(json.dumps(brief))
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,34 @@
-"""python -m benchmarks --model-dir models/fcn8s --out bench_out [options]
+"""python -m benchmarks --model-dir models/fcn8s --output bench_out [options]
 
 Runs every section (or those named with --sections), prints progress on stderr and the
 summary table on stdout, and writes bench_out/bench.json, bench_out/bench.md and plots.
 """
 from __future__ import annotations
 
+import sys
+
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below loads TensorFlow
+
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 import time
 import traceback
+
+from benchmarks import (beam, bf16, breakdown, export_cost, floor, grpc_serving, inprocess, report,
+                        scaling, training)
+from benchmarks.common import export_random_model, load_images, log, open_model
 
 SECTIONS = ("floor", "inprocess", "grpc", "beam", "training", "scaling", "export", "bf16",
             "profile")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmark the exported FCN-8s in process, behind gRPC and in the Beam "
                     "job, against the hardware's floor; see docs/benchmarks.md.",
@@ -28,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full-size", action="store_true",
                    help="instead: a fc_width=4096 FCN-8s at 160x576 with random weights, "
                         "exported to a temporary folder")
-    p.add_argument("--out", default="bench_out", type=pathlib.Path, help="output folder")
+    p.add_argument("--output", default="bench_out", type=pathlib.Path, help="output folder")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     g = p.add_argument_group("repetitions")
     g.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
@@ -62,15 +72,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-profile-beam", dest="profile_beam", action="store_false",
                    help="skip the cProfile run of the Beam job")
     args = p.parse_args(argv)
+    for flag in ("images", "repeats", "max_repeats", "batch_sizes", "clients", "grpc_requests",
+                 "grpc_batch", "beam_images", "beam_batch", "train_batch", "train_steps"):
+        values = getattr(args, flag)
+        if any(v < 1 for v in (values if isinstance(values, list) else [values])):
+            raise cli.UserError(f"--{flag.replace('_', '-')}",
+                                f"must be 1 or more, got {values}")
     args.sections = [s for s in SECTIONS if s in args.sections]  # run in the usual order
     return args
 
 
 def run_sections(mut, images, args) -> dict:
-    from benchmarks import (beam, bf16, breakdown, export_cost, floor, grpc_serving,
-                            inprocess, scaling, training)
-    from benchmarks.common import log
-
     def flops():
         return sections.get("floor", {}).get("flops_per_image")
 
@@ -106,11 +118,8 @@ def run_sections(mut, images, args) -> dict:
     return sections
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _main(argv=None) -> int:
     args = parse_args(argv)
-    from benchmarks import report
-    from benchmarks.common import export_random_model, load_images, log, open_model
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-model-") as tmp:
@@ -121,18 +130,22 @@ def main(argv=None) -> int:
             model_dir = args.model_dir
         try:
             mut = open_model(model_dir)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except (FileNotFoundError, ValueError) as err:  # "<path>: <why>"
+            what, _, why = str(err).partition(": ")
+            raise cli.UserError(what, why) from None
         images = load_images(args.images)
         log(f"model {mut.path} ({mut.image_size[0]}x{mut.image_size[1]}, fc_width "
             f"{mut.fc_width}, {mut.num_classes} classes); images: {images.source}")
         sections = run_sections(mut, images, args)
         result = report.build(mut, images, args, sections, started)
-    paths = report.write(result, args.out)
+    paths = report.write(result, args.output)
     print(report.summary_markdown(result))
     log(f"wrote {', '.join(str(p) for p in paths)}")
     return 1 if any("error" in s for s in sections.values()) else 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

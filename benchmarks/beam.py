@@ -20,7 +20,10 @@ import time
 
 import numpy as np
 
+from beam_jobs import segment
 from benchmarks.common import log
+from benchmarks.grpc_serving import serve
+from serving.grpc_client import PredictionClient
 
 CPU_RATIO_GOAL = 0.95
 
@@ -43,8 +46,6 @@ def write_inputs(folder: pathlib.Path, images, n: int) -> pathlib.Path:
 
 def run_job(mut, images, n: int, mode: str, batch: int, address: str | None = None) -> dict:
     """One run of the job over n images; its summary plus our own wall clock."""
-    from beam_jobs import segment
-
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-beam-") as tmp:
         tmp = pathlib.Path(tmp)
         inputs = write_inputs(tmp, images, n)
@@ -77,9 +78,6 @@ def inprocess_same_images(mut, images, n: int, batch: int) -> dict:
 
 
 def run(mut, images, args) -> dict:
-    from benchmarks.grpc_serving import serve
-    from serving.grpc_client import PredictionClient
-
     n, batch = args.beam_images, args.beam_batch
     log(f"Beam: in-process mode over {n} images")
     rows = [run_job(mut, images, n, "inprocess", batch)]

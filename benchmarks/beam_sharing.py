@@ -14,7 +14,6 @@ command's, TensorFlow's import included). Speed targets belong here, not in test
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -23,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from common import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -93,15 +94,21 @@ def run_once(argv: list[str], env: dict) -> dict:
     return {"command_wall_s": wall, **peak, "stdout": out.strip().splitlines()[-2:]}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.beam_sharing",
-                                description=__doc__.split("\n\n")[0])
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(prog="python -m benchmarks.beam_sharing",
+                           description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", required=True)
     p.add_argument("--images", type=int, default=72, help="KITTI images, repeated to N")
     p.add_argument("--workers", type=int, default=2, help="--direct_num_workers")
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
+    for flag in ("images", "workers", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise cli.UserError(f"--{flag.replace('_', '-')}",
+                                f"must be 1 or more, got {getattr(args, flag)}")
 
+    # Here, not at the top: `--help` and bad flags answer without loading TensorFlow, which
+    # this parent only needs to write the inputs its measured children read.
     from benchmarks.beam import write_inputs
     from benchmarks.common import load_images
 
@@ -138,6 +145,10 @@ def main(argv=None) -> int:
               f"{r['command_wall_s']:.1f} |")
     print(json.dumps(rows))
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ import numpy as np
 
 from benchmarks.common import log, throughput
 from common.cpu import bfloat16_advice, this_machine
+from export.savedmodel import export_saved_model, load_saved_model
 
 TARGET_SPEEDUP = 1.8
 TARGET_AGREEMENT = 0.995
 
 
 def run(mut, images, args) -> dict:
-    from export.savedmodel import export_saved_model, load_saved_model
-
     keras_model = mut.keras_model()
     config = mut.config()
     batch = args.bf16_batch

@@ -6,14 +6,21 @@ transport and the server's Python, Beam's runner and file I/O). Plus a cProfile 
 job, summed by package, to show where its Python side spends the milliseconds."""
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import pstats
 import re
 import time
 
 import numpy as np
+import tensorflow as tf
 
+from benchmarks import beam, grpc_serving, inprocess
 from benchmarks.common import log
+from benchmarks.grpc_serving import WIRE_VARIANTS, serve
+from export.signatures import class_ids_of, confidence_of, from_geometry, to_geometry
+from export.wire import predict_request
+from serving.grpc_client import PredictionClient
 
 
 TOTAL_SE = "total: in-process segment_encoded"
@@ -29,11 +36,6 @@ def stage_times(mut, images, args, client=None) -> dict:
     """Fastest and median milliseconds of each stage for one image (batch of one), and of
     the whole in-process (and, given a client, gRPC) call. They are timed in interleaved
     rounds, so that the parts and the totals they are compared with share the machine load."""
-    import tensorflow as tf
-
-    from export.signatures import class_ids_of, confidence_of, from_geometry, to_geometry
-    from export.wire import predict_request
-
     blob = images.blobs[0]
     image = tf.io.decode_png(blob, channels=3)
     size = tf.shape(image)[:2]
@@ -68,7 +70,6 @@ def stage_times(mut, images, args, client=None) -> dict:
         TOTAL_SD: lambda: mut.loaded.segment(image.numpy()[None]),
     }
     if client is not None:
-        from benchmarks.grpc_serving import WIRE_VARIANTS
         calls[TOTAL_GRPC] = lambda: client.predict({"images": image.numpy()[None]},
                                                    "serving_default", WIRE_VARIANTS[0][1])
     for fn in calls.values():
@@ -105,11 +106,6 @@ def profile_beam(mut, images, args, mode: str = "inprocess") -> dict:
     """cProfile of one Beam job run: own seconds by package and the functions with the most
     own time. Only the calling thread is profiled: in gRPC mode the in-process test server's
     threads are not (its time shows as waiting in grpc)."""
-    import contextlib
-
-    from benchmarks import beam
-    from benchmarks.grpc_serving import serve
-
     n = args.beam_images
     with serve(mut) if mode == "grpc" else contextlib.nullcontext() as backend:
         profiler = cProfile.Profile()
@@ -135,9 +131,6 @@ def profile_beam(mut, images, args, mode: str = "inprocess") -> dict:
 
 
 def run(mut, images, args, sections: dict) -> dict:
-    from benchmarks.grpc_serving import serve
-    from serving.grpc_client import PredictionClient
-
     log("where the time goes: timing each stage of one image, interleaved with whole calls")
     with serve(mut) as backend, PredictionClient(backend.address, mut.name,
                                                  timeout=600) as client:
@@ -202,8 +195,6 @@ def _rows(total: float, parts: dict) -> dict:
 
 def path_times(sections: dict) -> dict:
     """ms per image of each path, from the sections that ran."""
-    from benchmarks import grpc_serving, inprocess
-
     paths = {}
     section = sections.get("inprocess")
     if section and "results" in section:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 import pathlib
 import sys
@@ -11,6 +12,10 @@ import time
 from typing import Callable
 
 import numpy as np
+from PIL import Image
+
+from model.data.image_io import read_image
+from model.data.synthetic import render_scene
 
 KITTI_SIZE = (375, 1242)  # (H, W) of most KITTI road images; every benchmark image has it
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -185,14 +190,9 @@ def kitti_images_dir() -> pathlib.Path | None:
 def load_images(limit: int = 36) -> BenchImages:
     """The KITTI road training images (resized to exactly 1242x375 where they differ, and
     re-encoded then), else synthetic road scenes of that size."""
-    import io
-
-    from PIL import Image
-
     folder = kitti_images_dir()
     arrays, blobs = [], []
     if folder is not None:
-        from model.data.image_io import read_image
         for path in sorted(folder.glob("*.png"))[:limit]:
             image = read_image(path)
             if image.shape[:2] == KITTI_SIZE:
@@ -207,7 +207,6 @@ def load_images(limit: int = 36) -> BenchImages:
             blobs.append(blob)
         return BenchImages(arrays, blobs, f"KITTI road training images ({len(arrays)}, "
                                           f"{folder})")
-    from model.data.synthetic import render_scene
     for i in range(min(limit, 8)):
         image, _ = render_scene(np.random.default_rng([7, i]), *KITTI_SIZE)
         buffer = io.BytesIO()

@@ -16,7 +16,9 @@ TensorFlow can do here, the peak how close it is to what the hardware can do.
 """
 from __future__ import annotations
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from benchmarks.common import log, measure
 from common.cpu import this_machine
@@ -24,8 +26,6 @@ from common.cpu import this_machine
 
 def layer_flops(keras_model) -> dict:
     """{layer name: FLOPs for one image} of the convolutions, from their output shapes."""
-    import keras
-
     flops = {}
     for layer in keras_model.layers:
         if isinstance(layer, keras.layers.Conv2DTranspose):
@@ -41,8 +41,6 @@ def layer_flops(keras_model) -> dict:
 
 def graph_conv_flops(keras_model, image_size) -> int | None:
     """Conv2D FLOPs of one image counted by tf.compat.v1.profiler on the traced graph."""
-    import tensorflow as tf
-
     fn = tf.function(lambda x: keras_model(x, training=False))
     graph = fn.get_concrete_function(tf.TensorSpec([1, *image_size, 3], tf.float32)).graph
     builder = tf.compat.v1.profiler.ProfileOptionBuilder
@@ -53,8 +51,6 @@ def graph_conv_flops(keras_model, image_size) -> int | None:
 
 def flops_per_image(keras_model, image_size) -> dict:
     """Analytic FLOPs (total, per kind, per layer) with the graph cross-check."""
-    import keras
-
     per_layer = layer_flops(keras_model)
     transposed = {l.name for l in keras_model.layers
                   if isinstance(l, keras.layers.Conv2DTranspose)}
@@ -71,8 +67,6 @@ def flops_per_image(keras_model, image_size) -> dict:
 
 def matmul_rate(n: int, dtype: str, repeats: int = 3) -> dict:
     """FLOP/s of one n x n @ n x n tf.matmul in `dtype` (best and median of `repeats`)."""
-    import tensorflow as tf
-
     rng = np.random.default_rng(0)
     a = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=dtype)
     b = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=dtype)
@@ -89,8 +83,6 @@ def matmul_rate(n: int, dtype: str, repeats: int = 3) -> dict:
 def conv_rate(dtype: str, repeats: int = 3) -> dict:
     """FLOP/s of a VGG-like 3x3 convolution (256 -> 256 channels on 64x64) in `dtype`:
     convolutions go through other kernels (oneDNN) than matmul and can run faster."""
-    import tensorflow as tf
-
     rng = np.random.default_rng(0)
     x = tf.constant(rng.standard_normal((1, 64, 64, 256), dtype=np.float32), dtype=dtype)
     k = tf.constant(rng.standard_normal((3, 3, 256, 256), dtype=np.float32), dtype=dtype)

@@ -13,6 +13,9 @@ import time
 import numpy as np
 
 from benchmarks.common import log, percentiles
+from export.wire import predict_request, predict_response
+from serving.backends import start_backend
+from serving.grpc_client import PredictionClient
 
 # (signature, output filter) pairs whose wire sizes are reported; None = every output.
 WIRE_VARIANTS = (
@@ -33,8 +36,6 @@ TIMED_VARIANTS = (WIRE_VARIANTS[0], WIRE_VARIANTS[4])
 def serve(mut):
     """A running backend serving `mut` as version 1 of its model name (a symlink in a
     temporary model base, so nothing is written next to the user's models)."""
-    from serving.backends import start_backend
-
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-serving-") as tmp:
         base = pathlib.Path(tmp)
         (base / mut.name).mkdir()
@@ -54,8 +55,6 @@ def _inputs(images, signature: str, batch: int, start: int = 0) -> dict:
 
 def wire_sizes(client, mut, images) -> list[dict]:
     """Serialized PredictRequest / PredictResponse bytes per image (batch of one)."""
-    from export.wire import predict_request, predict_response
-
     rows = []
     for signature, output_filter in WIRE_VARIANTS:
         inputs = _inputs(images, signature, 1)
@@ -72,8 +71,6 @@ def wire_sizes(client, mut, images) -> list[dict]:
 def concurrent_run(address: str, mut, images, signature: str, output_filter, clients: int,
                    requests_per_client: int, batch: int) -> dict:
     """`clients` threads, each with its own channel, sending requests back to back."""
-    from serving.grpc_client import PredictionClient
-
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -124,7 +121,6 @@ def run(mut, images, args) -> dict:
     log("gRPC: starting the serving backend")
     with serve(mut) as backend:
         log(f"gRPC: backend {backend.description}")
-        from serving.grpc_client import PredictionClient
         # Probabilities of a large image can exceed gRPC's 4 MiB default: measure them anyway.
         with PredictionClient(backend.address, mut.name, timeout=600,
                               max_response_bytes=-1) as client:

@@ -9,6 +9,12 @@ import pathlib
 import platform
 import time
 
+import matplotlib
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from benchmarks.breakdown import PATH_NAMES
+
 SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "grpc": "gRPC",
                   "beam": "Beam", "training": "Training", "scaling": "Scaling",
                   "export": "Export", "bf16": "bfloat16", "profile": "Where the time goes"}
@@ -80,8 +86,6 @@ def summary_rows(sections: dict) -> list[dict]:
 
 
 def build(mut, images, args, sections: dict, started: float) -> dict:
-    import tensorflow as tf
-
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
@@ -103,7 +107,6 @@ def build(mut, images, args, sections: dict, started: float) -> dict:
     if floor and "paths_ms_per_image" in profile:
         # Against the final floor (measured again at the end of the run); the order of the
         # paths, and so the slowest one, does not change with it.
-        from benchmarks.breakdown import PATH_NAMES
         profile["efficiency_by_path"] = {
             PATH_NAMES[k]: floor / v for k, v in profile["paths_ms_per_image"].items()
             if k in PATH_NAMES and v}
@@ -410,9 +413,7 @@ def markdown(result: dict) -> str:
 # --------------------------------------------------------------------------- plots
 
 def plots(result: dict, out: pathlib.Path) -> list[pathlib.Path]:
-    import matplotlib
     matplotlib.use("Agg")
-    from matplotlib.figure import Figure
 
     written = []
     rows = result["summary"]

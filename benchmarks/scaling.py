@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
 from benchmarks import beam
 from benchmarks.common import log, measure, throughput
@@ -35,8 +36,6 @@ def by_images(mut, images, args) -> dict:
 
 
 def by_image_size(mut, args, flops_at_geometry: int | None) -> dict:
-    import tensorflow as tf
-
     model = mut.keras_model((None, None, 3))
     forward = tf.function(lambda x: model(x, training=False))
     base = mut.image_size

@@ -8,12 +8,14 @@ import time
 
 import numpy as np
 
-from benchmarks.common import SHARED_DATA, KITTI_SIZE, log, measure, throughput
+from benchmarks.common import KITTI_SIZE, SHARED_DATA, log, measure, throughput
+from model.data.kitti import list_pairs
+from model.data.pipeline import make_dataset
+from model.data.synthetic import generate
+from model.train import compile_for_training, make_optimizer
 
 
 def training_steps(mut, args) -> dict:
-    from model.train import compile_for_training, make_optimizer
-
     # The training recipe's defaults (Adam 1e-4, clip norm 1.0; L2 lives in the model).
     model = compile_for_training(mut.keras_model(), mut.num_classes,
                                  make_optimizer("adam", 1e-4, "constant", 1, clip_norm=1.0))
@@ -30,17 +32,13 @@ def training_steps(mut, args) -> dict:
 def _pairs(tmp: str):
     kitti = SHARED_DATA / "kitti_road"
     if (kitti / "training" / "image_2").is_dir():
-        from model.data.kitti import list_pairs
         return list_pairs(kitti), "kitti", f"KITTI road training pairs ({kitti})"
-    from model.data.synthetic import generate
     pairs = generate(tmp, 8, *KITTI_SIZE, progress=False)
     return pairs, "ids", "synthetic road scenes (no KITTI samples)"
 
 
 def pipeline_rate(mut, args) -> dict:
     """Batches of make_dataset(training=True): decode, scale-crop, flip, colour jitter."""
-    from model.data.pipeline import make_dataset
-
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-data-") as tmp:
         pairs, label_format, source = _pairs(tmp)
         ds = make_dataset(pairs, label_format, mut.image_size, args.train_batch, training=True)

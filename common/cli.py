@@ -8,6 +8,7 @@ where `_main` raises `UserError(what, why)` for a problem the user can fix. Bugs
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -63,13 +64,30 @@ def fail(what, why) -> int:
 
 def run(main: Callable[[Optional[Sequence[str]]], Optional[int]],
         argv: Optional[Sequence[str]] = None) -> int:
-    """Call `main(argv)`; a UserError or a missing or unreadable file becomes one line and
-    exit status 2."""
+    """Call `main(argv)`; a UserError (a bad flag included, with ArgumentParser) or a missing
+    or unreadable file becomes one line and exit status 2."""
     try:
         status = main(argv)
+    except SystemExit as exc:  # --help: argparse's own exit, returned as the int it is
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except UserError as exc:
         return fail(exc.what, exc.why)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        what = exc.filename if exc.filename is not None else type(exc).__name__
-        return fail(what, (exc.strerror or str(exc)).lower())
+        if exc.filename is not None:
+            return fail(exc.filename, (exc.strerror or str(exc)).lower())
+        # Raised with one message, "<path>: <why>" by this project's convention.
+        what, sep, why = str(exc).partition(": ")
+        return fail(what, why) if sep else fail(type(exc).__name__, str(exc))
     return 0 if status is None else int(status)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose command-line errors are the same one line: `error: --flag: why`
+    (or `error: <prog>: why` when no flag is to blame) and exit status 2, through `run`;
+    the usage stays in --help. Subcommand parsers made by add_subparsers are of this class too."""
+
+    def error(self, message: str):
+        what, sep, why = message.partition(": ")
+        if sep and what.startswith("argument "):
+            raise UserError(what[len("argument "):], why)
+        raise UserError(self.prog, message)

@@ -9,6 +9,7 @@ import posixpath
 import tempfile
 
 import numpy as np
+from PIL import Image
 
 
 class OutsideRootError(ValueError):
@@ -67,8 +68,6 @@ def png_bytes(array: np.ndarray, palette=None, compress_level: int = 6) -> bytes
     """uint8 [H, W] (grey, or palette-indexed with `palette` = [[r, g, b], ...]) or
     [H, W, 3|4] -> PNG bytes. compress_level 0..9 trades size for speed: level 1 encodes
     photo-like images several times faster than 6, for files ~20 % larger."""
-    from PIL import Image
-
     array = np.asarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"PNG arrays must be uint8, got {array.dtype}")

@@ -25,16 +25,13 @@ HEIGHTS = "heights"            # int32 [N]
 WIDTHS = "widths"              # int32 [N]
 # TF Serving's REST API base64-encodes a string output only when its name ends in "_bytes"
 # (tensorflow_serving/util/json_tensor.cc); any other name is sent as raw bytes in a JSON
-# string, which generic JSON clients cannot read. Export format 2 uses these names.
+# string, which generic JSON clients cannot read.
 MASK_PNG_BYTES = "mask_png_bytes"
 CONFIDENCE_PNG_BYTES = "confidence_png_bytes"
-# Export format 1 (fcnseg 0.1) named them without the suffix; clients read both.
-LEGACY_MASK_PNG = "mask_png"
-LEGACY_CONFIDENCE_PNG = "confidence_png"
-MASK_PNG_NAMES = (MASK_PNG_BYTES, LEGACY_MASK_PNG)
-CONFIDENCE_PNG_NAMES = (CONFIDENCE_PNG_BYTES, LEGACY_CONFIDENCE_PNG)
 
-EXPORT_FORMAT = 2  # recorded in the metadata; 1 = the names without `_bytes`
+# Recorded in the metadata. The only format read: an export without the key (format 1, PNG
+# outputs without `_bytes`) is refused and must be exported again.
+EXPORT_FORMAT = 2
 
 # What a client asks serving_default for by default (TF Serving's output_filter).
 DEFAULT_OUTPUT_FILTER = (CLASS_IDS, CONFIDENCE)

@@ -14,12 +14,18 @@ import json
 import pathlib
 from typing import Any, ClassVar
 
-from contract import layout, names
+from common.cli import UserError
 from common.files import atomic_write_text
+from contract import layout, names
 
 
-class RecordError(ValueError):
-    pass
+class RecordError(UserError, ValueError):
+    """A record file that is missing a field or contradicts itself: "<file>: <why>", which a
+    command prints as its one error line."""
+
+    def __init__(self, message: str):
+        what, _, why = message.partition(": ")
+        super().__init__(what, why)
 
 
 def _read_json(path) -> dict:
@@ -85,14 +91,26 @@ class _Record:
                               f"got {self.coco_protocol!r}")
 
 
+def parse_inference_size(words) -> list[int] | str:
+    """`--inference-size` as typed (["native"] or ["H", "W"]) -> names.NATIVE or [H, W]; the
+    one reading of the flag for every command. ValueError says what it takes."""
+    words = [str(w) for w in words]
+    if words == [names.NATIVE]:
+        return names.NATIVE
+    if len(words) == 2 and all(w.isdigit() and int(w) > 0 and int(w) % names.SIZE_MULTIPLE == 0
+                               for w in words):
+        return [int(w) for w in words]
+    raise ValueError(f"takes H W (positive multiples of {names.SIZE_MULTIPLE}) or "
+                     f"'{names.NATIVE}', got {' '.join(words)}")
+
+
 def require_task(model_task: str | None, task: str | None, source: str = "model") -> None:
     """The one check that a KITTI task asked for is the task a model was trained for; a
     record without a task (not KITTI, or written before tasks were recorded) passes."""
     if task is not None and task not in names.KITTI_TASKS:
-        raise RecordError(f"task must be one of {names.KITTI_TASKS}, got {task!r}")
+        raise RecordError(f"task {task!r}: must be one of {names.KITTI_TASKS}")
     if task is not None and model_task is not None and task != model_task:
-        raise RecordError(f"{source} was trained for the KITTI {model_task!r} task, "
-                          f"not {task!r}")
+        raise RecordError(f"{source}: trained for the KITTI {model_task!r} task, not {task!r}")
 
 
 @dataclasses.dataclass
@@ -147,13 +165,20 @@ class ExportMetadata(_Record):
     fc_width: int | None = None
     compute_dtype: str = "float32"
     ignore_label: int = names.IGNORE_LABEL
-    export_format: int = 1                  # files written before format 2 have no key
+    export_format: int = names.EXPORT_FORMAT
     signatures: dict = dataclasses.field(default_factory=dict)
     metrics: dict | None = None
     source_checkpoint: str | None = None
     run_dir: str | None = None
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("class_names", "image_size")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "record") -> "ExportMetadata":
+        # A file without the key was written by format 1 (fcnseg 0.1), not by this one.
+        if data.get("export_format") is None:
+            data = {**data, "export_format": 1}
+        return super().from_dict(data, source)
 
     def validate(self, source: str) -> None:
         self._check_classes(source)
@@ -171,18 +196,12 @@ class ExportMetadata(_Record):
                                   f"{names.NATIVE!r}, got {self.inference_size!r}")
         if self.num_classes is None:
             self.num_classes = len(self.class_names)
+        if self.export_format != names.EXPORT_FORMAT:
+            raise RecordError(f"{source}: export format {self.export_format}, this fcnseg "
+                              f"reads format {names.EXPORT_FORMAT} only: export the model again")
         if int(self.ignore_label) != names.IGNORE_LABEL:
             raise RecordError(f"{source}: ignore_label {self.ignore_label}, this fcnseg uses "
                               f"{names.IGNORE_LABEL}")
-
-    @property
-    def mask_png_output(self) -> str:
-        return names.MASK_PNG_BYTES if self.export_format >= 2 else names.LEGACY_MASK_PNG
-
-    @property
-    def confidence_png_output(self) -> str:
-        return (names.CONFIDENCE_PNG_BYTES if self.export_format >= 2
-                else names.LEGACY_CONFIDENCE_PNG)
 
     def require_task(self, task: str | None, source: str = "model") -> None:
         """A KITTI lane model scored as road (or the reverse) is an error, not a wrong score."""

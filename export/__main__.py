@@ -1,20 +1,28 @@
-"""python -m export --run-dir runs/X --model-dir models/fcn8s [--version N] [...]"""
+"""python -m export --run-dir runs/X --model-dir models/fcn8s [--model-version N] [...]"""
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below loads TensorFlow
+
+import json
 from pathlib import Path
 
+from contract.records import parse_inference_size
 from export.precision import COMPUTE_DTYPES
+from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
+from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+def parse_args(argv=None):
+    p = cli.ArgumentParser(
         prog="python -m export",
         description="Export a training run's checkpoint as a TF Serving SavedModel version "
                     "<model-dir>/<version>/ (<model-dir> is TF Serving's --model_base_path).")
@@ -24,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-dir", required=True, type=Path,
                    help="the model folder the version is written into, e.g. models/fcn8s; "
                         "its name is the model's name in the metadata")
-    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument("--model-version", type=int, help="version number (default: next free)")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                    help="dtype the exported graph computes in (weights stay float32)")
     p.add_argument("--inference-size", nargs="+", metavar="H W | native",
@@ -33,33 +41,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "back); default: the training size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     args = p.parse_args(argv)
+    if args.model_version is not None and args.model_version < 1:
+        # TF Serving loads only positive numeric version folders (file_system_storage_path_source)
+        raise cli.UserError("--model-version", f"must be 1 or more, got {args.model_version}")
     if args.inference_size is not None:
-        from contract.names import NATIVE
-
-        value = args.inference_size
-        if value == [NATIVE]:
-            args.inference_size = NATIVE
-        elif len(value) == 2 and all(v.isdigit() and int(v) % 32 == 0 and int(v) > 0
-                                     for v in value):
-            args.inference_size = [int(v) for v in value]
-        else:
-            p.error(f"--inference-size takes H W (positive multiples of 32) or '{NATIVE}', "
-                    f"got {' '.join(value)}")
+        try:
+            args.inference_size = parse_inference_size(args.inference_size)
+        except ValueError as err:
+            raise cli.UserError("--inference-size", err) from None
     return args
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
-    # Imported here so that --help answers without loading TensorFlow.
-    from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
-    from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
-
-    target = args.model_dir / str(args.version)
-    if args.version is not None and target.exists() and not args.overwrite:
+    if not args.run_dir.is_dir():
+        raise cli.UserError(args.run_dir, "no such run folder")
+    target = args.model_dir / str(args.model_version)
+    if args.model_version is not None and target.exists() and not args.overwrite:
         # Checked again by export_saved_model; here so we fail before loading the checkpoint.
-        print(f"error: {target} already exists (pass --overwrite to replace it, or choose "
-              f"another version)", file=sys.stderr)
-        return 1
+        raise cli.UserError(target, "already exists (pass --overwrite to replace it, or choose "
+                                    "another --model-version)")
     config = load_run_config(args.run_dir)
     checkpoint = args.checkpoint or checkpoint_path(args.run_dir, "best")
     metrics_path = args.run_dir / "metrics.json"
@@ -69,12 +70,12 @@ def main(argv=None) -> int:
     print(f"exporting ({args.compute_dtype}) ...", file=sys.stderr)
     try:
         path = export_saved_model(keras_model, config, args.model_dir.parent, args.model_dir.name,
-                                  version=args.version, metrics=metrics, source=checkpoint,
+                                  version=args.model_version, metrics=metrics, source=checkpoint,
                                   compute_dtype=args.compute_dtype, run_dir=args.run_dir,
                                   overwrite=args.overwrite, inference_size=args.inference_size)
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except FileExistsError as err:  # "<version folder>: <why>", e.g. written meanwhile
+        what, _, why = str(err).partition(": ")
+        raise cli.UserError(what, why) from None
     sizes = saved_model_sizes(path)
     print(path)
     print(json.dumps({"path": str(path), "weights_bytes": weights_nbytes(keras_model), **sizes},
@@ -84,6 +85,10 @@ def main(argv=None) -> int:
           f"{_mb(sizes['saved_model_pb_bytes'])}, warmup {_mb(sizes['warmup_bytes'])}",
           file=sys.stderr)
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import warnings
 import keras
 
 from common.cpu import bfloat16_advice
+from model.fcn8s import free_size_config
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Keras' policy for bfloat16 compute: variables stay float32 and are cast at use.
@@ -37,8 +38,6 @@ def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> ke
     float32. The weights are copied, not shared. The copy's input takes any height and width
     (the network is fully convolutional), so any inference geometry can run on it.
     """
-    from model.fcn8s import free_size_config
-
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
     if compute_dtype == "bfloat16":

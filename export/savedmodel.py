@@ -91,7 +91,7 @@ def export_saved_model(keras_model, config: dict, model_base, model_name: str,
     version = int(version)
     final = model_dir / str(version)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite "
+        raise FileExistsError(f"{final}: already exists (pass overwrite=True / --overwrite "
                               f"to replace it, or choose another version)")
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{version}-", dir=model_dir))
@@ -134,7 +134,7 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
         os.rename(tmp, final)  # atomic on one file system; fails if someone else got there
         return
     if not overwrite:
-        raise FileExistsError(f"{final} appeared while exporting; the export is discarded")
+        raise FileExistsError(f"{final}: appeared while exporting; the export is discarded")
     old = final.with_name(f"{TEMP_PREFIX}old-{final.name}-{tmp.name[-8:]}")
     os.rename(final, old)
     os.rename(tmp, final)

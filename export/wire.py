@@ -5,6 +5,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from contract.names import GRPC_DEFAULT_MAX_MESSAGE_BYTES  # noqa: F401 (re-exported)
@@ -27,8 +28,6 @@ def as_proto_field(array: np.ndarray):
     typed repeated fields (Tensor::AsProtoField, servables/tensorflow/predict_util.cc
     kAsProtoField), not tensor_content. uint8 values go into int_val as varints, so a
     confidence map of 0..255 takes up to 2 bytes a pixel on the wire, not 1."""
-    from tensorflow.core.framework import tensor_pb2
-
     array = np.asarray(array)
     proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(array.dtype).as_datatype_enum)
     for size in array.shape:

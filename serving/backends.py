@@ -16,13 +16,16 @@ server.cc's rules (tfserving_dev/flags.py).
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
 import time
-import pathlib
 from dataclasses import dataclass, field
 from typing import Callable
+
+from contract.layout import versions as complete_versions
+from serving.errors import ServingError
 
 # Pinned: the same TensorFlow release as the exporter (tensorflow==2.21.0), so every op in
 # our SavedModels is known to the server. Override with $TFSERVING_IMAGE.
@@ -113,8 +116,7 @@ def tfserving_args(config_path: str, port: int = 8500, rest_port: int = 8501,
 def wait_until_available(address: str, model_name: str, versions: list[int],
                          timeout: float = 180.0) -> None:
     """Block until the server reports every given version AVAILABLE."""
-    from serving.errors import ServingError
-    from serving.grpc_client import PredictionClient
+    from serving.grpc_client import PredictionClient  # loads TensorFlow; choosing needs none
 
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -137,7 +139,6 @@ def start_backend(model_base: pathlib.Path, model_name: str, labels: dict[str, i
     """Start (or find) a server for <model_base>/<model_name>/<versions>, labels applied."""
     kind = kind or choose_backend()
     kind = "dev-server" if kind == "test-server" else kind  # the name before tfserving_dev
-    from contract.layout import versions as complete_versions
 
     versions = sorted(complete_versions(model_base / model_name))
     starters = {"binary": _start_binary, "docker": _start_docker,
@@ -216,6 +217,7 @@ def _use_external(model_base, model_name, labels) -> Backend:
 
 
 def _start_dev_server(model_base, model_name, labels) -> Backend:
+    # Only this backend runs the server in this process (and loads TensorFlow for it).
     from tfserving_dev.config import read_model_config_file
     from tfserving_dev.server import start_dev_server
 

@@ -1,6 +1,5 @@
-"""What the gRPC and REST clients share: the segmentation calls, batches split into
-requests under the size limit, and output names of old and new exports, on top of each
-client's own `predict`."""
+"""What the gRPC and REST clients share: the segmentation calls and batches split into
+requests under the size limit, on top of each client's own `predict`."""
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
@@ -15,10 +14,6 @@ SEGMENT_ENCODED = names.SEGMENT_ENCODED
 SEGMENT_PROBABILITIES = names.SEGMENT_PROBABILITIES
 DEFAULT_IMAGE_OUTPUTS = names.DEFAULT_OUTPUT_FILTER
 DEFAULT_MAX_REQUEST_BYTES = names.GRPC_DEFAULT_MAX_MESSAGE_BYTES
-# Export format 1 named the PNG outputs without `_bytes`; results always use the new names.
-_LEGACY_TO_NEW = {names.LEGACY_MASK_PNG: names.MASK_PNG_BYTES,
-                  names.LEGACY_CONFIDENCE_PNG: names.CONFIDENCE_PNG_BYTES}
-_NEW_TO_LEGACY = {new: old for old, new in _LEGACY_TO_NEW.items()}
 
 
 def row_nbytes(row) -> int:
@@ -43,32 +38,9 @@ class SegmentationClient:
         self.version_label = version_label
         self.timeout = timeout
         self.max_request_bytes = max_request_bytes
-        self._signature_outputs: dict[str, set[str]] | None = None
 
     def get_model_metadata(self, timeout: float | None = None) -> dict:
         raise NotImplementedError
-
-    # -- output names of export formats 1 and 2
-    def server_output_names(self, signature_name: str,
-                            wanted: Iterable[str] | None) -> list[str]:
-        """`wanted` (new names) as the served signature spells them: an export of format 1
-        calls mask_png_bytes "mask_png". Asks the server's metadata once, and only when a
-        name has an older spelling."""
-        wanted = list(wanted or ())
-        if not any(name in _NEW_TO_LEGACY for name in wanted):
-            return wanted
-        if self._signature_outputs is None:
-            signatures = self.get_model_metadata()["signature_def"]
-            self._signature_outputs = {k: set(v.get("outputs", {}))
-                                       for k, v in signatures.items()}
-        served = self._signature_outputs.get(signature_name, set())
-        return [_NEW_TO_LEGACY[n] if n not in served and _NEW_TO_LEGACY.get(n) in served else n
-                for n in wanted]
-
-    @staticmethod
-    def canonical_outputs(outputs: dict) -> dict:
-        """Outputs under the names of the current export format, whatever the server sent."""
-        return {_LEGACY_TO_NEW.get(k, k): v for k, v in outputs.items()}
 
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,
                 output_filter: Iterable[str] | None = None, timeout: float | None = None,

@@ -15,12 +15,15 @@ default) to that value, so a slow handshake never completes.
 """
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import ssl
 from typing import Mapping
 
 import grpc
 
+from common.cli import UserError
 from contract.names import GRPC_DEFAULT_MAX_MESSAGE_BYTES
 
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
@@ -104,3 +107,54 @@ def make_channel(address: str, *, max_attempts: int = GRPC_MAX_ATTEMPTS,
         credentials = grpc.ssl_channel_credentials(roots, private_key, certificate_chain)
         return grpc.secure_channel(address, credentials, options=options)
     return grpc.insecure_channel(address, options=options)
+
+
+# What an HTTP/2 client sends first (RFC 9113 3.4); a gRPC server answers with a SETTINGS
+# frame (frame type 4 in the 4th byte), an HTTP/1 server with an error page or status line.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_SETTINGS_FRAME = 4
+
+
+def split_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of "host:port", "[v6]:port" or "http://host:port/..."; None for what is
+    not one (a unix: socket, a DNS scheme), which is then left to gRPC."""
+    rest = address.split("://", 1)[-1].split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or address.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+        return None
+    return host.strip("[]") or "localhost", int(port)
+
+
+def check_server(address: str, protocol: str, timeout: float = 5.0) -> None:
+    """Raise UserError when nothing listens at `address`, or when what answers there speaks
+    the other protocol: a gRPC client waits for ready (service config above) and would only
+    say DEADLINE_EXCEEDED at the end of its deadline. protocol: 'grpc', 'rest', or 'tls'
+    (encrypted: only the connection is checked)."""
+    where = split_address(address)
+    if where is None:
+        return
+    try:
+        sock = socket.create_connection(where, timeout=timeout)
+    except socket.gaierror:
+        raise UserError(address, f"cannot connect: unknown host {where[0]}") from None
+    except socket.timeout:
+        raise UserError(address, f"cannot connect: no answer within {timeout:g} s") from None
+    except OSError as err:
+        why = "connection refused" if err.errno == errno.ECONNREFUSED else \
+            (err.strerror or str(err)).lower()
+        raise UserError(address, f"cannot connect: {why}") from None
+    with sock:
+        if protocol == "tls":
+            return
+        try:
+            sock.sendall(_HTTP2_PREFACE)
+            first = sock.recv(16)
+        except OSError:
+            return  # said nothing useful: let the call itself report
+    http2 = len(first) >= 4 and first[3] == _SETTINGS_FRAME
+    if first and not http2 and protocol == "grpc":
+        raise UserError(address, "not a gRPC server: it does not answer HTTP/2 (TF Serving's "
+                                 "REST port? add --rest)")
+    if http2 and protocol == "rest":
+        raise UserError(address, "a gRPC (HTTP/2) server answered, not REST (TF Serving's "
+                                 "gRPC port? drop --rest)")

@@ -1,9 +1,10 @@
 """Command line client for a segmentation model on TF Serving.
 
-    python -m serving.client segment --server 127.0.0.1:8500 --model fcn8s IMAGE... --out DIR
+    python -m serving.client segment --server 127.0.0.1:8500 --model-name fcn8s IMAGE... \
+        --output DIR
     python -m serving.client segment --rest --server 127.0.0.1:8501 ... (REST instead of gRPC)
-    python -m serving.client metadata --server 127.0.0.1:8500 --model fcn8s
-    python -m serving.client status --server 127.0.0.1:8500 --model fcn8s
+    python -m serving.client metadata --server 127.0.0.1:8500 --model-name fcn8s
+    python -m serving.client status --server 127.0.0.1:8500 --model-name fcn8s
 
 `segment` writes, per image, <stem>_mask.png (class ids, one uint8 channel, 255 = ignore),
 <stem>_overlay.png (class colours over the image) and, from segment_encoded on a binary road
@@ -23,29 +24,43 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below loads TensorFlow
+
 from collections import defaultdict
 
+import grpc
 import numpy as np
+from tqdm import tqdm
 
+from common.files import atomic_write_bytes, png_bytes
+from contract import kitti as contract_kitti
 from contract import names as tensor_names
 from contract.files import IMAGE_EXTENSIONS
+from contract.kitti import submission_zip_bytes
 from contract.names import KITTI_TASKS
-from model.data import palette
+from contract.records import ExportMetadata, require_task
+from model.data import kitti, kitti_bev, palette
+from model.data.image_io import ImageReadError, decode_image_bytes, write_png
+from model.plots import save_overlay
+from serving.channel import check_server, refuse_plaintext_credentials
 from serving.errors import ServingError
-
+from serving.rest_client import RestPredictionClient
 
 
 def read_export_metadata(path: str | None):
     """The ExportMetadata of --model-dir (a model folder: its newest version, or a version
     folder), or None without one. TF Serving does not serve this file, so it is read here."""
-    from contract.records import ExportMetadata
-
     if not path:
         return None
     try:
         return ExportMetadata.of_export(path)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {path}: cannot read export metadata: {err}") from None
+        why = str(err).removeprefix(f"{path}: ")
+        raise cli.UserError(path, f"cannot read export metadata: {why}") from None
 
 
 def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -55,27 +70,31 @@ def read_class_info(path: str | None) -> tuple[list[str] | None, list[list[int]]
 
 
 def make_client(args):
-    kwargs = dict(version=args.version, version_label=args.label, timeout=args.timeout,
+    kwargs = dict(version=args.model_version, version_label=args.model_label, timeout=args.timeout,
                   max_retries=args.retries,
                   allow_plaintext_credentials=args.allow_plaintext_auth)
     tls = args.tls or bool(args.tls_ca)
     try:
         if args.rest:
-            from serving.rest_client import RestPredictionClient
             headers = {"Authorization": args.auth} if args.auth else None
             server = args.server
             if tls and "://" not in server:
                 server = f"https://{server}"
-            return RestPredictionClient(server, args.model, headers=headers,
+            return RestPredictionClient(server, args.model_name, headers=headers,
                                         verify=args.tls_ca or True, **kwargs)
+        # Imported here: it loads TensorFlow (for its tensor protos), which REST does not need.
         from serving.grpc_client import PredictionClient
         metadata = {"authorization": args.auth} if args.auth else None
         root = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
-        return PredictionClient(args.server, args.model, tls=tls, root_certificates=root,
+        return PredictionClient(args.server, args.model_name, tls=tls, root_certificates=root,
                                 metadata=metadata, max_response_bytes=args.max_response_bytes,
                                 **kwargs)
-    except (ValueError, OSError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # the --tls-ca file
+        raise cli.UserError(err.filename or args.tls_ca, (err.strerror or str(err)).lower()) \
+            from None
+    except ValueError as err:  # credentials refused over plaintext: "<server>: <why>"
+        what, _, why = str(err).partition(": ")
+        raise cli.UserError(what, why) from None
 
 
 def _describe(class_ids: np.ndarray, names: list[str] | None) -> str:
@@ -102,13 +121,10 @@ def expand_images(paths: list[str]) -> list[pathlib.Path]:
 def _segment_batch(client, signature: str, paths: list[pathlib.Path]) -> list[dict]:
     """Send one batch; per image: image, class_ids, mask_png / confidence_png (or None),
     version. Raises ImageReadError/OSError naming a file that cannot be read."""
-    from model.data.image_io import decode_image_bytes
-
     blobs = [p.read_bytes() for p in paths]
     images = [decode_image_bytes(b, str(p)) for b, p in zip(blobs, paths)]  # fail early
     items = [{"image": image, "mask_png": None, "confidence_png": None} for image in images]
     if signature == tensor_names.SEGMENT_ENCODED:
-        # The clients return export format 2's names whatever the server runs.
         result = client.segment_encoded(blobs)
         for i, item in enumerate(items):
             h, w = result["heights"][i], result["widths"][i]
@@ -145,17 +161,12 @@ class KittiSubmission:
 
     def add(self, image_path: pathlib.Path, confidence_png: bytes | None) -> str:
         """Write the maps of one image; returns a note for the progress line."""
-        from contract import kitti as contract_kitti
-        from common.files import atomic_write_bytes, png_bytes
-        from model.data import kitti, kitti_bev
-        from model.data.image_io import decode_image_bytes
-
         try:
             name = contract_kitti.submission_name(image_path.name, self.task)
             calib_path = (self.calib_dir / contract_kitti.calib_name(image_path.name)
                           if self.calib_dir else kitti.calib_path_for(image_path))
             if confidence_png is None:
-                raise ValueError("the server sent no confidence map (use --signature "
+                raise ValueError("the server sent no confidence map (use --signature-name "
                                  "segment_encoded on a binary road/lane model)")
             confidence = decode_image_bytes(confidence_png, f"{image_path} (confidence)")
             bev = kitti_bev.submission_map(confidence[..., 0] if confidence.ndim == 3
@@ -170,9 +181,6 @@ class KittiSubmission:
         return f", bird's-eye view -> kitti_submission/{name}"
 
     def write_zip(self) -> pathlib.Path:
-        from common.files import atomic_write_bytes
-        from contract.kitti import submission_zip_bytes
-
         path = self.out / "kitti_submission.zip"
         atomic_write_bytes(path, submission_zip_bytes(
             {name: p.read_bytes() for name, p in self.maps.items()}))
@@ -182,50 +190,38 @@ class KittiSubmission:
 
 def _submission_task(args) -> str:
     """--task, checked against the export's metadata when given (a lane model written as
-    um_road_* would be scored against the wrong ground truth)."""
-    from contract.records import RecordError, require_task
-
+    um_road_* would be scored against the wrong ground truth). A mismatch raises RecordError,
+    a UserError."""
     metadata = read_export_metadata(args.model_dir)
     model_task = metadata.task if metadata is not None and metadata.dataset == "kitti" else None
-    try:
-        require_task(model_task, args.task, str(args.model_dir))
-    except RecordError as err:
-        raise SystemExit(f"error: {err}") from None
+    require_task(model_task, args.task, str(args.model_dir))
     return args.task or model_task or "road"
 
 
 def cmd_segment(args) -> int:
-    from tqdm import tqdm
-    from model.data.image_io import ImageReadError, write_png
-    from model.plots import save_overlay
-
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if (args.task or args.submission_zip or args.calib_dir) and not args.kitti_submission:
-        print("error: --task, --calib-dir and --submission-zip go with --kitti-submission",
-              file=sys.stderr)
-        return 2
-    if args.kitti_submission and args.signature != tensor_names.SEGMENT_ENCODED:
-        print("error: --kitti-submission needs --signature segment_encoded (confidence maps)",
-              file=sys.stderr)
-        return 2
+        raise cli.UserError("--task, --calib-dir and --submission-zip",
+                            "they go with --kitti-submission")
+    if args.kitti_submission and args.signature_name != tensor_names.SEGMENT_ENCODED:
+        raise cli.UserError("--kitti-submission", "needs --signature-name segment_encoded "
+                                                  "(confidence maps)")
+    out = pathlib.Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
     submission = (KittiSubmission(out, _submission_task(args), args.calib_dir)
                   if args.kitti_submission else None)
     names, colours = read_class_info(args.model_dir)
     colours = colours or palette(255)  # any class id gets a colour
     paths = expand_images(args.images)
     if not paths:
-        print(f"error: no images in {' '.join(args.images)}", file=sys.stderr)
-        return 2
+        raise cli.UserError(" ".join(args.images), "no images there")
     batches = [paths[i:i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
     with make_client(args) as client, tqdm(total=len(paths), unit="image",
                                            disable=len(batches) == 1) as progress:
         for batch in batches:
             try:
-                items = _segment_batch(client, args.signature, batch)
-            except (OSError, ImageReadError) as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
+                items = _segment_batch(client, args.signature_name, batch)
+            except ImageReadError as err:
+                raise cli.UserError(err.name, err.reason) from None
             for path, item in zip(batch, items):
                 mask_path = out / f"{path.stem}_mask.png"
                 overlay_path = out / f"{path.stem}_overlay.png"
@@ -277,20 +273,20 @@ def cmd_status(args) -> int:
     with make_client(args) as client:
         for entry in client.get_model_status():
             message = f" ({entry['error_message']})" if entry["error_message"] else ""
-            print(f"model {args.model} version {entry['version']}: {entry['state']}{message}")
+            print(f"model {args.model_name} version {entry['version']}: {entry['state']}{message}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m serving.client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=None,
                         help="host:port (default 127.0.0.1:8500, or :8501 with --rest)")
-    common.add_argument("--model", default="fcn8s", help="model name (default fcn8s)")
+    common.add_argument("--model-name", default="fcn8s", help="model name (default fcn8s)")
     pin = common.add_mutually_exclusive_group()
-    pin.add_argument("--version", type=int, help="model version (default: newest)")
-    pin.add_argument("--label", help="version label, e.g. stable or canary")
+    pin.add_argument("--model-version", type=int, help="model version (default: newest)")
+    pin.add_argument("--model-label", help="version label, e.g. stable or canary")
     common.add_argument("--rest", action="store_true", help="use the REST API (port 8501)")
     common.add_argument("--timeout", type=float, default=30.0,
                         help="deadline per call in seconds, retries included (default 30)")
@@ -312,10 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="segment images, write masks and overlays")
     segment.add_argument("images", nargs="+", metavar="IMAGE",
                          help="image files, or folders of them")
-    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument("--output", required=True, help="output folder")
     segment.add_argument("--batch-size", type=int, default=8,
                          help="images per request batch (default 8)")
-    segment.add_argument("--signature", default=tensor_names.SEGMENT_ENCODED,
+    segment.add_argument("--signature-name", default=tensor_names.SEGMENT_ENCODED,
                          choices=[tensor_names.SEGMENT_ENCODED, tensor_names.SERVING_DEFAULT],
                          help="send encoded files (default) or decoded pixels")
     segment.add_argument("--kitti-submission", action="store_true",
@@ -339,15 +335,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _check_flags(args) -> None:
+    if args.timeout <= 0:
+        raise cli.UserError("--timeout", f"must be more than 0 seconds, got {args.timeout:g}")
+    if args.retries < 0:
+        raise cli.UserError("--retries", f"must be 0 or more, got {args.retries}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise cli.UserError("--batch-size", f"must be 1 or more, got {args.batch_size}")
+
+
+def serving_error(err: ServingError, server: str) -> cli.UserError:
+    """The one line for a call the server refused or could not answer."""
+    if err.code == grpc.StatusCode.UNIMPLEMENTED and err.message == "Method not found!":
+        # gRPC's own answer for a service the server does not have (TF Serving has both).
+        return cli.UserError(server, "not TF Serving: the gRPC server there has no "
+                                     "tensorflow.serving.ModelService / PredictionService")
+    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return cli.UserError(server, f"no answer within the deadline (--timeout): {err.message}")
+    return cli.UserError(server, f"{err.code.name}: {' '.join(err.message.split())}")
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.server is None:
         args.server = "127.0.0.1:8501" if args.rest else "127.0.0.1:8500"
+    _check_flags(args)
+    secure = args.tls or bool(args.tls_ca) or args.server.startswith("https://")
+    try:  # before anything is sent anywhere
+        refuse_plaintext_credentials({"authorization": args.auth} if args.auth else {}, secure,
+                                     args.allow_plaintext_auth, args.server)
+    except ValueError as err:
+        raise cli.UserError(args.server, str(err).removeprefix(f"{args.server}: ")) from None
+    check_server(args.server, "tls" if secure else "rest" if args.rest else "grpc",
+                 timeout=min(args.timeout, 5.0))
     try:
         return args.run(args)
     except ServingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise serving_error(err, args.server) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ RETRYABLE_CODES = frozenset({
 })
 
 # HTTP status -> gRPC code: the inverse of TF Serving's ToHTTPStatusCode
-# (model_servers/http_server.cc), where it is one to one.
+# (model_servers/http_server.cc), where it is one to one; the server side of that map is
+# tfserving_dev.errors.GRPC_TO_HTTP.
 HTTP_TO_GRPC = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -28,26 +29,6 @@ HTTP_TO_GRPC = {
     502: grpc.StatusCode.UNAVAILABLE,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-# gRPC code -> HTTP status, as TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
-GRPC_TO_HTTP = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 
 

@@ -122,10 +122,10 @@ class PredictionClient(SegmentationClient):
         self._model_spec(request.model_spec, signature_name, _pin)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        request.output_filter.extend(self.server_output_names(signature_name, output_filter))
+        request.output_filter.extend(output_filter or ())
         response = self._call(self._predict_stub.Predict, request, timeout)
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
-        return self.canonical_outputs(outputs), response.model_spec.version.value
+        return outputs, response.model_spec.version.value
 
     def get_model_metadata(self, timeout: float | None = None) -> dict:
         """{"name", "version", "signature_def": {name: {"inputs", "outputs", "method_name"}}},

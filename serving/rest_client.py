@@ -10,9 +10,7 @@ come from the REST API itself (g3doc/api_rest.md):
     that is, and sends the request to `/versions/N`: "model_version" is always known, and
     the chunks of one batch are answered by one version, as over gRPC;
   * REST has no output_filter: every output is computed and sent, and the filter is applied
-    here. PNG outputs end in "_bytes" (export format 2), so TF Serving sends them as
-    {"b64": ...}; exports of format 1 (mask_png) are sent as raw bytes inside JSON strings,
-    which are recovered byte for byte here but which generic JSON clients cannot read.
+    here. PNG outputs end in "_bytes", so TF Serving sends them as {"b64": ...}.
 
 `timeout` bounds the whole call (connecting, sending, waiting and reading the reply), not
 each socket read. Connection failures and 503 are retried with backoff (urllib3's Retry).
@@ -122,7 +120,9 @@ class RestPredictionClient(SegmentationClient):
             try:
                 message = json.loads(content)["error"]
             except (ValueError, KeyError, TypeError):
-                message = content[:500].decode("utf-8", "replace") or response.reason
+                # TF Serving always answers {"error": ...}: whatever sent this is not it.
+                text = " ".join(content[:200].decode("utf-8", "replace").split())
+                message = f"not a TF Serving reply ({text or response.reason})"
             code = HTTP_TO_GRPC.get(response.status_code, grpc.StatusCode.UNKNOWN)
             raise ServingError(code, f"HTTP {response.status_code}: {message}",
                                target=self.base_url)
@@ -162,10 +162,8 @@ class RestPredictionClient(SegmentationClient):
         body = {"signature_name": signature_name,
                 "inputs": {name: _to_json(np.asarray(value)) for name, value in inputs.items()}}
         raw = self._call("POST", self._url(":predict", _pin), body, timeout)
-        # surrogateescape: raw bytes inside strings (see module doc) survive the round trip.
-        answer = json.loads(raw.decode("utf-8", "surrogateescape"))["outputs"]
+        answer = json.loads(raw)["outputs"]
         outputs_meta = self._signature(signature_name).get("outputs", {})
-        output_filter = self.server_output_names(signature_name, output_filter)
         if not isinstance(answer, dict):  # a single output is sent bare
             answer = {next(iter(outputs_meta)): answer}
         wanted = list(output_filter) if output_filter else list(answer)
@@ -178,7 +176,7 @@ class RestPredictionClient(SegmentationClient):
         outputs = {name: _from_json(name, answer[name],
                                     outputs_meta.get(name, {}).get("dtype", "DT_FLOAT"))
                    for name in wanted}
-        return self.canonical_outputs(outputs), self.version if _pin is None else _pin
+        return outputs, self.version if _pin is None else _pin
 
     def _request_bytes(self, value: np.ndarray) -> list[int]:
         # base64 for encoded images, JSON text for numbers
@@ -214,7 +212,7 @@ def _from_json(name: str, value, dtype: str) -> np.ndarray:
         def to_bytes(v):
             if isinstance(v, dict):
                 return base64.b64decode(v["b64"])
-            return v.encode("utf-8", "surrogateescape")
+            return v.encode("utf-8")
         out = _map_nested(value, to_bytes)
         array = np.empty(len(out), dtype=object) if isinstance(out, list) else None
         if array is not None and all(isinstance(x, bytes) for x in out):

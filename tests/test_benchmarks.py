@@ -33,6 +33,29 @@ SECTION_KEYS = {
 }
 
 
+def _conv(h, w, k, c_in, c_out):
+    return 2 * h * w * k * k * c_in * c_out
+
+
+def _hand_conv2d_flops(height=64, width=128, fc_width=16, classes=2):
+    total, c_in = 0, 3
+    for block, (c_out, convs) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]):
+        for _ in range(convs):  # VGG16, 3x3, at 1/2^block of the input
+            total += _conv(height >> block, width >> block, 3, c_in, c_out)
+            c_in = c_out
+    h5, w5 = height // 32, width // 32
+    total += _conv(h5, w5, 7, 512, fc_width) + _conv(h5, w5, 1, fc_width, fc_width)  # fc6, fc7
+    return total + (_conv(h5, w5, 1, fc_width, classes)                     # score_fr
+                    + _conv(2 * h5, 2 * w5, 1, 512, classes)                # score_pool4
+                    + _conv(4 * h5, 4 * w5, 1, 256, classes))               # score_pool3
+
+
+HAND_CONV2D_FLOPS = _hand_conv2d_flops()
+# Transposed convolutions scatter a k x k kernel from each input pixel: upscore2 (4x4 from
+# 1/32), upscore_pool4 (4x4 from 1/16), upscore8 (16x16 from 1/8), 2 -> 2 channels.
+HAND_TRANSPOSED_FLOPS = _conv(2, 4, 4, 2, 2) + _conv(4, 8, 4, 2, 2) + _conv(8, 16, 16, 2, 2)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     base = tmp_path_factory.mktemp("bench_models")
@@ -46,12 +69,16 @@ def _run(args):
 
 def test_floor_and_inprocess_sections(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
-    code = _run(["--model-dir", str(tiny_model.parent), "--out", str(out),
+    code = _run(["--model-dir", str(tiny_model.parent), "--output", str(out),
                  "--sections", "floor", "inprocess", *TINY])
     assert code == 0
     result = json.loads((out / "bench.json").read_text())
     for key in SECTION_KEYS["floor"]:
         assert key in result["floor"], key
+    # FLOPs of one 64x128 image through the tiny FCN-8s (fc_width 16, 2 classes), by hand:
+    # 2*H*W*k*k*Cin*Cout per convolution ('same' padding, so pool n is 1/2^n of the input).
+    assert result["floor"]["conv2d_flops"] == HAND_CONV2D_FLOPS
+    assert result["floor"]["flops_per_image"] == HAND_CONV2D_FLOPS + HAND_TRANSPOSED_FLOPS
     # The layer count and the graph count of Conv2D FLOPs agree.
     assert result["floor"]["graph_agrees"]
     rows = result["inprocess"]["results"]
@@ -62,7 +89,10 @@ def test_floor_and_inprocess_sections(tiny_model, tmp_path, capsys):
     assert result["grpc"] == {"skipped": "not in --sections"}
     assert result["meta"]["model"]["path"] == str(tiny_model)
     summary = result["summary"]
-    assert len(summary) == 4 and all(r["efficiency"] > 0 for r in summary)
+    assert len(summary) == 4
+    floor_ms = result["floor"]["floor_ms_per_image"]
+    for r in summary:  # efficiency is the floor's time over the path's time per image
+        assert r["efficiency"] == pytest.approx(floor_ms * r["images_per_s"] / 1e3, rel=1e-12)
     printed = capsys.readouterr().out
     assert "| in-process | serving_default batch 1 |" in printed
     md = (out / "bench.md").read_text()
@@ -71,7 +101,7 @@ def test_floor_and_inprocess_sections(tiny_model, tmp_path, capsys):
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
-    code = _run(["--model-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    code = _run(["--model-dir", str(tmp_path / "nothing"), "--output", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
     assert "nothing" in err and "make train export" in err
@@ -80,7 +110,7 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 
 def test_every_section_at_tiny_size(tiny_model, tmp_path):
     out = tmp_path / "out"
-    code = _run(["--model-dir", str(tiny_model), "--out", str(out), *TINY])
+    code = _run(["--model-dir", str(tiny_model), "--output", str(out), *TINY])
     result = json.loads((out / "bench.json").read_text())
     errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
     assert code == 0 and not errors, errors

@@ -73,22 +73,18 @@ def test_newest_version_skips_incomplete_and_temporary_folders(tmp_path):
 def _metadata(**overrides):
     data = {"model_name": "m", "version": 1, "class_names": ["not road", "road"],
             "image_size": [96, 320], "dataset": "kitti", "task": "road",
-            "future_field": {"kept": True}}
+            "export_format": 2, "future_field": {"kept": True}}
     data.update(overrides)
     return data
 
 
 def test_export_metadata_round_trip_keeps_unknown_keys(tmp_path):
     path = tmp_path / "1" / layout.METADATA_PATH
-    ExportMetadata.from_dict(_metadata(export_format=2)).write(path)
+    ExportMetadata.from_dict(_metadata()).write(path)
     back = ExportMetadata.read(path)
     assert back.class_names == ["not road", "road"] and back.num_classes == 2
     assert back.extra == {"future_field": {"kept": True}}
     assert json.loads(path.read_text())["future_field"] == {"kept": True}
-    assert back.mask_png_output == "mask_png_bytes"
-    # A file written by fcnseg 0.1 has no export_format: the old output names.
-    old = ExportMetadata.from_dict(_metadata())
-    assert (old.mask_png_output, old.confidence_png_output) == ("mask_png", "confidence_png")
     assert oct(path.stat().st_mode & 0o777) == "0o644"
 
 
@@ -98,6 +94,9 @@ def test_export_metadata_round_trip_keeps_unknown_keys(tmp_path):
     ({"num_classes": 3}, "num_classes 3 but 2 class_names"),
     ({"image_size": [96]}, "image_size must be"),
     ({"task": "lanes"}, "task must be one of"),
+    # fcnseg 0.1 wrote no export_format (PNG outputs without `_bytes`): refused, not guessed
+    ({"export_format": None}, "export format 1, this fcnseg reads format 2 only"),
+    ({"export_format": 3}, "export format 3, this fcnseg reads format 2 only"),
     ({"ignore_label": 0}, "ignore_label 0"),
 ])
 def test_export_metadata_refuses_inconsistent_records(overrides, words):
@@ -164,3 +163,12 @@ def test_kitti_names():
         kitti.submission_name("uu_000001.png", "lane")
     with pytest.raises(kitti.NotAKittiName):
         kitti.parse_image_name("um_12.jpg")
+
+
+def test_inference_size_flag_reads_the_same_everywhere():
+    from contract.records import parse_inference_size
+    assert parse_inference_size(["native"]) == "native"
+    assert parse_inference_size(["384", "1248"]) == [384, 1248]
+    for bad in (["100", "200"], ["384"], ["0", "32"], ["-32", "64"], ["big", "32"]):
+        with pytest.raises(ValueError, match="takes H W"):
+            parse_inference_size(bad)

@@ -1,7 +1,7 @@
-"""tfserving_dev on a tiny hand-written SavedModel of export format 1 (PNG outputs without
-`_bytes`, probabilities in serving_default): the version manager (availability-preserving
-swaps, load retries, labels, ReloadConfig), its command line, TLS through
---ssl_config_file, and the clients reading an old export. Expected behaviour and messages
+"""tfserving_dev on a tiny hand-written SavedModel (the export's signature names and dtypes,
+probabilities in serving_default): the version manager (availability-preserving swaps, load
+retries, labels, ReloadConfig), its command line, TLS through --ssl_config_file, and the
+clients reading its PNG outputs over gRPC and REST. Expected behaviour and messages
 come from tensorflow/serving's source, named at each test."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def write_tiny_saved_model(path: pathlib.Path, threshold: int) -> None:
-    """A SavedModel with export format 1's signature names and dtypes but no network:
+    """A SavedModel with the export's signature names and dtypes but no network:
     class 1 where the red channel exceeds `threshold` (so versions are told apart)."""
     import tensorflow as tf
 
@@ -44,7 +44,7 @@ def write_tiny_saved_model(path: pathlib.Path, threshold: int) -> None:
                 return tf.io.encode_png(ids), tf.shape(image)[0], tf.shape(image)[1]
             png, h, w = tf.map_fn(one, image_bytes,
                                   fn_output_signature=(tf.string, tf.int32, tf.int32))
-            return {"mask_png": png, "heights": h, "widths": w}
+            return {"mask_png_bytes": png, "heights": h, "widths": w}
 
     module = Tiny()
     tf.saved_model.save(module, str(path), signatures={
@@ -252,11 +252,11 @@ def test_reload_config_request(tiny_server, tiny_base):
         assert client.segment_images(_image())["model_version"] == 1
 
 
-# --------------------------------------------------------------------------- clients on format 1
+# --------------------------------------------------------------------------- PNG outputs
 
-def test_clients_read_an_export_of_format_1(tiny_server):
-    """Old exports name the PNG outputs without `_bytes`: both clients return the new names,
-    and the REST client recovers the raw bytes TF Serving writes for them."""
+def test_clients_read_png_outputs_over_grpc_and_rest(tiny_server):
+    """A string output named *_bytes comes back over REST as {"b64": ...}
+    (util/json_tensor.cc); both clients return the PNG the model wrote, byte for byte."""
     from PIL import Image
     from serving.grpc_client import PredictionClient
     from serving.rest_client import RestPredictionClient
@@ -267,7 +267,7 @@ def test_clients_read_an_export_of_format_1(tiny_server):
     with RestPredictionClient(tiny_server.rest_address, "fcn8s") as client:
         via_rest = client.segment_encoded([blob])
     for result in (via_grpc, via_rest):
-        assert "mask_png" not in result and result["model_version"] == 1
+        assert result["model_version"] == 1
         mask = np.array(Image.open(io.BytesIO(result["mask_png_bytes"][0])))
         np.testing.assert_array_equal(mask, images[0, ..., 0] > 100)
 

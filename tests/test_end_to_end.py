@@ -192,8 +192,8 @@ def _run_everything(case: str, tmp: pathlib.Path, kitti_root, coco_root) -> dict
         lap("beam grpc")
         for name, flags in (("grpc", ["--server", backend.address]),
                             ("rest", ["--rest", "--server", backend.rest_address])):
-            assert client.main(["segment", *flags, "--model", "fcn8s", str(images),
-                                "--out", str(tmp / name), "--model-dir", str(version)]) == 0
+            assert client.main(["segment", *flags, "--model-name", "fcn8s", str(images),
+                                "--output", str(tmp / name), "--model-dir", str(version)]) == 0
     finally:
         backend.close()
     lap("clients")

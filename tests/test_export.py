@@ -331,5 +331,6 @@ def test_cli(model, tmp_path, capsys):
     meta = json.loads((path / "assets.extra" / METADATA_FILE).read_text())
     assert meta["metrics"] == METRICS
     assert meta["source_checkpoint"] == str(run / "checkpoints" / "best.keras")
-    assert main(args + ["--version", "1"]) == 1
-    assert "already exists" in capsys.readouterr().err
+    assert main(args + ["--model-version", "1"]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: already exists (pass --overwrite to "
+                                       f"replace it, or choose another --model-version)\n")

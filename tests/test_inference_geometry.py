@@ -9,6 +9,7 @@ import tensorflow as tf
 from contract import names
 from contract.names import NATIVE
 from contract.records import ExportMetadata
+from common.cli import UserError
 from export.__main__ import parse_args as export_args
 from export.savedmodel import export_saved_model, load_saved_model
 from model.fcn8s import with_free_size
@@ -119,7 +120,7 @@ def test_fixed_inference_size_and_cli_parsing(model, tmp_path):
     assert export_args(base + ["--inference-size", "native"]).inference_size == NATIVE
     assert export_args(base + ["--inference-size", "384", "1248"]).inference_size == [384, 1248]
     assert export_args(base).inference_size is None
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--inference-size: takes H W"):
         export_args(base + ["--inference-size", "100", "200"])
     with pytest.raises(ValueError, match="multiples of 32"):
         export_saved_model(model, CONFIG, tmp_path, "bad", inference_size=[100, 200])

@@ -345,7 +345,7 @@ def test_client_writes_birds_eye_view_submission(kitti_root, tmp_path, capsys):
         assert sorted(archive.namelist()) == ["um_road_000000.png", "uu_road_000004.png"]
     # a lane model's metadata refuses road maps
     from contract import layout
-    from contract.records import ExportMetadata
+    from contract.records import ExportMetadata, RecordError
 
     version = tmp_path / "lane_model" / "1"  # an export's version folder, metadata only
     version.mkdir(parents=True)
@@ -353,7 +353,7 @@ def test_client_writes_birds_eye_view_submission(kitti_root, tmp_path, capsys):
     ExportMetadata(model_name="lane_model", version=1, class_names=["not lane", "lane"],
                    image_size=[64, 128], dataset="kitti", task="lane").write(
         version / layout.METADATA_PATH)
-    with pytest.raises(SystemExit, match="trained for the KITTI 'lane' task, not 'road'"):
+    with pytest.raises(RecordError, match="trained for the KITTI 'lane' task, not 'road'"):
         client._submission_task(argparse.Namespace(model_dir=str(version.parent), task="road"))
     assert client._submission_task(argparse.Namespace(model_dir=str(version.parent),
                                                       task=None)) == "lane"

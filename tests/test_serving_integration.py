@@ -248,16 +248,24 @@ def test_cli_segment_writes_masks_and_overlays(serving_backend, tmp_path):  # no
         paths.append(tmp_path / f"img{i}.png")
         paths[-1].write_bytes(png(image))
     out = tmp_path / "out"
-    assert main(["segment", "--server", serving_backend.address, "--label", "stable",
-                 *map(str, paths), "--out", str(out)]) == 0
+    assert main(["segment", "--server", serving_backend.address, "--model-label", "stable",
+                 *map(str, paths), "--output", str(out)]) == 0
     for i, image in enumerate(sample_images(11)[:2]):
         mask = np.array(Image.open(out / f"img{i}_mask.png"))
         overlay = np.array(Image.open(out / f"img{i}_overlay.png"))
         assert mask.shape == image.shape[:2] and overlay.shape == image.shape
         assert (out / f"img{i}_confidence.png").is_file()
     assert main(["status", "--server", serving_backend.address]) == 0
-    assert main(["segment", "--server", serving_backend.address, "--version", "7",
-                 str(paths[0]), "--out", str(out)]) == 1
+
+def test_cli_reports_a_missing_version_in_one_line(serving_backend, tmp_path, capsys):  # noqa: F811
+    from serving.client import main
+    image = tmp_path / "img.png"
+    image.write_bytes(png(sample_images(11)[0]))
+    assert main(["segment", "--server", serving_backend.address, "--model-version", "7",
+                 str(image), "--output", str(tmp_path / "out")]) == 2
+    # TF Serving's words for it (core/basic_manager.cc)
+    assert capsys.readouterr().err == (f"error: {serving_backend.address}: NOT_FOUND: Servable "
+                                       f"not found for request: Specific(fcn8s, 7)\n")
 
 
 def test_never_answering_server_gives_deadline_error():

@@ -68,8 +68,11 @@ def test_credentials_over_plaintext_are_refused_unless_allowed():
 
 def test_cli_refuses_auth_without_tls(capsys):
     from serving.client import main
-    with pytest.raises(SystemExit, match="plaintext"):
-        main(["status", "--server", "127.0.0.1:1", "--auth", "Bearer t"])
+    # refused before any connection is tried: nothing listens on port 1
+    assert main(["status", "--server", "127.0.0.1:1", "--auth", "Bearer t"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: 127.0.0.1:1: refusing to send an authorization header over a plaintext "
+        "connection")
 
 
 class _CountingPredictions:
@@ -267,11 +270,20 @@ def test_monitoring_config_and_compose_file():
 # --------------------------------------------------------------------------- CLI pieces
 
 def test_cli_reports_unreadable_image(tmp_path, capsys):
+    from concurrent import futures
     from serving.client import main
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    assert main(["segment", "--server", "127.0.0.1:1", str(bad), "--out", str(tmp_path)]) == 2
-    assert "broken.png" in capsys.readouterr().err
+    # a gRPC server with no services: the image is refused before any call is made
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert main(["segment", "--server", f"127.0.0.1:{port}", str(bad),
+                     "--output", str(tmp_path)]) == 2
+    finally:
+        server.stop(None)
+    assert capsys.readouterr().err == f"error: {bad}: not an image (unrecognised format)\n"
 
 
 def test_chunks_after_the_first_ask_for_the_version_that_answered_it():

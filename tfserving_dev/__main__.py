@@ -11,15 +11,26 @@ model_config_file_poll_wait_seconds, file_system_poll_wait_seconds, max_num_load
 load_retry_interval_micros, allow_version_labels_for_unavailable_models, ssl_config_file.
 Every other flag of the real binary is accepted, checked by its rules, and ignored with a
 warning. One flag is the development server's own: --bind_address (default 127.0.0.1).
+
+Unlike the real binary, it refuses a --model_base_path that does not exist (one line and
+exit status 2) instead of polling for it.
 """
 from __future__ import annotations
 
-import logging
-import signal
 import sys
+
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below loads TensorFlow
+
+import logging
+import pathlib
+import signal
 import threading
 
 from tfserving_dev import flags
+from tfserving_dev.server import start_dev_server
 
 log = logging.getLogger("tfserving_dev")
 
@@ -30,7 +41,7 @@ IMPLEMENTED = {"port", "rest_api_port", "model_name", "model_base_path", "model_
 DEV_FLAGS = {"bind_address": str}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if any(a in ("-h", "--help") for a in argv):
@@ -38,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         command = flags.validate(argv, DEV_FLAGS)
-    except flags.FlagError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except flags.FlagError as err:  # "--flag=value: why", or a sentence of server.cc
+        what, sep, why = str(err).partition(": ")
+        raise cli.UserError(what, why) if sep else cli.UserError("tfserving_dev", str(err))
     v = command.values
+    if v["model_base_path"] and not pathlib.Path(v["model_base_path"]).is_dir():
+        raise cli.UserError(v["model_base_path"], "no such model folder (--model_base_path)")
     ignored = sorted(command.given - IMPLEMENTED - set(DEV_FLAGS))
     if ignored:
         log.warning("accepted but not implemented by the development server: %s",
@@ -49,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     # TF's own logger repeats deprecation notes about the TF1 loader, which is used on
     # purpose (it is how TF Serving loads); keep the log to what this server says.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from tfserving_dev.server import start_dev_server
     try:
         server = start_dev_server(
             v["model_base_path"] or None, v["model_name"], v["port"],
@@ -62,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             allow_version_labels_for_unavailable_models=v[
                 "allow_version_labels_for_unavailable_models"],
             ssl_config_file=v["ssl_config_file"] or None)
-    except Exception as err:  # noqa: BLE001 - a start failure, said in one line
-        print(f"Failed to start server. Error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001 - a start failure (a port in use, a bad config)
+        # TF Serving's own words (main.cc), in the one-line form of every fcnseg command
+        raise cli.UserError("tfserving_dev", f"Failed to start server. Error: {err}") from None
     log.info("gRPC on %s%s (tfserving_dev: for development and tests, not production)",
              server.address, f", REST on {server.rest_address}" if server.rest_address else "")
     stop = threading.Event()
@@ -73,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     server.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

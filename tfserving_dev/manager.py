@@ -32,7 +32,7 @@ import time
 from tensorflow_serving.apis import get_model_status_pb2
 
 from contract import layout
-from tfserving_dev.config import ModelConfig
+from tfserving_dev.config import ModelConfig, read_model_config_file
 from tfserving_dev.errors import Code, RequestError
 from tfserving_dev.servable import Servable
 
@@ -143,8 +143,6 @@ class ModelManager:
     def _maybe_reload_config_file(self) -> None:
         """--model_config_file_poll_wait_seconds (server.cc PollFilesystemAndReloadConfig):
         re-read the file; a bad one is logged and the old config stays."""
-        from tfserving_dev.config import read_model_config_file
-
         if not self._config_file or self._config_poll_interval <= 0:
             return
         if time.monotonic() - self._last_config_check < self._config_poll_interval:

@@ -30,8 +30,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 from contract.names import SERVING_DEFAULT
-from serving.errors import GRPC_TO_HTTP
-from tfserving_dev.errors import Code, RequestError
+from tfserving_dev.errors import GRPC_TO_HTTP, Code, RequestError
 from tfserving_dev.grpc_service import metadata_response, status_response
 from tfserving_dev.manager import ModelManager
 
