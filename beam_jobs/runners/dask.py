@@ -9,8 +9,8 @@ GroupByKey and Flatten and Beam's options (`--dask_client_address`, ...) and cha
   file sinks' shard records); each output tag becomes its own collection (with_outputs);
   counters and distributions are recorded per bundle and returned with its outputs; a DoFn is
   set up once per worker thread and reused for later bundles, instead of once per partition.
-- Side inputs are computed once, as dependencies of the tasks that read them, instead of being
-  recomputed (with everything upstream of them) inside every task that reads them.
+- Side inputs are gathered by one task that the reading tasks depend on (Beam's runner
+  computes the side input's bag from inside each reading task).
 - Every leaf of the graph is computed, not only the last transform visited.
 - Reshuffle spreads its input over the cluster's worker threads (it was a pass-through, so a
   pipeline that lists its files in one place ran on one worker).
