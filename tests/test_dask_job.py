@@ -3,10 +3,14 @@ processes on loopback) gives the local runner's outputs: masks and maps byte for
 same result rows, dead letters, metrics and published-run layout."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
 import pathlib
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from PIL import Image
 
 pytest.importorskip("distributed")
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = (64, 128)
 ROAD_CONFIG = {"dataset": "kitti", "task": "road", "class_names": ["non-road", "road"],
                "colours": [[0, 0, 0], [255, 0, 255]], "image_size": list(IMAGE_SIZE),
@@ -34,17 +39,29 @@ def road_model(tmp_path_factory) -> pathlib.Path:
     return base / "fcn8s"
 
 
-@pytest.fixture(scope="module")
-def dask_address():
-    """A scheduler and two single-thread worker processes on 127.0.0.1, closed at the end."""
-    from distributed import LocalCluster
+def _cluster_tool():
+    spec = importlib.util.spec_from_file_location("dask_cluster", REPO / "tools" / "dask_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None, memory_limit="4GiB")
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """`tools/dask_cluster.py start`: a scheduler and two workers (one thread each) on
+    127.0.0.1; stopped by their process ids at the end, whatever the tests did."""
+    tool = _cluster_tool()
+    state = tmp_path_factory.mktemp("dask") / "cluster.json"
     try:
-        yield cluster.scheduler_address
+        yield tool.start(workers=2, threads=1, memory_limit="4GiB", state=state)
     finally:
-        cluster.close()
+        stopped = tool.stop(state)
+        assert stopped and not any(tool._alive(p) for p in stopped)
+
+
+@pytest.fixture(scope="module")
+def dask_address(dask_cluster):
+    return dask_cluster["address"]
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -151,3 +168,44 @@ def test_folder_with_a_corrupt_image_on_dask(tmp_path, road_model, dask_address)
     assert_same_outputs(local, dask)
     (dead,) = _jsonl(_published(*dask), "dead_letter")
     assert dead["path"].endswith("corrupt.png") and dead["stage"] == "validate"
+
+
+def test_a_killed_worker_loses_no_input(tmp_path, kitti_root, road_model, dask_cluster):
+    """SIGKILL the worker that is running tasks once the first mask is written: Dask reruns
+    its lost tasks (its nanny restarts it), and every input still ends in exactly one result
+    row, counted once, in one published run."""
+    from distributed import Client
+
+    pattern = kitti_root / "training/image_2/u*_00001[0-9].png"
+    inputs = sorted(str(p) for p in kitti_root.glob("training/image_2/u*_00001[0-9].png"))
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_a_busy_worker():
+        with Client(dask_cluster["address"]) as client:
+            pids = client.run(os.getpid)
+            deadline = time.time() + 300
+            while time.time() < deadline and not killed:
+                if list(out.glob("runs/*/masks/*.png")):
+                    busy = [w for w, keys in client.processing().items() if keys]
+                    if busy:
+                        os.kill(pids[busy[0]], signal.SIGKILL)
+                        killed.append(pids[busy[0]])
+                        return
+                time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    summary = _run(tmp_path, "out", ["--input", pattern, "--dataset", "kitti", "--model-dir",
+                                     road_model, "--batch-size", "2"],
+                   "--runner", "DaskRunner", "--dask_client_address", dask_cluster["address"],
+                   "--dask_npartitions", "6")[1]
+    killer.join(timeout=10)
+    assert killed and killed[0] in dask_cluster["worker_pids"]
+    run = _published(out, summary)
+    rows = [r["path"] for r in _jsonl(run, "results")]
+    assert sorted(rows) == inputs and len(inputs) == 15  # each once, none lost
+    assert _jsonl(run, "dead_letter") == []
+    assert summary["ok"] == 15 and summary["counters"]["images_ok"] == 15
+    assert sorted(p.name for p in (run / "kitti_submission").iterdir()) == sorted(
+        pathlib.Path(p).name.replace("_0", "_road_0", 1) for p in inputs)
