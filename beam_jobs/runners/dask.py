@@ -105,19 +105,18 @@ class _DoFnPool:
         _teardown(instance)
 
     def close_run(self, run_id: str) -> int:
+        def of_run(tokens):
+            return [t for t in tokens if t.startswith(run_id + "/")]
+
         with self._lock:
-            tokens = [t for t in self._all if t.startswith(run_id + "/")]
-            instances = [i for t in tokens for i in self._all.pop(t)]
-            for t in tokens:
-                self._idle.pop(t, None)
-                self._specs.pop(t, None)
+            instances = [i for t in of_run(self._all) for i in self._all.pop(t)]
+            for t in of_run(self._idle):
+                del self._idle[t]
+            for t in of_run(self._specs):
+                del self._specs[t]
         for instance in instances:
             _teardown(instance)
         return len(instances)
-
-    def setups(self, run_id: str) -> int:
-        with self._lock:
-            return sum(len(v) for t, v in self._all.items() if t.startswith(run_id + "/"))
 
 
 def _teardown(instance: DoFnInvoker) -> None:
@@ -172,11 +171,11 @@ def run_bundle(items, token: str, label: str, pickled_fn: bytes, pickled_spec: b
         window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
         per_element_output_counter=None, output_batch_converter=None,
         process_yields_batches=False, process_batch_yields_elements=False)
+    instance = _POOL.acquire(token, pickled_fn)
     container = MetricsContainer(label)
     sampler = statesampler.StateSampler("", counters.CounterFactory())
     previous = statesampler.get_current_tracker()
     statesampler.set_current_tracker(sampler)
-    instance = _POOL.acquire(token, pickled_fn)
     try:
         with sampler.scoped_state(label, "process", metrics_container=container):
             invoker = DoFnInvoker.create_invoker(
