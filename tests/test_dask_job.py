@@ -171,6 +171,48 @@ def test_folder_with_a_corrupt_image_on_dask(tmp_path, road_model, dask_address)
 
 
 @pytest.mark.slow
+def test_lane_and_coco_on_dask(tmp_path, tmp_path_factory, kitti_root, coco_root, dask_address):
+    """A lane model over um/umm/uu (um gets the lane maps) and COCO with an image the
+    annotations list but the disk lacks (a `read` dead letter)."""
+    from export.savedmodel import export_saved_model
+    from tests.tiny_models import tiny_fcn
+
+    base = tmp_path_factory.mktemp("lane")
+    export_saved_model(tiny_fcn(2, IMAGE_SIZE, 1), {**ROAD_CONFIG, "task": "lane"}, base,
+                       "fcn8s", version=1)
+    args = ["--input", kitti_root / KITTI_SIX, "--dataset", "kitti", "--model-dir",
+            base / "fcn8s", "--submission-zip"]
+    dask_args = ["--runner", "DaskRunner", "--dask_client_address", dask_address]
+    local = _run(tmp_path, "lane_local", args)
+    dask = _run(tmp_path, "lane_dask", args, *dask_args)
+    assert local[1]["task"] == "lane" and local[1]["ok"] == 6
+    assert_same_outputs(local, dask)
+    assert sorted(p.name for p in (_published(*dask) / "kitti_submission").iterdir()) == [
+        "um_lane_000000.png", "um_lane_000004.png", "um_lane_000006.png"]
+
+    ann = json.loads((coco_root / "annotations" / "instances_val2017_sample.json").read_text())
+    images = sorted(ann["images"], key=lambda i: i["file_name"])[:3]
+    ghost = {**images[0], "id": 999999999, "file_name": "000000999999.jpg"}
+    keep = {i["id"] for i in images}
+    ann_file = tmp_path / "instances.json"
+    ann_file.write_text(json.dumps({**ann, "images": images + [ghost], "annotations": [
+        a for a in ann["annotations"] if a["image_id"] in keep]}))
+    coco_base = tmp_path_factory.mktemp("coco")
+    export_saved_model(tiny_fcn(3, IMAGE_SIZE, 2), {
+        **{k: v for k, v in ROAD_CONFIG.items() if k != "task"}, "dataset": "coco",
+        "categories": ["person", "car"],
+        "class_names": ["background", "person", "car"], "num_classes": 3,
+        "colours": [[0, 0, 0], [220, 20, 60], [0, 0, 142]], "label_format": "ids"},
+        coco_base, "fcn8s", version=1)
+    args = ["--input", coco_root / "val2017", "--dataset", "coco", "--annotations", ann_file,
+            "--model-dir", coco_base / "fcn8s", "--batch-size", "2"]
+    local = _run(tmp_path, "coco_local", args)
+    dask = _run(tmp_path, "coco_dask", args, *dask_args)
+    assert local[1]["ok"] == 3 and local[1]["failed_by_stage"] == {"read": 1}
+    assert_same_outputs(local, dask)
+
+
+@pytest.mark.slow
 def test_grpc_mode_on_dask(tmp_path, road_model, dask_address):
     """The workers call a TF Serving (the development server, in this process) over gRPC."""
     from tfserving_dev.server import start_dev_server
