@@ -40,7 +40,8 @@ def road_model(tmp_path_factory) -> pathlib.Path:
 
 
 def _cluster_tool():
-    spec = importlib.util.spec_from_file_location("dask_cluster", REPO / "tools" / "dask_cluster.py")
+    spec = importlib.util.spec_from_file_location("dask_cluster",
+                                                  REPO / "tools" / "dask_cluster.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -119,7 +120,10 @@ def assert_same_outputs(local: tuple, dask: tuple) -> None:
         assert d_sum[key] == l_sum[key], key
     assert d_sum["counters"] == l_sum["counters"] and d_sum["counters"]["images_ok"] == l_sum["ok"]
     assert _rows(d_run) == _rows(l_run)
-    dead = lambda run: sorted(tuple(sorted(d.items())) for d in _jsonl(run, "dead_letter"))  # noqa: E731
+
+    def dead(run):
+        return sorted(tuple(sorted(d.items())) for d in _jsonl(run, "dead_letter"))
+
     assert dead(d_run) == dead(l_run)
     l_files, d_files = _files(l_run), _files(d_run)
     assert sorted(d_files) == sorted(l_files) and l_files

@@ -20,7 +20,7 @@ import uuid
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing import test_pipeline as beam_testing
 
 pytest.importorskip("distributed")
 
@@ -64,7 +64,7 @@ def run(runner, address, build, *extra):
     args = ["--runner", runner, *extra]
     if runner != DIRECT:
         args += ["--dask_client_address", address]
-    p = TestPipeline(runner=runner, options=PipelineOptions(args), blocking=False)
+    p = beam_testing.TestPipeline(runner=runner, options=PipelineOptions(args), blocking=False)
     build(p)
     result = p.run()
     result.wait_until_finish()

@@ -5,12 +5,12 @@
 
 Builds a KITTI layout of N images in a temporary folder (copies: the shared training pairs
 repeated under new numbers, each with its calibration and ground truth; the job opens no
-symlink that leaves its input folder), runs the job on the local runner, then
-starts `tools/dask_cluster.py` (N workers, one thread each) and runs it twice with `--runner
-DaskRunner` (cold: the workers import TensorFlow; warm); prints one JSON line per runner: images/s, peak resident memory per process
-(the launcher for the local runner, each worker for Dask) and SavedModel loads per process
-(calls of tf.saved_model.load, counted by wrapping it). Checks that both runs wrote the same
-masks.
+symlink that leaves its input folder), runs the job on the local runner, then starts
+`tools/dask_cluster.py` (N workers, one thread each) and runs it twice with `--runner
+DaskRunner` (cold: the workers import TensorFlow; warm); prints one JSON line per run:
+images/s, peak resident memory per process (the launcher for the local runner, each worker
+for Dask) and SavedModel loads per process (calls of tf.saved_model.load, counted by wrapping
+it). Checks that both runners wrote the same masks.
 """
 from __future__ import annotations
 
