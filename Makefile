@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv train train-kitti export evaluate test test-all mutation serve bench data-kitti data-coco clean
+.PHONY: venv train train-kitti export evaluate test test-all mutation serve bench data-kitti data-coco clean dask-cluster
 
 venv: $(STAMP)
 
@@ -72,6 +72,13 @@ serve: $(STAMP)
 		$(PY) -m tfserving_dev --port=8500 --rest_api_port=8501 --model_name=$(MODEL_NAME) \
 			--model_base_path=$(abspath $(MODEL_BASE))/$(MODEL_NAME); \
 	fi
+
+# A local Dask cluster for `--runner DaskRunner`: a scheduler and $(DASK_WORKERS) workers on
+# 127.0.0.1 (docs/beam.md, "Dask"); prints the address; `python tools/dask_cluster.py stop`.
+DASK_WORKERS ?= 2
+DASK_ARGS ?= --memory-limit 6GiB
+dask-cluster: $(STAMP)
+	$(PY) tools/dask_cluster.py start --workers $(DASK_WORKERS) $(DASK_ARGS)
 
 BENCH_ARGS ?=
 bench: $(STAMP)

@@ -38,7 +38,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
-from beam_jobs import evaluation, outputs, sources
+from beam_jobs import evaluation, outputs, runners, sources
 from contract.names import COCO_PROTOCOLS, KITTI_TASKS
 from contract.records import require_task
 from model.data import ROAD_COLOURS, palette
@@ -405,6 +405,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = False
     runner_name = options.view_as(StandardOptions).runner
+    # --runner DaskRunner: Beam's own loses data (docs/beam.md, "Dask"); ours is corrected.
+    options.view_as(StandardOptions).runner = runners.resolve(runner_name)
     # Before the first path is touched here: s3:// needs --s3_endpoint_url etc. (Beam's
     # Pipeline does this too, but the inputs and the model are checked before it exists).
     FileSystems.set_options(options)
