@@ -173,6 +173,7 @@ class FinishImage(beam.DoFn):
         self.classes = classes
         self.overlays = overlays
         self.evaluate = evaluate
+        self.board = evaluation.Scoreboard(classes["class_names"])  # its label check
         self.ok = beam.metrics.Metrics.counter(NAMESPACE, "images_ok")
         self.evaluated = beam.metrics.Metrics.counter(NAMESPACE, "images_evaluated")
         self.failed = {s: beam.metrics.Metrics.counter(NAMESPACE, f"failed_{s}")
@@ -228,28 +229,33 @@ class FinishImage(beam.DoFn):
                 yield self._dead(item, "calibration", str(exc))
                 return
             confidence = evaluation.decode_confidence(seg.confidence_png)
-        stats = []
+        scored = None
         if label is not None:
             try:
-                stats = evaluation.image_stats(self.dataset, item.category, seg, label,
-                                               len(self.classes["class_names"]),
-                                               confidence=confidence, bev_table=table)
+                self.board.check_label(label)
             except ValueError as exc:  # label values the model's classes do not cover
                 yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
                 return
+            scored = evaluation.ScoredImage(
+                seg.class_ids, label, self._road_confidence(seg, confidence), item.category,
+                table)
         # I/O errors propagate: the runner retries the bundle (a dead letter would drop the
         # image on a transient storage error and let the job "succeed").
         files = self._write(item, seg, label, table, confidence)
         self.ok.inc()
         self._progress()
         self.latency.update(int(seg.latency_ms))
-        if label is not None:
+        if scored is not None:
             self.evaluated.inc()
-            for key, stat in stats:
-                yield beam.pvalue.TaggedOutput("stats", (key, stat))
+            yield beam.pvalue.TaggedOutput("scored", scored)
         if "kitti_submission" in files:
             yield beam.pvalue.TaggedOutput("submission", files["kitti_submission"])
         yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
+
+    def _road_confidence(self, seg: Segmentation, decoded):
+        if not self.board.road_scores:
+            return None
+        return evaluation.decode_confidence(seg.confidence_png) if decoded is None else decoded
 
     def _write(self, item: ImageItem, seg: Segmentation, label, table=None,
                confidence=None) -> dict:
@@ -324,7 +330,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
         output, args.dataset, classes, args.overlays, args.evaluate,
-        args.task or "road")).with_outputs("dead", "stats", "submission", main="results")
+        args.task or "road")).with_outputs("dead", "scored", "submission", main="results")
     if args.submission_zip is not None:
         zip_path = args.submission_zip or FileSystems.join(output, outputs.SUBMISSION_ZIP)
         _ = (finished.submission
@@ -363,16 +369,11 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
         score_fields = {"task": args.task} if args.dataset == "kitti" else {}
         if classes.get("coco"):
             score_fields["coco_protocol"] = classes["coco"]["protocol"]
-        evaluated = (finished.stats
-                     | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.CONFUSION)
-                     | "CountEvaluated" >> beam.combiners.Count.Globally())
-        _ = (finished.stats
-             | "SumStats" >> beam.CombinePerKey(evaluation.SumFn())
-             | "StatsToDict" >> beam.combiners.ToDict()
-             | "WriteMetrics" >> beam.Map(
-                 lambda totals, n: evaluation.write_evaluation(
-                     totals, output, classes["class_names"], n, **score_fields),
-                 beam.pvalue.AsSingleton(evaluated)))
+        _ = (finished.scored
+             | "Score" >> beam.CombineGlobally(evaluation.ScoreboardFn(
+                 classes["class_names"], by_category=args.dataset == "kitti"))
+             | "WriteMetrics" >> beam.Map(evaluation.write_evaluation, output,
+                                          **score_fields))
 
 
 def make_handler(args):

@@ -33,8 +33,9 @@ from tqdm import tqdm
 from contract import layout
 from contract.names import COCO_PROTOCOLS, NATIVE
 from contract.records import ExportMetadata, require_task
-from model import metrics, plots, runs
+from model import plots, runs
 from model.data import image_io, kitti, kitti_bev, palette
+from model.scoreboard import Scoreboard
 
 KITTI_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "IoU")
 
@@ -126,7 +127,6 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     is_kitti = label_format == "kitti"
     # Any binary model (KITTI, synthetic roads, a two-class folder) gets the devkit's road
     # scores with class 1 as positive; only KITTI images are also grouped by category.
-    road_scores = num_classes == 2
     if is_kitti and num_classes != 2:
         raise ValueError(f"KITTI evaluation needs a binary model, config has {num_classes} classes")
     if not pairs:
@@ -134,10 +134,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     bev = bev and is_kitti
     calibs = _calib_files(pairs) if bev else {}  # before any work: a missing file stops here
 
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    road: dict[str, metrics.RoadCounts] = {}
-    road_bev: dict[str, metrics.RoadCounts] = {}
-    images_per_category: dict[str, int] = {}
+    board = Scoreboard(class_names, by_category=is_kitti)
     overlays_written = 0
     with tqdm(total=len(pairs), desc="evaluate", unit="img") as progress:
         for start in range(0, len(pairs), batch_size):
@@ -154,16 +151,11 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     raise ValueError(f"{image_path}: model returned {prob.shape}, expected "
                                      f"{(*image.shape[:2], num_classes)}")
                 pred = _argmax(prob)
-                cm += metrics.confusion_matrix(pred, label, num_classes)
-                if road_scores:
-                    category = _category(image_path) if is_kitti else metrics.OVERALL
-                    counts = metrics.road_counts(prob[..., 1], label)
-                    road[category] = road.get(category, metrics.RoadCounts()) + counts
-                    if bev:
-                        table = kitti_bev.lookup_for_file(calibs[image_path], label.shape)
-                        counts = metrics.bev_road_counts(prob[..., 1], label, table)
-                        road_bev[category] = road_bev.get(category, metrics.RoadCounts()) + counts
-                    images_per_category[category] = images_per_category.get(category, 0) + 1
+                board.add(pred, label,
+                          road_confidence=prob[..., 1] if board.road_scores else None,
+                          category=_category(image_path) if is_kitti else None,
+                          bev_table=(kitti_bev.lookup_for_file(calibs[image_path], label.shape)
+                                     if bev else None))
                 if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
                                        image, pred, colours or palette(num_classes),
@@ -171,25 +163,12 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     overlays_written += 1
                 progress.update(1)
 
-    road = dict(sorted(road.items()))
-    if road_scores:
-        if is_kitti:
-            road[metrics.OVERALL] = sum(road.values(), metrics.RoadCounts())
-        images_per_category[metrics.OVERALL] = len(pairs)
-        plots.save_pr_curve(out_dir / "pr_curve.png", road)
-        if bev:
-            road_bev = dict(sorted(road_bev.items()))
-            road_bev[metrics.OVERALL] = sum(road_bev.values(), metrics.RoadCounts())
-            plots.save_pr_curve(out_dir / "pr_curve_bev.png", road_bev,
-                                title="KITTI road: precision-recall, bird's-eye view")
-    else:
-        plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
+    for name, draw, draw_args, draw_kwargs in board.figures():
+        draw(out_dir / name, *draw_args, **draw_kwargs)
     fields = {"task": config.get("task") or "road"} if is_kitti else {}
     if config.get("dataset") == "coco":
         fields["coco_protocol"] = config.get("coco_protocol") or "fcnseg"
-    result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
-                                    road_bev=road_bev, label_format=label_format,
-                                    **fields, **(source or {}))
+    result = board.result(label_format=label_format, **fields, **(source or {}))
     runs.write_json(out_dir / "metrics.json", result)
     return result
 
