@@ -24,7 +24,6 @@ import sys
 
 import numpy as np
 
-from contract import layout
 from contract.files import is_image_name
 from contract.names import NATIVE
 
@@ -120,28 +119,23 @@ def format_table(result: dict) -> str:
 
 
 def model_from_saved_model(path):
-    """Rebuild the Keras model of an fcnseg export from its metadata and variables."""
-    import tensorflow as tf
-
-    from contract.records import ExportMetadata
+    """Rebuild the Keras model of an fcnseg export (a model or version folder) from its
+    metadata and variables; returns (model, ExportMetadata)."""
+    from model.exported import load_exported
     from model.fcn8s import build_fcn8s
 
-    path = pathlib.Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"{path}: not a SavedModel version directory (no saved_model.pb)")
-    meta = ExportMetadata.of_version(path).to_dict()
-    if not meta.get("variant"):
+    exported = load_exported(path)
+    meta, path = exported.metadata, exported.path
+    if not meta.variant:
         raise ValueError(f"{path}: the export's metadata records no model variant (exported "
                          f"before fcnseg recorded it, possibly with fixed-scaled skips); run "
                          f"the diagnostic on its checkpoint with --checkpoint instead")
-    model = build_fcn8s(int(meta["num_classes"]), (None, None, 3),
-                        fc_width=int(meta["fc_width"]),
-                        normalization=meta.get("normalization") or "caffe",
-                        variant=meta["variant"])
-    stored = list(tf.saved_model.load(str(path)).model_variables)
+    model = build_fcn8s(int(meta.num_classes), (None, None, 3), fc_width=int(meta.fc_width),
+                        normalization=meta.normalization or "caffe", variant=meta.variant)
+    stored = list(exported.module.model_variables)
     if len(stored) != len(model.variables):
-        raise ValueError(f"{path}: holds {len(stored)} model variables, a {meta['variant']} "
-                         f"with fc_width {meta['fc_width']} has {len(model.variables)}")
+        raise ValueError(f"{path}: holds {len(stored)} model variables, a {meta.variant} "
+                         f"with fc_width {meta.fc_width} has {len(model.variables)}")
     for var, value in zip(model.variables, stored):
         if tuple(var.shape) != tuple(value.shape):
             raise ValueError(f"{path}: variable {var.path} has shape {tuple(value.shape)}, "
@@ -198,8 +192,8 @@ def main(argv=None) -> dict:
         config_path = runs.run_dir_of(args.checkpoint) / runs.CONFIG
         size = runs.read_json(config_path)["image_size"] if config_path.is_file() else NATIVE
     else:
-        model, meta = model_from_saved_model(layout.resolve_version_dir(args.model_dir))
-        size = meta.get("image_size") or NATIVE
+        model, meta = model_from_saved_model(args.model_dir)
+        size = meta.image_size or NATIVE
     size = args.image_size or size
     images = [image_io.read_image(p) for p in paths]
     result = measure(model, images, size)
