@@ -44,20 +44,15 @@ def _local(path: str):
 
 def load_label(gt: GroundTruth, coco_categories: Optional[dict] = None) -> np.ndarray:
     """uint8 [H, W] labels (255 ignored) of one image, or GroundTruthError naming the reason."""
-    from model.data import image_io, kitti
+    from model.data import get_dataset, image_io
 
     try:
-        if gt.kind == "kitti":
-            with _local(gt.path) as p:
-                return kitti.read_gt(p)
-        if gt.kind == "ids":
-            with _local(gt.path) as p:
-                return image_io.read_label_png(p)
-        if gt.kind == "coco":
+        if gt.annotations is not None:
             return _coco_label(gt, coco_categories or {})
+        with _local(gt.path) as p:
+            return get_dataset(gt.dataset).read_label(p)
     except image_io.ImageReadError as exc:
         raise GroundTruthError(str(exc)) from None
-    raise ValueError(f"unknown ground-truth kind {gt.kind!r}")
 
 
 def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:

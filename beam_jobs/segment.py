@@ -35,7 +35,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
 from beam_jobs import evaluation, outputs, sources
 from contract.names import COCO_PROTOCOLS, KITTI_TASKS
 from contract.records import require_task
-from model.data import ROAD_COLOURS, palette
+from model.data import colours_for, get_dataset
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
 from beam_jobs.sources import DeadLetter, ImageItem
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True,
                    help="output folder (local, gs:// or s3://); each run goes to "
                         "<output>/runs/<run id>, published in <output>/LATEST when it succeeds")
-    p.add_argument("--dataset", choices=sources.DATASETS, default="folder")
+    p.add_argument("--dataset", choices=sources.datasets(), default="folder")
     p.add_argument("--annotations", help="coco: instances_*.json giving images and ground truth")
     p.add_argument("--labels-dir", help="folder: ground-truth class-id PNGs named <stem>.png")
     p.add_argument("--task", choices=KITTI_TASKS,
@@ -114,12 +114,15 @@ def _check_args(args, parser) -> None:
         parser.error("--mode inprocess needs --model-dir")
     if args.mode == "grpc" and not (args.server and args.model_name):
         parser.error("--mode grpc needs --server and --model-name")
-    if args.dataset == "coco" and not args.annotations:
-        parser.error("--dataset coco needs --annotations")
-    if args.dataset != "kitti" and (args.task or args.submission_zip is not None):
-        parser.error("--task and --submission-zip are for --dataset kitti")
-    if args.dataset != "coco" and args.coco_protocol:
-        parser.error("--coco-protocol is for --dataset coco")
+    dataset = get_dataset(args.dataset)
+    if dataset.lists_annotations and not args.annotations:
+        parser.error(f"--dataset {args.dataset} needs --annotations")
+    if not dataset.tasks and (args.task or args.submission_zip is not None):
+        parser.error(f"--task and --submission-zip are for a dataset with tasks, not "
+                     f"{args.dataset}")
+    if not dataset.protocols and args.coco_protocol:
+        parser.error(f"--coco-protocol is for a dataset with label protocols, not "
+                     f"{args.dataset}")
     if args.min_batch_size is None:
         args.min_batch_size = args.batch_size
     if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
@@ -133,7 +136,8 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
     if categories in (["all"], ["voc"]):  # exports made before train stored resolved names
         categories = categories[0]
     coco_map = None
-    if args.dataset == "coco":
+    dataset = get_dataset(args.dataset)
+    if dataset.has_categories:
         from types import SimpleNamespace
 
         from model.data.coco import select_categories
@@ -147,11 +151,10 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
                     "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)},
                     "protocol": (args.coco_protocol or meta.get("coco_protocol")
                                  or "fcnseg")}
-    if not names and args.dataset == "kitti":
-        names = ["non-road", "road"]
+    names = names or dataset.default_class_names(args.task)
     colours = meta.get("colours") or None
     if names and (not colours or len(colours) != len(names)):
-        colours = ROAD_COLOURS if len(names) == 2 else palette(len(names))
+        colours = colours_for(names)
     return {"class_names": names, "colours": colours, "coco": coco_map}
 
 
@@ -262,7 +265,7 @@ class FinishImage(beam.DoFn):
         stem = sources.stem_of(item.path)
         files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
         outputs.write_bytes(files["mask"], seg.mask_png)
-        submission = sources.kitti_submission_name(item.path, self.task)
+        submission = get_dataset(self.dataset).submission_name(item.path, self.task)
         if table is not None and submission:
             from model.data import kitti_bev
             # perspective map as the model wrote it; the upload is its bird's-eye view
@@ -366,12 +369,13 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
              beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
 
     if args.evaluate:
-        score_fields = {"task": args.task} if args.dataset == "kitti" else {}
+        dataset = get_dataset(args.dataset)
+        score_fields = {"task": args.task} if dataset.tasks else {}
         if classes.get("coco"):
             score_fields["coco_protocol"] = classes["coco"]["protocol"]
         _ = (finished.scored
              | "Score" >> beam.CombineGlobally(evaluation.ScoreboardFn(
-                 classes["class_names"], by_category=args.dataset == "kitti"))
+                 classes["class_names"], by_category=dataset.by_category))
              | "WriteMetrics" >> beam.Map(evaluation.write_evaluation, output,
                                           **score_fields))
 
@@ -409,18 +413,18 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     meta: dict = {}
     if args.model_dir:
         meta = read_model_metadata(args.model_dir)
-    if args.dataset == "kitti":
+    dataset = get_dataset(args.dataset)
+    if dataset.tasks:
         # The model says what it was trained for; asking for the other task is an error,
         # not lane scores of a road model (without --model-dir, grpc: trust --task).
-        model_task = meta.get("task") if meta.get("dataset") == "kitti" else None
-        require_task(model_task, args.task, args.model_dir or "the model")
-        args.task = args.task or model_task or "road"
+        require_task(meta.get("task"), args.task, args.model_dir or "the model")
+        args.task = dataset.task_of(meta.get("task"), args.task)
     coco_meta = None
-    if args.dataset == "coco":
+    if dataset.lists_annotations:
         # Read here for the categories and an early error; the pipeline lists the images
         # itself, so a big annotation file does not end up in the pipeline graph.
         coco_entries, coco_meta = sources.load_coco_index(
-            args.annotations, sources.expand_input(args.input, "coco"))
+            args.annotations, sources.expand_input(args.input, args.dataset))
         if not coco_entries:
             raise ValueError(f"{args.annotations}: no listed image matches {args.input}")
     else:
@@ -462,7 +466,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         "model": args.model_dir if args.mode == "inprocess" else
         f"{args.server}/{args.model_name}",
         "counters": _counters(result)})
-    if args.dataset == "kitti":
+    if dataset.tasks:
         summary["task"] = args.task
     if args.submission_zip is not None:
         summary["submission_zip"] = (args.submission_zip

@@ -186,7 +186,7 @@ def _submission_task(args) -> str:
     from contract.records import RecordError, require_task
 
     metadata = read_export_metadata(args.model_dir)
-    model_task = metadata.task if metadata is not None and metadata.dataset == "kitti" else None
+    model_task = metadata.task if metadata is not None else None  # only KITTI records one
     try:
         require_task(model_task, args.task, str(args.model_dir))
     except RecordError as err:
