@@ -59,7 +59,8 @@ def resolve_model_dir(model_dir: str) -> str:
     if FileSystems.exists(FileSystems.join(model_dir, SAVED_MODEL_FILE)):
         return model_dir
     complete = {}
-    for m in FileSystems.match([FileSystems.join(model_dir, "*", SAVED_MODEL_FILE)])[0].metadata_list:
+    listing = FileSystems.match([FileSystems.join(model_dir, "*", SAVED_MODEL_FILE)])[0]
+    for m in listing.metadata_list:
         folder = posixpath.dirname(m.path)
         complete[posixpath.basename(folder)] = folder
     found = layout.versions_from_listing({name: True for name in complete})

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from common.cli import UserError
 from contract import layout, names
 from contract.records import ExportMetadata
 
@@ -73,7 +74,10 @@ class ExportedModel:
 
 def load_exported(path, version: Optional[int] = None) -> ExportedModel:
     """A local model folder (its newest version, or `version`) or version folder, loaded.
-    FileNotFoundError when there is no export there."""
-    version_dir = layout.resolve_version_dir(path, version)
+    UserError when there is no export there."""
+    try:
+        version_dir = layout.resolve_version_dir(path, version)
+    except FileNotFoundError as exc:
+        raise UserError(path, f"no exported model here ({exc})") from None
     metadata = ExportMetadata.of_version(version_dir)
     return ExportedModel(version_dir, tf.saved_model.load(str(version_dir)), metadata)

@@ -4,7 +4,7 @@ Beam job's CombineFn is a thin shell over it (add, merge, result).
 A Scoreboard holds only additive counts (model.metrics): the confusion matrix of argmax class
 ids, and for a binary model the devkit's `RoadCounts` of the road confidence, in the
 perspective view and (given an image's bird's-eye-view table) in the bird's-eye view, under
-OVERALL and, for datasets grouped by KITTI category, under the image's category too. Adding
+"overall" and, for datasets grouped by KITTI category, under the image's category too. Adding
 images one by one, or merging boards filled from any partition of them in any order, gives
 the same counts, so `result()` is the same as scoring all images at once.
 """
@@ -18,7 +18,6 @@ from contract.names import IGNORE_LABEL
 from model import metrics
 from model.data import kitti_bev
 
-OVERALL = metrics.OVERALL
 OTHER_CATEGORY = "other"  # a KITTI-grouped image whose name has no um/umm/uu category
 
 
@@ -40,7 +39,7 @@ class Scoreboard:
     reduce, torcheval's merge_state).
 
     class_names: the model's classes, in class-id order.
-    by_category: group road scores by KITTI category (um, umm, uu) as well as OVERALL.
+    by_category: group road scores by KITTI category (um, umm, uu) as well as overall.
     """
 
     def __init__(self, class_names: Sequence[str], by_category: bool = False):
@@ -84,8 +83,8 @@ class Scoreboard:
             counts = metrics.road_counts(road_confidence, label)
             if bev_table is not None:
                 bev = bev_road_counts(road_confidence, label, bev_table)
-            groups = ((category or OTHER_CATEGORY, OVERALL) if self.by_category
-                      else (OVERALL,))
+            groups = ((category or OTHER_CATEGORY, metrics.OVERALL) if self.by_category
+                      else (metrics.OVERALL,))
         # Everything is computed before anything is added: a bad label leaves the board as it was.
         self.confusion += confusion
         self.num_images += 1
@@ -148,6 +147,6 @@ CONFUSION_FIGURE = "confusion_matrix.png"
 
 
 def _ordered(groups: dict) -> dict:
-    """Categories sorted, OVERALL last (the order of the tables and the curves' legend)."""
-    return {g: groups[g] for g in sorted(g for g in groups if g != OVERALL)
-            + [g for g in groups if g == OVERALL]}
+    """Categories sorted, overall last (the order of the tables and the curves' legend)."""
+    return {g: groups[g] for g in sorted(g for g in groups if g != metrics.OVERALL)
+            + [g for g in groups if g == metrics.OVERALL]}

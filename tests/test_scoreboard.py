@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from model.data import kitti_bev
-from model.scoreboard import OVERALL, Scoreboard
+from model.metrics import OVERALL
+from model.scoreboard import Scoreboard
 
 ROAD = ["non-road", "road"]
 
