@@ -89,10 +89,11 @@ def read_model_metadata(model_dir: str) -> dict:
     if not meta.get("class_names") and FileSystems.exists(labels):
         with FileSystems.open(labels, compression_type="uncompressed") as f:
             meta["class_names"] = [ln for ln in f.read().decode("utf-8").splitlines() if ln]
-    version = posixpath.basename(version_dir.rstrip("/"))
-    meta["model_version"] = meta.get("version") or (int(version) if version.isdigit() else None)
+    folder = posixpath.basename(version_dir.rstrip("/"))
+    number = layout.version_number(folder)
+    meta["model_version"] = meta.get("version") or number
     meta.setdefault("model_name", posixpath.basename(posixpath.dirname(version_dir.rstrip("/")))
-                    if version.isdigit() else posixpath.basename(version_dir.rstrip("/")))
+                    if number is not None else folder)
     meta["version_dir"] = version_dir
     return meta
 

@@ -325,9 +325,9 @@ def dataset_pairs(args, config: dict, dataset: Dataset) -> list:
 
 
 def _model_and_config(args):
-    """(model or predictor, config, run_dir or None, source) of --checkpoint/--model-dir."""
-    from model import inference  # TensorFlow import, after argument errors are reported
-
+    """(model or predictor, config, run_dir or None, source) of --checkpoint/--model-dir.
+    Paths are checked before TensorFlow is imported (model.inference), so that a user error
+    is answered at once."""
     needs_run = not args.dataset  # the run's split is read from its directory
     if args.checkpoint:
         run_dir = pathlib.Path(args.run_dir) if args.run_dir else runs.run_dir_of(args.checkpoint)
@@ -336,6 +336,8 @@ def _model_and_config(args):
         else:
             raise cli.UserError(run_dir / runs.CONFIG, "not found; the checkpoint's class "
                                 "names come from its run's config (pass --run-dir)")
+        from model import inference
+
         model = runs.load_checkpoint(args.checkpoint)
         model = inference.keras_predictor(model, args.inference_size or config["image_size"],
                                           args.batch_size)
@@ -347,8 +349,8 @@ def _model_and_config(args):
         version_dir = layout.resolve_version_dir(args.model_dir)
     except FileNotFoundError as exc:
         raise cli.UserError(args.model_dir, f"no exported model here ({exc})") from None
-    metadata = ExportMetadata.of_version(version_dir).to_dict()
-    run_dir = args.run_dir or metadata.get("run_dir")
+    metadata = ExportMetadata.of_version(version_dir)
+    run_dir = args.run_dir or metadata.run_dir
     if not run_dir and needs_run:
         raise cli.UserError(version_dir, "metadata names no run directory; pass --run-dir, "
                             "or score it on a data root with --dataset")
@@ -356,10 +358,12 @@ def _model_and_config(args):
     # The run's config is the reference (it has data_root); the metadata carries the
     # same model keys for a model whose run directory is gone.
     config = (runs.load_run_config(run_dir) if run_dir and (run_dir / runs.CONFIG).is_file()
-              else metadata)
+              else metadata.to_dict())
+    from model import inference
+
     model = inference.saved_model_predictor(version_dir, args.batch_size)
     return model, config, run_dir, {"saved_model": str(version_dir),
-                                    "inference_size": metadata.get("inference_size")}
+                                    "inference_size": metadata.inference_size}
 
 
 def run(argv=None) -> dict:

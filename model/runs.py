@@ -68,12 +68,12 @@ def run_dir_of(checkpoint) -> pathlib.Path:
 
 def load_checkpoint(path, compile: bool = False):
     """Load a Keras checkpoint written by model.train (custom layers registered on import)."""
+    path = pathlib.Path(path)
+    if not path.is_file():  # before Keras is imported: a wrong path is answered at once
+        raise UserError(path, "checkpoint not found")
     import keras
 
     # Importing registers the custom layers, initializer and (for compile=True) metrics.
     from model import fcn8s, keras_metrics  # noqa: F401
 
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UserError(path, "checkpoint not found")
     return keras.saving.load_model(path, compile=compile)

@@ -23,6 +23,7 @@ import numpy as np
 from common.cli import UserError
 from contract import kitti as contract_kitti
 from contract.names import COCO_PROTOCOLS
+from model.data import coco, folder, image_io, kitti, synthetic  # light: no TF, no pycocotools
 
 ROAD_COLOURS = [(0, 0, 0), (255, 0, 255)]  # not road: black (left undrawn), road: magenta
 
@@ -119,9 +120,7 @@ class Dataset:
 
     def read_label(self, path) -> np.ndarray:
         """uint8 [H, W] class ids (255 ignored) of one ground-truth file."""
-        from model.data.image_io import read_label_png
-
-        return read_label_png(path)
+        return image_io.read_label_png(path)
 
     def split(self, pairs, options: Options):
         return random_split(pairs, options.val_fraction, options.seed)
@@ -205,13 +204,9 @@ class Kitti(Dataset):
     image_folders = ("training/image_2", "image_2")
 
     def list_pairs(self, root, options):
-        from model.data import kitti
-
         return kitti.list_pairs(root, task=options.task)
 
     def split(self, pairs, options):
-        from model.data import kitti
-
         return kitti.stratified_split(pairs, options.val_fraction, options.seed)
 
     def class_names(self, root, options, pairs=None):
@@ -222,8 +217,6 @@ class Kitti(Dataset):
         return [f"not {task}", task]
 
     def read_label(self, path):
-        from model.data import kitti
-
         return kitti.read_gt(path)
 
     def image_glob(self, task):
@@ -267,8 +260,6 @@ class Coco(Dataset):
         return "train2017" if split == "train" else "val2017"
 
     def _render(self, root, split: str, options: Options, annotations=None):
-        from model.data import coco
-
         folder = self._split_folder(split)
         ann = pathlib.Path(annotations) if annotations else coco.find_annotation_file(root, folder)
         image_dir = root if annotations else root / folder
@@ -279,8 +270,6 @@ class Coco(Dataset):
                                  train=split == "train")
 
     def load(self, root, options):
-        from model.data import coco
-
         root = self.check_root(root)
         train = self._render(root, "train", options)
         val = self._render(root, "val", options)
@@ -309,8 +298,6 @@ class Folder(Dataset):
         return self._scan(root, options)[0]
 
     def _scan(self, root, options):
-        from model.data import folder
-
         pairs = folder.list_pairs(root / "images", root / "labels")
         # Reads every label once: finds the class count, and rewrites palette/16-bit PNGs
         # as plain 8-bit ones (the 'ids' format the tf.data pipeline decodes).
@@ -318,8 +305,6 @@ class Folder(Dataset):
                                   progress=options.progress)
 
     def load(self, root, options):
-        from model.data import folder
-
         root = self.check_root(root)
         pairs, top, top_file = self._scan(root, options)
         classes_txt = root / "classes.txt"
@@ -349,8 +334,6 @@ class Synthetic(Dataset):
     default_image_size = (160, 576)
 
     def list_pairs(self, root, options):
-        from model.data import synthetic
-
         h, w = (int(v) for v in options.image_size)
         out = pathlib.Path(options.cache_dir) / f"synthetic_{h}x{w}_seed{options.seed}"
         return synthetic.generate(out, options.num_synthetic, height=h, width=w,
