@@ -85,10 +85,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --model-dir $(MODEL_BASE)/$(MODEL_NAME) --output bench_out $(BENCH_ARGS)
 
 data-kitti: $(STAMP)
-	$(PY) -m model.data.download kitti --dest $(DATA_DIR) $(DATA_ARGS)
+	$(PY) -m model.data.download kitti --output $(DATA_DIR) $(DATA_ARGS)
 
 data-coco: $(STAMP)
-	$(PY) -m model.data.download coco --dest $(DATA_DIR)/coco $(DATA_ARGS)
+	$(PY) -m model.data.download coco --output $(DATA_DIR)/coco $(DATA_ARGS)
 
 clean:
 	rm -rf runs models cache bench_out .pytest_cache

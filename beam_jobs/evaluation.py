@@ -1,12 +1,10 @@
-"""Evaluation inside the job: per-image statistics from model.metrics, summed by a CombineFn.
+"""Evaluation inside the job: every scored image goes into one model.scoreboard.Scoreboard
+through `ScoreboardFn`, the same accumulator model.evaluate fills, so the job's scores are
+model.evaluate's.
 
-Every image adds its confusion matrix (argmax class ids); KITTI images also add the
-`RoadCounts` of their road (or lane) confidence per category um/umm/uu and overall, twice: in
-the perspective view (the confidence PNG's 0..255 values, exactly what the devkit scores) and
-in the bird's-eye view the benchmark ranks (the submission map, and the ground truth resampled
-by the same table).
-The scores at the end are `model.metrics.kitti_scores` / `segmentation_scores` of the sums,
-i.e. the same numbers as evaluating all images at once.
+A binary model's road confidence is the confidence PNG's 0..255 values (exactly what the
+devkit scores); KITTI images with calibration are also scored in the bird's-eye view the
+benchmark ranks (the submission map, and the ground truth resampled by the same table).
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ import contextlib
 import io
 import os
 import tempfile
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -22,13 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import outputs
 from beam_jobs.sources import GroundTruth
-from model import metrics
-
-CONFUSION = "confusion_matrix"
-ROAD = "road"
-ROAD_BEV = "road_bev"
-IMAGES = "images"
-OVERALL = metrics.OVERALL
+from model.scoreboard import Scoreboard
 
 
 class GroundTruthError(ValueError):
@@ -52,20 +44,15 @@ def _local(path: str):
 
 def load_label(gt: GroundTruth, coco_categories: Optional[dict] = None) -> np.ndarray:
     """uint8 [H, W] labels (255 ignored) of one image, or GroundTruthError naming the reason."""
-    from model.data import image_io, kitti
+    from model.data import get_dataset, image_io
 
     try:
-        if gt.kind == "kitti":
-            with _local(gt.path) as p:
-                return kitti.read_gt(p)
-        if gt.kind == "ids":
-            with _local(gt.path) as p:
-                return image_io.read_label_png(p)
-        if gt.kind == "coco":
+        if gt.annotations is not None:
             return _coco_label(gt, coco_categories or {})
+        with _local(gt.path) as p:
+            return get_dataset(gt.dataset).read_label(p)
     except image_io.ImageReadError as exc:
         raise GroundTruthError(str(exc)) from None
-    raise ValueError(f"unknown ground-truth kind {gt.kind!r}")
 
 
 def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
@@ -86,26 +73,13 @@ def _coco_label(gt: GroundTruth, categories: dict) -> np.ndarray:
                          categories.get("protocol", "fcnseg"))
 
 
-def image_stats(dataset: str, category: Optional[str], seg, label: np.ndarray,
-                num_classes: int, confidence: Optional[np.ndarray] = None,
-                bev_table=None) -> list[tuple[str, object]]:
-    """[(key, statistic)] of one image: its confusion matrix, and for every binary model its
-    RoadCounts (the devkit's road scores, as model.evaluate gives them) and image count:
-    KITTI under its category and OVERALL (and in the bird's-eye view when `bev_table` is
-    given), other datasets under OVERALL. `confidence`: the decoded confidence PNG (v / 255,
-    the probability of class 1), decoded here when not given."""
-    stats: list[tuple[str, object]] = [
-        (CONFUSION, metrics.confusion_matrix(seg.class_ids, label, num_classes))]
-    if dataset == "kitti" or num_classes == 2:
-        road = decode_confidence(seg.confidence_png) if confidence is None else confidence
-        counts = metrics.road_counts(road, label)
-        bev = metrics.bev_road_counts(road, label, bev_table) if bev_table is not None else None
-        groups = (category or "other", OVERALL) if dataset == "kitti" else (OVERALL,)
-        for group in groups:
-            stats += [(f"{ROAD}/{group}", counts), (f"{IMAGES}/{group}", 1)]
-            if bev is not None:
-                stats.append((f"{ROAD_BEV}/{group}", bev))
-    return stats
+class ScoredImage(NamedTuple):
+    """One image's input to Scoreboard.add (model.scoreboard)."""
+    prediction: np.ndarray          # uint8 [H, W] class ids
+    label: np.ndarray               # uint8 [H, W] ground truth, 255 ignored
+    road_confidence: Optional[np.ndarray] = None  # binary model: the decoded confidence PNG
+    category: Optional[str] = None  # KITTI um/umm/uu
+    bev_table: object = None        # KITTI with calibration: its bird's-eye-view lookup
 
 
 def decode_confidence(png: bytes) -> np.ndarray:
@@ -115,59 +89,35 @@ def decode_confidence(png: bytes) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-class SumFn(beam.CombineFn):
-    """Sum of additive statistics (RoadCounts, numpy confusion matrices)."""
+class ScoreboardFn(beam.CombineFn):
+    """A thin shell over model.scoreboard.Scoreboard: ScoredImage elements in, the board of
+    all of them out."""
 
-    def create_accumulator(self):
-        return None
+    def __init__(self, class_names: list[str], by_category: bool):
+        self.class_names = list(class_names)
+        self.by_category = by_category
 
-    def add_input(self, acc, stat):
-        return stat if acc is None else acc + stat
+    def create_accumulator(self) -> Scoreboard:
+        return Scoreboard(self.class_names, by_category=self.by_category)
 
-    def merge_accumulators(self, accs):
-        total = None
-        for acc in accs:
-            if acc is not None:
-                total = acc if total is None else total + acc
-        return total
+    def add_input(self, board: Scoreboard, image: ScoredImage) -> Scoreboard:
+        return board.add(*image)
 
-    def extract_output(self, acc):
-        return acc
+    def merge_accumulators(self, boards) -> Scoreboard:
+        boards = iter(boards)
+        return next(boards).merge(boards)
 
-
-def _group(totals: dict, prefix: str) -> dict:
-    return {k.split("/", 1)[1]: v for k, v in sorted(totals.items())
-            if k.startswith(prefix + "/")}
+    def extract_output(self, board: Scoreboard) -> Scoreboard:
+        return board
 
 
-def scores(totals: dict, class_names: list[str], images: int, **fields) -> dict:
-    """metrics.json content: model.metrics.metrics_record of the job's sums; `fields` say
-    what was scored (task, COCO protocol)."""
-    return metrics.metrics_record(totals[CONFUSION], class_names, images, _group(totals, ROAD),
-                                  _group(totals, IMAGES), road_bev=_group(totals, ROAD_BEV),
-                                  **fields)
-
-
-def write_evaluation(totals: dict, output: str, class_names: list[str], images: int,
-                     **fields) -> dict:
-    """Write metrics.json and pr_curve.png (+ pr_curve_bev.png) / confusion_matrix.png;
-    returns the metrics."""
-    from model import plots
-
-    if not totals:
+def write_evaluation(board: Scoreboard, output: str, **fields) -> dict:
+    """Write metrics.json and the board's figures (PR curves, or the confusion matrix);
+    returns the metrics. Nothing is written when no image was scored."""
+    if not board.num_images:
         return {}
-    result = scores(totals, class_names, images, **fields)
+    result = board.result(**fields)
     outputs.write_json(FileSystems.join(output, outputs.METRICS), result)
-    road = _group(totals, ROAD)
-    if road:
-        outputs.write_figure(FileSystems.join(output, outputs.PR_CURVE), plots.save_pr_curve,
-                             road)
-        road_bev = _group(totals, ROAD_BEV)
-        if road_bev:
-            outputs.write_figure(FileSystems.join(output, outputs.PR_CURVE_BEV),
-                                 plots.save_pr_curve, road_bev,
-                                 title="KITTI road: precision-recall, bird's-eye view")
-    else:
-        outputs.write_figure(FileSystems.join(output, outputs.CONFUSION),
-                             plots.save_confusion_matrix, totals[CONFUSION], class_names)
+    for name, draw, draw_args, draw_kwargs in board.figures():
+        outputs.write_figure(FileSystems.join(output, name), draw, *draw_args, **draw_kwargs)
     return result

@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RemoteModelHandler
 
 from beam_jobs.sources import ImageItem
-from contract import names
+from contract import layout, names
 from contract.layout import LABELS_PATH, METADATA_PATH, SAVED_MODEL_FILE
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,18 +53,23 @@ class InferenceFailure:
 # --- model directory --------------------------------------------------------------------
 
 def resolve_model_dir(model_dir: str) -> str:
-    """A version folder (models/fcn8s/3) as is; a model base (models/fcn8s): its newest version."""
-    if FileSystems.exists(FileSystems.join(model_dir, "saved_model.pb")):
+    """A version folder (models/fcn8s/3) as is; a model folder (models/fcn8s): its newest
+    version by contract.layout's rule (TF Serving's), listed through Beam's FileSystems so
+    that gs:// and s3:// folders work too."""
+    if FileSystems.exists(FileSystems.join(model_dir, SAVED_MODEL_FILE)):
         return model_dir
-    versions = []
-    for m in FileSystems.match([FileSystems.join(model_dir, "*", "saved_model.pb")])[0].metadata_list:
-        name = posixpath.basename(posixpath.dirname(m.path))
-        if name.isdigit():
-            versions.append((int(name), posixpath.dirname(m.path)))
-    if not versions:
+    complete = {}
+    listing = FileSystems.match([FileSystems.join(model_dir, "*", SAVED_MODEL_FILE)])[0]
+    for m in listing.metadata_list:
+        folder = posixpath.dirname(m.path)
+        complete[posixpath.basename(folder)] = folder
+    found = layout.versions_from_listing({name: True for name in complete})
+    if not found:
         raise FileNotFoundError(f"{model_dir}: no SavedModel here (expected saved_model.pb, or "
                                 f"numbered version folders as written by `python -m export`)")
-    return max(versions)[1]
+    newest = max(found)
+    return next(folder for name, folder in complete.items()
+                if layout.version_number(name) == newest)
 
 
 def read_model_metadata(model_dir: str) -> dict:
@@ -84,10 +89,11 @@ def read_model_metadata(model_dir: str) -> dict:
     if not meta.get("class_names") and FileSystems.exists(labels):
         with FileSystems.open(labels, compression_type="uncompressed") as f:
             meta["class_names"] = [ln for ln in f.read().decode("utf-8").splitlines() if ln]
-    version = posixpath.basename(version_dir.rstrip("/"))
-    meta["model_version"] = meta.get("version") or (int(version) if version.isdigit() else None)
+    folder = posixpath.basename(version_dir.rstrip("/"))
+    number = layout.version_number(folder)
+    meta["model_version"] = meta.get("version") or number
     meta.setdefault("model_name", posixpath.basename(posixpath.dirname(version_dir.rstrip("/")))
-                    if version.isdigit() else posixpath.basename(version_dir.rstrip("/")))
+                    if number is not None else folder)
     meta["version_dir"] = version_dir
     return meta
 
@@ -189,34 +195,19 @@ class SavedModelSegmenter:
     """
 
     def __init__(self, model_dir: str, device: Optional[str] = None):
-        import tensorflow as tf
+        from model.exported import load_exported  # TensorFlow: only on workers that run it
 
         self.meta = read_model_metadata(model_dir)
-        self._tf = tf
-        self._loaded = tf.saved_model.load(local_model_dir(self.meta["version_dir"]))
-        if SIGNATURE not in self._loaded.signatures:
-            raise ValueError(f"{self.meta['version_dir']}: SavedModel has no '{SIGNATURE}' "
-                             f"signature (has {sorted(self._loaded.signatures)}); re-export it "
-                             f"with `python -m export`")
-        self._fn = self._loaded.signatures[SIGNATURE]
+        self._exported = load_exported(local_model_dir(self.meta["version_dir"]))
+        self._exported.signature(SIGNATURE)  # a model without it fails here, not per batch
         self._device = device
 
     def segment(self, images: list[bytes]) -> dict:
-        tf = self._tf
-        with tf.device(self._device) if self._device else _nullcontext():
-            out = self._fn(image_bytes=tf.constant(images, dtype=tf.string))
-        return {k: v.numpy() for k, v in out.items()}
+        return self._exported.call(SIGNATURE, device=self._device,
+                                   **{names.IMAGE_BYTES: images})
 
     def describe(self) -> tuple[str, Optional[int]]:
         return self.meta["model_name"], self.meta["model_version"]
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegmenter]):

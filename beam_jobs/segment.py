@@ -41,7 +41,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
 from beam_jobs import evaluation, outputs, runners, sources
 from contract.names import COCO_PROTOCOLS, KITTI_TASKS
 from contract.records import require_task
-from model.data import ROAD_COLOURS, palette
+from model.data import colours_for, get_dataset
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
 from beam_jobs.sources import DeadLetter, ImageItem
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True,
                    help="output folder (local, gs:// or s3://); each run goes to "
                         "<output>/runs/<run id>, published in <output>/LATEST when it succeeds")
-    p.add_argument("--dataset", choices=sources.DATASETS, default="folder")
+    p.add_argument("--dataset", choices=sources.datasets(), default="folder")
     p.add_argument("--annotations", help="coco: instances_*.json giving images and ground truth")
     p.add_argument("--labels-dir", help="folder: ground-truth class-id PNGs named <stem>.png")
     p.add_argument("--task", choices=KITTI_TASKS,
@@ -120,12 +120,15 @@ def _check_args(args, parser) -> None:
         parser.error("--mode inprocess needs --model-dir")
     if args.mode == "grpc" and not (args.server and args.model_name):
         parser.error("--mode grpc needs --server and --model-name")
-    if args.dataset == "coco" and not args.annotations:
-        parser.error("--dataset coco needs --annotations")
-    if args.dataset != "kitti" and (args.task or args.submission_zip is not None):
-        parser.error("--task and --submission-zip are for --dataset kitti")
-    if args.dataset != "coco" and args.coco_protocol:
-        parser.error("--coco-protocol is for --dataset coco")
+    dataset = get_dataset(args.dataset)
+    if dataset.lists_annotations and not args.annotations:
+        parser.error(f"--dataset {args.dataset} needs --annotations")
+    if not dataset.tasks and (args.task or args.submission_zip is not None):
+        parser.error(f"--task and --submission-zip are for a dataset with tasks, not "
+                     f"{args.dataset}")
+    if not dataset.protocols and args.coco_protocol:
+        parser.error(f"--coco-protocol is for a dataset with label protocols, not "
+                     f"{args.dataset}")
     if args.min_batch_size is None:
         args.min_batch_size = args.batch_size
     if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
@@ -139,7 +142,8 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
     if categories in (["all"], ["voc"]):  # exports made before train stored resolved names
         categories = categories[0]
     coco_map = None
-    if args.dataset == "coco":
+    dataset = get_dataset(args.dataset)
+    if dataset.has_categories:
         from types import SimpleNamespace
 
         from model.data.coco import select_categories
@@ -153,11 +157,10 @@ def resolve_classes(args, meta: dict, coco_meta: Optional[dict]) -> dict:
                     "cat_id_to_label": {cid: i + 1 for i, cid in enumerate(cat_ids)},
                     "protocol": (args.coco_protocol or meta.get("coco_protocol")
                                  or "fcnseg")}
-    if not names and args.dataset == "kitti":
-        names = ["non-road", "road"]
+    names = names or dataset.default_class_names(args.task)
     colours = meta.get("colours") or None
     if names and (not colours or len(colours) != len(names)):
-        colours = ROAD_COLOURS if len(names) == 2 else palette(len(names))
+        colours = colours_for(names)
     return {"class_names": names, "colours": colours, "coco": coco_map}
 
 
@@ -179,6 +182,7 @@ class FinishImage(beam.DoFn):
         self.classes = classes
         self.overlays = overlays
         self.evaluate = evaluate
+        self.board = evaluation.Scoreboard(classes["class_names"])  # its label check
         self.ok = beam.metrics.Metrics.counter(NAMESPACE, "images_ok")
         self.evaluated = beam.metrics.Metrics.counter(NAMESPACE, "images_evaluated")
         self.failed = {s: beam.metrics.Metrics.counter(NAMESPACE, f"failed_{s}")
@@ -234,35 +238,40 @@ class FinishImage(beam.DoFn):
                 yield self._dead(item, "calibration", str(exc))
                 return
             confidence = evaluation.decode_confidence(seg.confidence_png)
-        stats = []
+        scored = None
         if label is not None:
             try:
-                stats = evaluation.image_stats(self.dataset, item.category, seg, label,
-                                               len(self.classes["class_names"]),
-                                               confidence=confidence, bev_table=table)
+                self.board.check_label(label)
             except ValueError as exc:  # label values the model's classes do not cover
                 yield self._dead(item, "ground_truth", f"{item.gt.path or 'annotations'}: {exc}")
                 return
+            scored = evaluation.ScoredImage(
+                seg.class_ids, label, self._road_confidence(seg, confidence), item.category,
+                table)
         # I/O errors propagate: the runner retries the bundle (a dead letter would drop the
         # image on a transient storage error and let the job "succeed").
         files = self._write(item, seg, label, table, confidence)
         self.ok.inc()
         self._progress()
         self.latency.update(int(seg.latency_ms))
-        if label is not None:
+        if scored is not None:
             self.evaluated.inc()
-            for key, stat in stats:
-                yield beam.pvalue.TaggedOutput("stats", (key, stat))
+            yield beam.pvalue.TaggedOutput("scored", scored)
         if "kitti_submission" in files:
             yield beam.pvalue.TaggedOutput("submission", files["kitti_submission"])
         yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
+
+    def _road_confidence(self, seg: Segmentation, decoded):
+        if not self.board.road_scores:
+            return None
+        return evaluation.decode_confidence(seg.confidence_png) if decoded is None else decoded
 
     def _write(self, item: ImageItem, seg: Segmentation, label, table=None,
                confidence=None) -> dict:
         stem = sources.stem_of(item.path)
         files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
         outputs.write_bytes(files["mask"], seg.mask_png)
-        submission = sources.kitti_submission_name(item.path, self.task)
+        submission = get_dataset(self.dataset).submission_name(item.path, self.task)
         if table is not None and submission:
             from model.data import kitti_bev
             # perspective map as the model wrote it; the upload is its bird's-eye view
@@ -330,7 +339,7 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
         output, args.dataset, classes, args.overlays, args.evaluate,
-        args.task or "road")).with_outputs("dead", "stats", "submission", main="results")
+        args.task or "road")).with_outputs("dead", "scored", "submission", main="results")
     if args.submission_zip is not None:
         zip_path = args.submission_zip or FileSystems.join(output, outputs.SUBMISSION_ZIP)
         _ = (finished.submission
@@ -366,19 +375,15 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
              beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
 
     if args.evaluate:
-        score_fields = {"task": args.task} if args.dataset == "kitti" else {}
+        dataset = get_dataset(args.dataset)
+        score_fields = {"task": args.task} if dataset.tasks else {}
         if classes.get("coco"):
             score_fields["coco_protocol"] = classes["coco"]["protocol"]
-        evaluated = (finished.stats
-                     | "EvaluatedImages" >> beam.Filter(lambda kv: kv[0] == evaluation.CONFUSION)
-                     | "CountEvaluated" >> beam.combiners.Count.Globally())
-        _ = (finished.stats
-             | "SumStats" >> beam.CombinePerKey(evaluation.SumFn())
-             | "StatsToDict" >> beam.combiners.ToDict()
-             | "WriteMetrics" >> beam.Map(
-                 lambda totals, n: evaluation.write_evaluation(
-                     totals, output, classes["class_names"], n, **score_fields),
-                 beam.pvalue.AsSingleton(evaluated)))
+        _ = (finished.scored
+             | "Score" >> beam.CombineGlobally(evaluation.ScoreboardFn(
+                 classes["class_names"], by_category=dataset.by_category))
+             | "WriteMetrics" >> beam.Map(evaluation.write_evaluation, output,
+                                          **score_fields))
 
 
 def make_handler(args):
@@ -416,18 +421,18 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     meta: dict = {}
     if args.model_dir:
         meta = read_model_metadata(args.model_dir)
-    if args.dataset == "kitti":
+    dataset = get_dataset(args.dataset)
+    if dataset.tasks:
         # The model says what it was trained for; asking for the other task is an error,
         # not lane scores of a road model (without --model-dir, grpc: trust --task).
-        model_task = meta.get("task") if meta.get("dataset") == "kitti" else None
-        require_task(model_task, args.task, args.model_dir or "the model")
-        args.task = args.task or model_task or "road"
+        require_task(meta.get("task"), args.task, args.model_dir or "the model")
+        args.task = dataset.task_of(meta.get("task"), args.task)
     coco_meta = None
-    if args.dataset == "coco":
+    if dataset.lists_annotations:
         # Read here for the categories and an early error; the pipeline lists the images
         # itself, so a big annotation file does not end up in the pipeline graph.
         coco_entries, coco_meta = sources.load_coco_index(
-            args.annotations, sources.expand_input(args.input, "coco"))
+            args.annotations, sources.expand_input(args.input, args.dataset))
         if not coco_entries:
             raise ValueError(f"{args.annotations}: no listed image matches {args.input}")
     else:
@@ -469,7 +474,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         "model": args.model_dir if args.mode == "inprocess" else
         f"{args.server}/{args.model_name}",
         "counters": _counters(result)})
-    if args.dataset == "kitti":
+    if dataset.tasks:
         summary["task"] = args.task
     if args.submission_zip is not None:
         summary["submission_zip"] = (args.submission_zip

@@ -16,22 +16,21 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from contract import kitti as contract_kitti
 from common.files import OutsideRootError, resolve_inside
+from contract.files import is_image_name
+from model.data import dataset_names, get_dataset
 
-DATASETS = ("kitti", "coco", "folder")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_KITTI_IMAGE_RE = contract_kitti.IMAGE_RE
+
+def datasets() -> tuple[str, ...]:
+    """The registered datasets the job can read: those that live in files."""
+    return tuple(name for name in dataset_names() if get_dataset(name).needs_root)
 
 
 @dataclasses.dataclass
 class GroundTruth:
-    """Where an image's labels come from.
-
-    kind 'kitti': `path` is the gt_image_2 colour PNG (devkit decoding); 'ids': `path` is a
-    PNG of class ids; 'coco': `annotations` are the image's COCO annotation dicts.
-    """
-    kind: str
+    """Where an image's labels come from: `path`, a ground-truth file read by the dataset's
+    registry entry (model.data), or `annotations`, the image's COCO annotation dicts."""
+    dataset: str
     path: Optional[str] = None
     annotations: Optional[list] = None
     height: Optional[int] = None  # COCO: the size the annotations were drawn at
@@ -66,19 +65,20 @@ def stem_of(path: str) -> str:
 
 
 def expand_input(input_path: str, dataset: str, task: str = "road") -> str:
-    """A directory becomes a glob over its files; KITTI roots resolve to training/image_2
-    (only um_*.png for the lane task, which exists for um only)."""
+    """A directory becomes a glob over its files; a dataset root resolves to its image
+    folder (KITTI: training/image_2, only um_*.png for the lane task, which exists for um
+    only)."""
     if any(c in input_path for c in "*?["):
         return input_path
     base = input_path.rstrip("/")
-    if dataset == "kitti":
-        images = "um_*.png" if task == "lane" else "*.png"
-        for sub in ("training/image_2", "image_2"):
-            candidate = FileSystems.join(base, sub)
-            if _is_dir(candidate):
-                return FileSystems.join(candidate, images)
-        if task == "lane" and _is_dir(base):  # the image_2 folder itself
-            return FileSystems.join(base, images)
+    entry = get_dataset(dataset)
+    images = entry.image_glob(task)
+    for sub in entry.image_folders:
+        candidate = FileSystems.join(base, sub)
+        if _is_dir(candidate):
+            return FileSystems.join(candidate, images)
+    if images != "*" and _is_dir(base):  # the image folder itself
+        return FileSystems.join(base, images)
     if _is_dir(base):
         return FileSystems.join(base, "*")
     return input_path
@@ -118,41 +118,6 @@ def outside_root(root: str, path: str) -> Optional[str]:
     return None
 
 
-def kitti_gt_path(image_path: str, task: str = "road") -> Optional[str]:
-    """training/gt_image_2/<cat>_<task>_<n>.png next to training/image_2, if it exists."""
-    m = _KITTI_IMAGE_RE.match(posixpath.basename(image_path))
-    if not m:
-        return None
-    image_dir = posixpath.dirname(image_path)
-    gt = FileSystems.join(posixpath.dirname(image_dir), "gt_image_2",
-                          f"{m.group(1)}_{task}_{m.group(2)}.png")
-    return gt if FileSystems.exists(gt) else None
-
-
-def kitti_category(path: str) -> Optional[str]:
-    m = _KITTI_IMAGE_RE.match(posixpath.basename(path))
-    return m.group(1) if m else None
-
-
-def kitti_submission_name(path: str, task: str = "road") -> Optional[str]:
-    """um_000000.png -> um_road_000000.png (the benchmark's result file name); None for a
-    name that is not KITTI's or a category the task does not cover (lane: um only)."""
-    try:
-        return contract_kitti.submission_name(posixpath.basename(path), task)
-    except contract_kitti.NotAKittiName:
-        return None
-
-
-def kitti_calib_path(image_path: str) -> Optional[str]:
-    """<split>/calib/<cat>_<n>.txt beside <split>/image_2/<cat>_<n>.png (may not exist)."""
-    try:
-        name = contract_kitti.calib_name(posixpath.basename(image_path))
-    except contract_kitti.NotAKittiName:
-        return None
-    split_dir = posixpath.dirname(posixpath.dirname(image_path))
-    return FileSystems.join(split_dir, "calib", name)
-
-
 class _ReadFile(beam.DoFn):
     """ReadableFile (or (path, gt) from COCO) -> ImageItem with bytes, or a dead letter."""
 
@@ -189,26 +154,25 @@ class _ReadFile(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead", DeadLetter(path, "read", reason))
             return
         item = ImageItem(path=path, data=data, gt=gt)
-        if self.dataset == "kitti":
-            item.category = kitti_category(path)
-            if kitti_submission_name(path, self.task):  # a KITTI image the task covers
-                gt_path = kitti_gt_path(path, self.task)
-                item.gt = GroundTruth("kitti", path=gt_path) if gt_path else None
-                item.calib_path = kitti_calib_path(path)
-                try:  # read now: without it there is no submission map, so no work is done
-                    with FileSystems.open(item.calib_path, compression_type="uncompressed") as f:
-                        item.calib = f.read().decode("utf-8", errors="replace")
-                except Exception as exc:  # noqa: BLE001 - this image's dead letter
-                    reason = (f"calibration file {item.calib_path} not found"
-                              if not _exists(item.calib_path)
-                              else f"cannot read calibration file {item.calib_path} ({exc})")
-                    yield beam.pvalue.TaggedOutput("dead", DeadLetter(
-                        path, "calibration", reason + " (the bird's-eye-view submission "
-                        "map needs P2, R0_rect and Tr_cam_to_road)"))
-                    return
-        elif self.dataset == "folder" and self.labels_dir:
-            label = FileSystems.join(self.labels_dir, stem_of(path) + ".png")
-            item.gt = GroundTruth("ids", path=label) if FileSystems.exists(label) else None
+        entry = get_dataset(self.dataset)
+        item.category = entry.category_of(path)
+        if item.gt is None:
+            gt_path = entry.ground_truth_path(path, self.task, self.labels_dir)
+            if gt_path and FileSystems.exists(gt_path):
+                item.gt = GroundTruth(self.dataset, path=gt_path)
+        item.calib_path = entry.calibration_path(path, self.task)
+        if item.calib_path:
+            try:  # read now: without it there is no submission map, so no work is done
+                with FileSystems.open(item.calib_path, compression_type="uncompressed") as f:
+                    item.calib = f.read().decode("utf-8", errors="replace")
+            except Exception as exc:  # noqa: BLE001 - this image's dead letter
+                reason = (f"calibration file {item.calib_path} not found"
+                          if not _exists(item.calib_path)
+                          else f"cannot read calibration file {item.calib_path} ({exc})")
+                yield beam.pvalue.TaggedOutput("dead", DeadLetter(
+                    path, "calibration", reason + " (the bird's-eye-view submission "
+                    "map needs P2, R0_rect and Tr_cam_to_road)"))
+                return
         if item.gt is not None and item.gt.path:
             outside = outside_root(posixpath.dirname(item.gt.path), item.gt.path)
             if outside:
@@ -269,8 +233,7 @@ class ReadImages(beam.PTransform):
     def __init__(self, dataset: str, pattern: str, annotations: Optional[str] = None,
                  labels_dir: Optional[str] = None, task: str = "road"):
         super().__init__()
-        if dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        get_dataset(dataset)  # an unknown name fails here, naming the known ones
         self.dataset = dataset
         self.pattern = pattern
         self.annotation_file = annotations  # not .annotations: PTransform has that method
@@ -280,7 +243,8 @@ class ReadImages(beam.PTransform):
     def expand(self, pbegin):
         # Listing happens in one place; Reshuffle spreads the files over the workers before
         # they are read (otherwise fusion keeps them all on the worker that listed them).
-        if self.dataset == "coco":
+        lists_annotations = get_dataset(self.dataset).lists_annotations
+        if lists_annotations:
             files = (pbegin
                      | "AnnotationFile" >> beam.Create([self.annotation_file])
                      | "ListCocoImages" >> beam.FlatMap(
@@ -292,7 +256,7 @@ class ReadImages(beam.PTransform):
                      | "ImagesOnly" >> beam.Filter(_looks_like_input, self.pattern)
                      | "Spread" >> beam.Reshuffle()
                      | "ReadMatches" >> fileio.ReadMatches())
-        root = None if self.dataset == "coco" else pattern_root(self.pattern)
+        root = None if lists_annotations else pattern_root(self.pattern)
         return files | "ReadBytes" >> beam.ParDo(
             _ReadFile(self.dataset, self.labels_dir, root, self.task)).with_outputs("dead", main="items")
 
@@ -302,4 +266,4 @@ def _looks_like_input(metadata, pattern: str) -> bool:
     # a dead letter); a directory's glob skips files that are not images (README, .json).
     if not pattern.endswith("/*"):
         return True
-    return metadata.path.lower().endswith(IMAGE_EXTENSIONS)
+    return is_image_name(metadata.path)

@@ -10,7 +10,8 @@ import numpy as np
 
 from benchmarks.common import log, throughput
 from common.cpu import bfloat16_advice, this_machine
-from export.savedmodel import export_saved_model, load_saved_model
+from export.savedmodel import export_saved_model
+from model.exported import load_exported
 
 TARGET_SPEEDUP = 1.8
 TARGET_AGREEMENT = 0.995
@@ -28,7 +29,7 @@ def run(mut, images, args) -> dict:
             log(f"bfloat16: exporting the model with --compute-dtype {dtype}")
             path = export_saved_model(keras_model, config, tmp, f"fcn8s_{dtype}",
                                       version=1, compute_dtype=dtype)
-            loaded[dtype] = load_saved_model(path)
+            loaded[dtype] = load_exported(path)
         # The two are timed in alternation, so that both see the same machine load.
         samples = {dtype: [] for dtype in loaded}
         for dtype, model in loaded.items():

@@ -86,8 +86,8 @@ class ModelUnderTest:
 
     @functools.cached_property
     def loaded(self):
-        from export.savedmodel import load_saved_model
-        return load_saved_model(self.path)
+        from model.exported import load_exported
+        return load_exported(self.path)
 
     def keras_model(self, input_shape=None):
         """The FCN-8s with this version's weights (read from the SavedModel's variables), at

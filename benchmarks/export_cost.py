@@ -33,8 +33,10 @@ def _child(argv=None) -> dict:
     import tensorflow as tf
     out = {"import_s": time.perf_counter() - start, "replay_warmup": args.replay_warmup}
 
+    from model.exported import load_exported
+
     start = time.perf_counter()
-    loaded = tf.saved_model.load(args.version_dir)
+    loaded = load_exported(args.version_dir)
     out["load_s"] = time.perf_counter() - start
     if args.replay_warmup:
         from contract.layout import WARMUP_PATH
@@ -43,21 +45,19 @@ def _child(argv=None) -> dict:
         logs = read_warmup_file(Path(args.version_dir) / WARMUP_PATH)
         for record in logs:  # what TF Serving does with each PredictionLog on load
             request = record.predict_log.request
-            fn = loaded.signatures[request.model_spec.signature_name or "serving_default"]
-            fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+            loaded.call(request.model_spec.signature_name or "serving_default",
+                        **{k: tf.make_ndarray(v) for k, v in request.inputs.items()})
         out["warmup_records"] = len(logs)
         out["warmup_replay_s"] = time.perf_counter() - start
 
     blob = Path(args.image_png).read_bytes()
-    image = tf.io.decode_png(blob, channels=3)[None]
-    calls = {"serving_default": lambda: loaded.signatures["serving_default"](images=image),
-             "segment_encoded": lambda: loaded.signatures["segment_encoded"](
-                 image_bytes=tf.constant([blob]))}
+    image = tf.io.decode_png(blob, channels=3)[None].numpy()
+    calls = {"serving_default": lambda: loaded.segment(image),
+             "segment_encoded": lambda: loaded.segment_encoded([blob])}
     for name, call in calls.items():
         for which in ("first", "second"):
             start = time.perf_counter()
-            result = call()
-            next(iter(result.values())).numpy()
+            call()
             out[f"{name}_{which}_ms"] = (time.perf_counter() - start) * 1e3
     return out
 

@@ -1,5 +1,5 @@
-"""In process: the SavedModel's two signatures called through export.savedmodel.LoadedModel
-(tf.saved_model.load), on KITTI-sized images, at several batch sizes."""
+"""In process: the SavedModel's two signatures called through model.exported (the one
+loader), on KITTI-sized images, at several batch sizes."""
 from __future__ import annotations
 
 from benchmarks.common import log, measure, throughput

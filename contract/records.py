@@ -91,19 +91,6 @@ class _Record:
                               f"got {self.coco_protocol!r}")
 
 
-def parse_inference_size(words) -> list[int] | str:
-    """`--inference-size` as typed (["native"] or ["H", "W"]) -> names.NATIVE or [H, W]; the
-    one reading of the flag for every command. ValueError says what it takes."""
-    words = [str(w) for w in words]
-    if words == [names.NATIVE]:
-        return names.NATIVE
-    if len(words) == 2 and all(w.isdigit() and int(w) > 0 and int(w) % names.SIZE_MULTIPLE == 0
-                               for w in words):
-        return [int(w) for w in words]
-    raise ValueError(f"takes H W (positive multiples of {names.SIZE_MULTIPLE}) or "
-                     f"'{names.NATIVE}', got {' '.join(words)}")
-
-
 def require_task(model_task: str | None, task: str | None, source: str = "model") -> None:
     """The one check that a KITTI task asked for is the task a model was trained for; a
     record without a task (not KITTI, or written before tasks were recorded) passes."""

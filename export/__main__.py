@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from common import cli
+from model import geometry
 
 if __name__ == "__main__":
     cli.quiet_tensorflow()  # before anything below loads TensorFlow
@@ -11,7 +12,6 @@ if __name__ == "__main__":
 import json
 from pathlib import Path
 
-from contract.records import parse_inference_size
 from export.precision import COMPUTE_DTYPES
 from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
 from model.runs import checkpoint_path, load_checkpoint, load_run_config, read_json
@@ -45,10 +45,7 @@ def parse_args(argv=None):
         # TF Serving loads only positive numeric version folders (file_system_storage_path_source)
         raise cli.UserError("--model-version", f"must be 1 or more, got {args.model_version}")
     if args.inference_size is not None:
-        try:
-            args.inference_size = parse_inference_size(args.inference_size)
-        except ValueError as err:
-            raise cli.UserError("--inference-size", err) from None
+        args.inference_size = geometry.parse_size(args.inference_size)
     return args
 
 

@@ -1,4 +1,4 @@
-"""Export a Keras FCN-8s to a versioned TF Serving SavedModel, and load one back.
+"""Export a Keras FCN-8s to a versioned TF Serving SavedModel (model.exported loads one back).
 
 Layout of `<model_base>/<model_name>/<version>/`:
     saved_model.pb, variables/             the graph and the weights (stored once)
@@ -11,20 +11,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from contract.layout import (LABELS_FILE, LABELS_PATH, METADATA_PATH, TEMP_PREFIX, WARMUP_PATH,
+from contract.layout import (LABELS_FILE, METADATA_PATH, TEMP_PREFIX, WARMUP_PATH,
                              next_version)
 from contract.names import NATIVE
-from contract.records import ExportMetadata
 from export.metadata import build_metadata, write_labels, write_metadata
 from export.precision import serving_copy
-from export.signatures import (SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT,
-                               ServingModule, describe, geometry_of)
+from export.signatures import ServingModule, describe, geometry_of
 from export.warmup import write_warmup_file
 
 def weights_nbytes(keras_model) -> int:
@@ -139,43 +136,3 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
     os.rename(final, old)
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-
-
-@dataclass
-class LoadedModel:
-    """An exported version loaded in-process: its signatures, class names and metadata."""
-    path: Path
-    module: object = field(repr=False)
-    metadata: dict
-    class_names: list
-
-    @property
-    def signatures(self):
-        return self.module.signatures
-
-    def segment(self, images: np.ndarray) -> dict:
-        """serving_default on uint8 images [N,H,W,3] -> numpy outputs."""
-        out = self.signatures[SERVING_DEFAULT](images=tf.constant(images, tf.uint8))
-        return {k: v.numpy() for k, v in out.items()}
-
-    def probabilities(self, images: np.ndarray) -> dict:
-        """segment_probabilities on uint8 images [N,H,W,3] -> {"probabilities": float32}."""
-        out = self.signatures[SEGMENT_PROBABILITIES](images=tf.constant(images, tf.uint8))
-        return {k: v.numpy() for k, v in out.items()}
-
-    def segment_encoded(self, blobs) -> dict:
-        """segment_encoded on a list of PNG/JPEG bytes -> numpy outputs."""
-        out = self.signatures[SEGMENT_ENCODED](image_bytes=tf.constant(list(blobs), tf.string))
-        return {k: v.numpy() for k, v in out.items()}
-
-
-def load_saved_model(path) -> LoadedModel:
-    path = Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"{path}: no saved_model.pb (not an exported version folder)")
-    metadata = ExportMetadata.of_version(path).to_dict()
-    labels_path = path / LABELS_PATH
-    class_names = labels_path.read_text(encoding="utf-8").splitlines() \
-        if labels_path.is_file() else list(metadata.get("class_names") or [])
-    return LoadedModel(path=path, module=tf.saved_model.load(str(path)), metadata=metadata,
-                       class_names=class_names)

@@ -27,9 +27,7 @@ import tensorflow as tf
 from contract import names
 from contract.names import NATIVE, SIZE_MULTIPLE
 from model.data import pipeline
-# Re-exported: importers of export.signatures keep working.
-from contract.names import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED,  # noqa: F401
-                            SEGMENT_PROBABILITIES, SERVING_DEFAULT)
+from contract.names import SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT
 
 # Padding value of the batched class_ids of segment_encoded: the project's 'ignore' label.
 PAD_CLASS_ID = names.IGNORE_LABEL

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from contract import names
-from export.signatures import SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT
+from contract.names import SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT
 from export.wire import predict_request
 
 

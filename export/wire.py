@@ -8,7 +8,6 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from contract.names import GRPC_DEFAULT_MAX_MESSAGE_BYTES  # noqa: F401 (re-exported)
 
 
 def predict_request(model_name: str, signature_name: str,

@@ -11,10 +11,11 @@ part with --split, split as model.train does); no run directory is needed. COCO 
 rendered for the model's own categories, in its class order.
     (--model-dir: a model folder, its newest version, or a version folder)
 
-Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
-confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
-for the first --overlays images. Prints a summary table. Probabilities are computed at each
-image's original size (model.inference), so KITTI is scored at full resolution.
+Writes to --output (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (binary
+models) or confusion_matrix.png (other models), and with --overlays overlays/<name>.png
+(prediction above ground truth) for every image, as the Beam job's --overlays does. Prints a
+summary table. Probabilities are computed at each image's original size (model.inference),
+so KITTI is scored at full resolution.
 
 KITTI is scored twice: in the perspective view (the camera image) and in the bird's-eye view
 the benchmark ranks (model/data/kitti_bev.py, from each image's training/calib file; also
@@ -22,19 +23,25 @@ pr_curve_bev.png). --task road|lane must match the task the model was trained fo
 """
 from __future__ import annotations
 
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below imports TensorFlow
+
 import argparse
 import pathlib
-import sys
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from contract import layout
-from contract.names import COCO_PROTOCOLS, NATIVE
-from contract.records import ExportMetadata, require_task
-from model import metrics, plots, runs
-from model.data import image_io, kitti, kitti_bev, palette
+from contract.names import COCO_PROTOCOLS, KITTI_TASKS
+from contract.records import ExportMetadata, RecordError, require_task
+from model import geometry, plots, runs
+from model.data import (Dataset, Options, dataset_names, get_dataset, image_io, kitti_bev,
+                        palette)
+from model.scoreboard import Scoreboard
 
 KITTI_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "IoU")
 
@@ -65,30 +72,17 @@ def resolve_pairs(pairs: Sequence[Sequence[str]], config: dict,
     return resolved
 
 
-def read_label(path, label_format: str) -> np.ndarray:
-    if label_format == "kitti":
-        return kitti.read_gt(path)
-    if label_format == "ids":
-        return image_io.read_label_png(path)
-    raise ValueError(f"unknown label_format {label_format!r} (expected 'kitti' or 'ids')")
-
-
 def _argmax(prob: np.ndarray) -> np.ndarray:
     if prob.shape[-1] == 2:  # 4x faster than argmax; ties go to class 0 as with argmax
         return (prob[..., 1] > prob[..., 0]).astype(np.uint8)
     return np.argmax(prob, axis=-1).astype(np.uint8)
 
 
-def _category(image_path: pathlib.Path) -> str:
-    try:
-        return kitti.category_of(image_path)
-    except ValueError:
-        return "other"
-
-
-def _calib_files(pairs) -> dict:
+def _calib_files(pairs, dataset: Dataset, task) -> dict:
     """image -> its calibration file, or FileNotFoundError naming every missing one."""
-    calibs = {image: kitti.calib_path_for(image) for image, _ in pairs}
+    calibs = {image: pathlib.Path(dataset.calibration_path(str(image), task) or
+                                  f"{image} (no calibration for this image name)")
+              for image, _ in pairs}
     missing = sorted(str(c) for c in calibs.values() if not c.is_file())
     if missing:
         shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
@@ -99,7 +93,8 @@ def _calib_files(pairs) -> dict:
 
 
 def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
-                   batch_size: int = 4, source: dict | None = None, bev: bool = True) -> dict:
+                   batch_size: int = 4, source: dict | None = None, bev: bool = True,
+                   dataset: Dataset | None = None) -> dict:
     """Score a model on (image, label) path pairs at original resolution.
 
     model: a keras.Model (run at config["image_size"] via model.inference), or any predictor
@@ -107,6 +102,8 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     `inference.saved_model_predictor`). Writes out_dir/metrics.json, the PR curve or the
     confusion matrix, and `overlays` overlay PNGs; returns the metrics dict. KITTI is also
     scored in the bird's-eye view unless `bev` is False ("kitti_bev", pr_curve_bev.png).
+    `dataset`: the registry entry the pairs come from (default: the model's, config's
+    "dataset"); it reads the labels and says how scores are grouped.
     """
     from model import inference  # TensorFlow import only where a model is actually run
 
@@ -122,22 +119,20 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     class_names = list(config["class_names"])
     num_classes = len(class_names)
     colours = config.get("colours")
-    label_format = config.get("label_format", "ids")
-    is_kitti = label_format == "kitti"
+    dataset = dataset or get_dataset(config["dataset"])
     # Any binary model (KITTI, synthetic roads, a two-class folder) gets the devkit's road
     # scores with class 1 as positive; only KITTI images are also grouped by category.
-    road_scores = num_classes == 2
-    if is_kitti and num_classes != 2:
-        raise ValueError(f"KITTI evaluation needs a binary model, config has {num_classes} classes")
+    if dataset.by_category and num_classes != 2:
+        raise ValueError(f"{dataset.name} evaluation needs a binary model, config has "
+                         f"{num_classes} classes")
     if not pairs:
         raise ValueError("no images to evaluate (empty split)")
-    bev = bev and is_kitti
-    calibs = _calib_files(pairs) if bev else {}  # before any work: a missing file stops here
+    bev = bev and dataset.bird_eye_view
+    task = dataset.task_of(config.get("task"), None)
+    # before any work: a missing calibration file stops here
+    calibs = _calib_files(pairs, dataset, task) if bev else {}
 
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    road: dict[str, metrics.RoadCounts] = {}
-    road_bev: dict[str, metrics.RoadCounts] = {}
-    images_per_category: dict[str, int] = {}
+    board = Scoreboard(class_names, by_category=dataset.by_category)
     overlays_written = 0
     with tqdm(total=len(pairs), desc="evaluate", unit="img") as progress:
         for start in range(0, len(pairs), batch_size):
@@ -145,7 +140,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
             images = [image_io.read_image(image_path) for image_path, _ in chunk]
             probs = predict(images)
             for (image_path, label_path), image, prob in zip(chunk, images, probs):
-                label = read_label(label_path, label_format)
+                label = dataset.read_label(label_path)
                 if label.shape != image.shape[:2]:
                     raise ValueError(f"{label_path}: label is {label.shape[1]}x{label.shape[0]} "
                                      f"but image {image_path} is "
@@ -154,16 +149,11 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     raise ValueError(f"{image_path}: model returned {prob.shape}, expected "
                                      f"{(*image.shape[:2], num_classes)}")
                 pred = _argmax(prob)
-                cm += metrics.confusion_matrix(pred, label, num_classes)
-                if road_scores:
-                    category = _category(image_path) if is_kitti else metrics.OVERALL
-                    counts = metrics.road_counts(prob[..., 1], label)
-                    road[category] = road.get(category, metrics.RoadCounts()) + counts
-                    if bev:
-                        table = kitti_bev.lookup_for_file(calibs[image_path], label.shape)
-                        counts = metrics.bev_road_counts(prob[..., 1], label, table)
-                        road_bev[category] = road_bev.get(category, metrics.RoadCounts()) + counts
-                    images_per_category[category] = images_per_category.get(category, 0) + 1
+                board.add(pred, label,
+                          road_confidence=prob[..., 1] if board.road_scores else None,
+                          category=dataset.category_of(image_path),
+                          bev_table=(kitti_bev.lookup_for_file(calibs[image_path], label.shape)
+                                     if bev else None))
                 if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
                                        image, pred, colours or palette(num_classes),
@@ -171,25 +161,12 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     overlays_written += 1
                 progress.update(1)
 
-    road = dict(sorted(road.items()))
-    if road_scores:
-        if is_kitti:
-            road[metrics.OVERALL] = sum(road.values(), metrics.RoadCounts())
-        images_per_category[metrics.OVERALL] = len(pairs)
-        plots.save_pr_curve(out_dir / "pr_curve.png", road)
-        if bev:
-            road_bev = dict(sorted(road_bev.items()))
-            road_bev[metrics.OVERALL] = sum(road_bev.values(), metrics.RoadCounts())
-            plots.save_pr_curve(out_dir / "pr_curve_bev.png", road_bev,
-                                title="KITTI road: precision-recall, bird's-eye view")
-    else:
-        plots.save_confusion_matrix(out_dir / "confusion_matrix.png", cm, class_names)
-    fields = {"task": config.get("task") or "road"} if is_kitti else {}
-    if config.get("dataset") == "coco":
-        fields["coco_protocol"] = config.get("coco_protocol") or "fcnseg"
-    result = metrics.metrics_record(cm, class_names, len(pairs), road, images_per_category,
-                                    road_bev=road_bev, label_format=label_format,
-                                    **fields, **(source or {}))
+    for name, draw, draw_args, draw_kwargs in board.figures():
+        draw(out_dir / name, *draw_args, **draw_kwargs)
+    fields = {"task": task} if dataset.tasks else {}
+    if dataset.protocols:
+        fields["coco_protocol"] = config.get("coco_protocol") or dataset.protocols[0]
+    result = board.result(label_format=dataset.label_format, **fields, **(source or {}))
     runs.write_json(out_dir / "metrics.json", result)
     return result
 
@@ -270,7 +247,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                            "e.g. models/fcn8s, or a version folder models/fcn8s/3")
     parser.add_argument("--run-dir", help="training run directory (default: from the checkpoint "
                                           "path or the SavedModel metadata)")
-    parser.add_argument("--dataset", choices=DATASETS,
+    parser.add_argument("--dataset", choices=[n for n in dataset_names()
+                                              if get_dataset(n).needs_root],
                         help="score on this dataset at --data-root instead of the run's split")
     parser.add_argument("--split", choices=("val", "train", "all"),
                         help="default: val of the run's split; with --dataset: all")
@@ -289,12 +267,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--inference-size", nargs="+", metavar="H W | native",
                         help="checkpoint only: geometry to run at (default: the training "
                              "size; a SavedModel infers at its export's inference_size)")
-    parser.add_argument("--out", help="output directory (default <run_dir>/eval_<split>, with "
-                                      "--dataset eval_<dataset>_<split>)")
-    parser.add_argument("--overlays", type=int, default=8,
-                        help="number of overlay PNGs to write (default 8)")
+    parser.add_argument("--output", help="output folder (default <run_dir>/eval_<split>, "
+                                         "with --dataset eval_<dataset>_<split>)")
+    parser.add_argument("--overlays", action="store_true",
+                        help="also write overlays/<name>.png for every image (prediction "
+                             "above ground truth), as the Beam job's --overlays")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--task", choices=kitti.TASKS,
+    parser.add_argument("--task", choices=KITTI_TASKS,
                         help="KITTI task; must be the one the model was trained for (default: "
                              "the model's)")
     parser.add_argument("--bev", action=argparse.BooleanOptionalAction, default=True,
@@ -307,90 +286,58 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "rendered; folder: converted labels")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    if args.overlays < 0:
-        parser.error("--overlays must be >= 0")
+        raise cli.UserError("--batch-size", f"must be >= 1, got {args.batch_size}")
     if args.dataset and not args.data_root:
-        parser.error(f"--dataset {args.dataset} needs --data-root")
+        raise cli.UserError("--dataset", f"{args.dataset} needs --data-root")
     if not args.dataset and (args.annotations or args.categories):
-        parser.error("--annotations and --categories go with --dataset coco")
+        raise cli.UserError("--annotations/--categories", "go with --dataset coco")
     if args.split is None:
         args.split = "all" if args.dataset else "val"
     elif args.split == "all" and not args.dataset:
-        parser.error("--split all goes with --dataset (a run's split has train and val)")
+        raise cli.UserError("--split all", "goes with --dataset (a run's split has train and "
+                                           "val)")
     if args.inference_size is not None:
         if args.model_dir:
-            parser.error("--inference-size is for --checkpoint; a SavedModel infers at its "
-                         "export's inference_size (python -m export --inference-size)")
-        if args.inference_size == [NATIVE]:
-            args.inference_size = NATIVE
-        elif len(args.inference_size) == 2 and all(
-                v.isdigit() and int(v) > 0 and int(v) % 32 == 0 for v in args.inference_size):
-            args.inference_size = [int(v) for v in args.inference_size]
-        else:
-            parser.error(f"--inference-size takes H W (positive multiples of 32) or "
-                         f"'{NATIVE}', got {' '.join(args.inference_size)}")
+            raise cli.UserError("--inference-size", "is for --checkpoint; a SavedModel infers "
+                                "at its export's inference_size (python -m export "
+                                "--inference-size)")
+        args.inference_size = geometry.parse_size(args.inference_size)
     return args
 
 
-DATASETS = ("kitti", "coco", "folder")
-
-
-def dataset_pairs(args, config: dict) -> tuple[list, str]:
-    """(image, label) pairs of --dataset at --data-root, and their label format."""
-    root = pathlib.Path(args.data_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: {args.dataset} dataset folder not found")
-    if args.dataset == "kitti":
-        task = args.task or (config.get("task") if config.get("dataset") == "kitti"
-                             else None) or "road"
-        pairs = kitti.list_pairs(root, task=task)
-        if args.split != "all":
-            pairs = kitti.stratified_split(pairs, args.val_fraction, args.seed)[
-                args.split == "val"]
-        return pairs, "kitti"
-    if args.dataset == "coco":
-        from model.data import coco
-
-        names = args.categories or config.get("categories") or list(config["class_names"][1:])
-        if len(names) + 1 != len(config["class_names"]):
-            raise ValueError(f"--categories names {len(names)} classes; the model has "
-                             f"{len(config['class_names'])} (background + "
-                             f"{len(config['class_names']) - 1})")
-        split = "train2017" if args.split == "train" else "val2017"
-        ann = (pathlib.Path(args.annotations) if args.annotations
-               else coco.find_annotation_file(root, split))
-        image_dir = root if args.annotations else root / split
-        protocol = args.coco_protocol or config.get("coco_protocol") or coco.DEFAULT_PROTOCOL
-        pairs = coco.render_masks(ann, image_dir, pathlib.Path(args.cache_dir),
-                                  categories=list(names), protocol=protocol,
-                                  train=args.split == "train")
+def dataset_pairs(args, config: dict, dataset: Dataset) -> list:
+    """(image, label) pairs of --dataset at --data-root, split as model.train splits it."""
+    task = dataset.task_of(config.get("task"), args.task)
+    categories = (list(args.categories or config.get("categories")
+                       or list(config["class_names"][1:])) if dataset.has_categories else "all")
+    protocol = args.coco_protocol or config.get("coco_protocol") or (
+        dataset.protocols[0] if dataset.protocols else None)
+    options = Options(task=task or "road", categories=categories,
+                      coco_protocol=protocol or "fcnseg", val_fraction=args.val_fraction,
+                      seed=args.seed, cache_dir=args.cache_dir, annotations=args.annotations)
+    if dataset.protocols:
         config["coco_protocol"] = protocol
-        return pairs, "ids"
-    from model.data import folder, random_split
-
-    pairs = folder.list_pairs(root / "images", root / "labels")
-    pairs, top, top_file = folder.scan_labels(pairs, pathlib.Path(args.cache_dir))
-    if top >= len(config["class_names"]):
-        raise ValueError(f"{top_file}: class id {top}, but the model has only "
-                         f"{len(config['class_names'])} classes")
-    if args.split != "all":
-        pairs = random_split(pairs, args.val_fraction, args.seed)[args.split == "val"]
-    return pairs, "ids"
+    try:
+        return dataset.labelled_pairs(args.data_root, args.split, options,
+                                      num_classes=len(config["class_names"]))
+    except ValueError as exc:  # labels or categories the model's classes do not fit
+        raise cli.UserError(args.data_root, exc) from None
 
 
 def _model_and_config(args):
-    """(model or predictor, config, run_dir or None, source) of --checkpoint/--model-dir."""
-    from model import inference  # TensorFlow import, after argument errors are reported
-
+    """(model or predictor, config, run_dir or None, source) of --checkpoint/--model-dir.
+    Paths are checked before TensorFlow is imported (model.inference), so that a user error
+    is answered at once."""
     needs_run = not args.dataset  # the run's split is read from its directory
     if args.checkpoint:
         run_dir = pathlib.Path(args.run_dir) if args.run_dir else runs.run_dir_of(args.checkpoint)
         if (run_dir / runs.CONFIG).is_file() or needs_run:
             config = runs.load_run_config(run_dir)
         else:
-            raise FileNotFoundError(f"{run_dir / runs.CONFIG}: not found; the checkpoint's "
-                                    f"class names come from its run's config (pass --run-dir)")
+            raise cli.UserError(run_dir / runs.CONFIG, "not found; the checkpoint's class "
+                                "names come from its run's config (pass --run-dir)")
+        from model import inference
+
         model = runs.load_checkpoint(args.checkpoint)
         model = inference.keras_predictor(model, args.inference_size or config["image_size"],
                                           args.batch_size)
@@ -398,53 +345,71 @@ def _model_and_config(args):
         if args.inference_size:
             source["inference_size"] = args.inference_size
         return model, config, run_dir, source
-    version_dir = layout.resolve_version_dir(args.model_dir)
-    metadata = ExportMetadata.of_version(version_dir).to_dict()
-    run_dir = args.run_dir or metadata.get("run_dir")
+    try:
+        version_dir = layout.resolve_version_dir(args.model_dir)
+    except FileNotFoundError as exc:
+        raise cli.UserError(args.model_dir, f"no exported model here ({exc})") from None
+    metadata = ExportMetadata.of_version(version_dir)
+    run_dir = args.run_dir or metadata.run_dir
     if not run_dir and needs_run:
-        raise SystemExit(f"{version_dir}: metadata names no run directory; "
-                         f"pass --run-dir, or score it on a data root with --dataset")
+        raise cli.UserError(version_dir, "metadata names no run directory; pass --run-dir, "
+                            "or score it on a data root with --dataset")
     run_dir = pathlib.Path(run_dir) if run_dir else None
     # The run's config is the reference (it has data_root); the metadata carries the
     # same model keys for a model whose run directory is gone.
     config = (runs.load_run_config(run_dir) if run_dir and (run_dir / runs.CONFIG).is_file()
-              else metadata)
+              else metadata.to_dict())
+    from model import inference
+
     model = inference.saved_model_predictor(version_dir, args.batch_size)
     return model, config, run_dir, {"saved_model": str(version_dir),
-                                    "inference_size": metadata.get("inference_size")}
+                                    "inference_size": metadata.inference_size}
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """Score as the command line says; returns the metrics (also in metrics.json)."""
     args = parse_args(argv)
     model, config, run_dir, source = _model_and_config(args)
-    require_task(config.get("task") if config.get("dataset") == "kitti" else None, args.task,
-                 str(args.checkpoint or args.model_dir))
+    try:
+        require_task(config.get("task"), args.task, str(args.checkpoint or args.model_dir))
+    except RecordError as exc:
+        raise cli.UserError("--task", exc) from None
     if args.dataset:
         config = dict(config)
-        pairs, label_format = dataset_pairs(args, config)
-        config["label_format"] = label_format
+        dataset = get_dataset(args.dataset)
+        pairs = dataset_pairs(args, config, dataset)
         name = f"eval_{args.dataset}_{args.split}"
-        out_dir = pathlib.Path(args.out) if args.out else (run_dir or pathlib.Path(".")) / name
+        out_dir = (pathlib.Path(args.output) if args.output
+                   else (run_dir or pathlib.Path(".")) / name)
         source.update(dataset=args.dataset, data_root=str(args.data_root), split=args.split)
     else:
         split = runs.load_split(run_dir)
         if args.split not in split:
-            raise SystemExit(f"{run_dir / runs.SPLIT}: has no {args.split!r} split "
-                             f"(has {sorted(split)})")
+            raise cli.UserError(run_dir / runs.SPLIT, f"has no {args.split!r} split (has "
+                                                      f"{sorted(split)})")
         pairs = resolve_pairs(split[args.split], config, args.data_root)
-        if config.get("dataset") == "coco":
+        dataset = get_dataset(config["dataset"])
+        if dataset.protocols:
             config, pairs = _coco_protocol_pairs(config, pairs, args)
-        out_dir = pathlib.Path(args.out) if args.out else run_dir / f"eval_{args.split}"
+        out_dir = pathlib.Path(args.output) if args.output else run_dir / f"eval_{args.split}"
         source.update(run_dir=str(run_dir), split=args.split)
-    result = evaluate_pairs(model, config, pairs, out_dir, args.overlays, args.batch_size, source,
-                            bev=args.bev)
+    if not pairs:
+        raise cli.UserError("--split", f"{args.split}: no images to evaluate")
+    result = evaluate_pairs(model, config, pairs, out_dir, len(pairs) if args.overlays else 0,
+                            args.batch_size, source, bev=args.bev, dataset=dataset)
     print(format_summary(result))
     print(f"wrote {out_dir}/metrics.json")
     return result
 
 
+def _main(argv) -> int:
+    run(argv)
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    raise SystemExit(main())

@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from contract import layout, names
+from contract import names
 from contract.names import NATIVE, SIZE_MULTIPLE
+from model.exported import load_exported
 
 Predictor = Callable[[Sequence[np.ndarray]], list]
 
@@ -101,26 +102,20 @@ def saved_model_predictor(saved_model_dir, batch_size: int = 4) -> Predictor:
     The signature resizes internally and returns `probabilities` at the input size. Images of
     equal size are sent together (up to `batch_size`); a batch must share one size.
     """
-    path = layout.resolve_version_dir(saved_model_dir)
-    loaded = tf.saved_model.load(str(path))
+    exported = load_exported(saved_model_dir)
     # Export format 2 serves float maps through their own signature; format 1 through
     # serving_default.
-    for name in (names.SEGMENT_PROBABILITIES, names.SERVING_DEFAULT):
-        if name in loaded.signatures:
-            signature = loaded.signatures[name]
-            break
-    else:
-        raise ValueError(f"{path}: SavedModel has neither {names.SEGMENT_PROBABILITIES!r} nor "
-                         f"{names.SERVING_DEFAULT!r} (has {sorted(loaded.signatures)})")
+    name = next((n for n in (names.SEGMENT_PROBABILITIES, names.SERVING_DEFAULT)
+                 if n in exported.signatures), names.SEGMENT_PROBABILITIES)
 
     def predict(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         _check_images(images)
         results: list[np.ndarray] = []
         for start, end in same_size_runs(images, batch_size):
-            batch = tf.constant(np.stack(images[start:end]))
-            probs = signature(**{names.IMAGES: batch})[names.PROBABILITIES].numpy()
+            probs = exported.call(name, **{names.IMAGES: np.stack(images[start:end])})[
+                names.PROBABILITIES]
             results.extend(np.asarray(p, dtype=np.float32) for p in probs)
         return results
 
-    predict.saved_model = loaded  # keep the loaded object (and its variables) alive
+    predict.exported = exported  # what was loaded, for callers that want its metadata
     return predict

@@ -18,7 +18,7 @@ KITTI road (perspective view), equivalent to the official devkit (`evaluateRoad.
   r in np.arange(0, 1.1, 0.1) of the highest precision among thresholds with recall >= r.
 * PRE, REC, FPR, FNR are taken at the MaxF threshold.
 
-The benchmark ranks the same scores in the bird's-eye view (BEV): `bev_road_counts` resamples
+The benchmark ranks the same scores in the bird's-eye view (BEV): model.scoreboard resamples
 the map and the ground truth onto the devkit's metric grid first (model/data/kitti_bev.py).
 
 Scores here are fractions in [0, 1]; the devkit prints them multiplied by 100.
@@ -135,21 +135,6 @@ def road_counts(road_prob: np.ndarray, label: np.ndarray) -> RoadCounts:
     fn = np.concatenate(([0], np.cumsum(pos_hist)[:-1]))
     fp = np.cumsum(neg_hist[::-1])[::-1]
     return RoadCounts(fn, fp, int(pos_hist.sum()), int(neg_hist.sum()))
-
-
-def bev_road_counts(road_prob: np.ndarray, label: np.ndarray, table) -> RoadCounts:
-    """Devkit counts in the benchmark's bird's-eye view (model.data.kitti_bev).
-
-    The confidence is quantised first (the perspective PNG a submission starts from), then
-    it and the ground truth are resampled by the same `table` (`kitti_bev.lookup` of the
-    image's calibration): cells out of view are 0 in the map and not evaluated in the truth,
-    as when the devkit's transform2BEV is run on both.
-    """
-    from model.data import kitti_bev
-
-    values = quantize_probability(road_prob)
-    return road_counts(kitti_bev.confidence_to_bev(values, table),
-                       kitti_bev.label_to_bev(np.asarray(label), table))
 
 
 def pr_curve(counts: RoadCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

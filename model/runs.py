@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from common.cli import UserError
 from common.files import atomic_write_text
 from contract.records import RunConfig
 
@@ -30,8 +31,10 @@ def write_json(path, obj) -> None:
 
 def read_json(path) -> dict:
     path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise UserError(path.parent, "no such run directory")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (is this a run directory of model.train?)")
+        raise UserError(path, "not found (is this a run directory of model.train?)")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -65,12 +68,12 @@ def run_dir_of(checkpoint) -> pathlib.Path:
 
 def load_checkpoint(path, compile: bool = False):
     """Load a Keras checkpoint written by model.train (custom layers registered on import)."""
+    path = pathlib.Path(path)
+    if not path.is_file():  # before Keras is imported: a wrong path is answered at once
+        raise UserError(path, "checkpoint not found")
     import keras
 
     # Importing registers the custom layers, initializer and (for compile=True) metrics.
     from model import fcn8s, keras_metrics  # noqa: F401
 
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     return keras.saving.load_model(path, compile=compile)

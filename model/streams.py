@@ -12,21 +12,25 @@ root mean square over c >= 1), and that spread relative to fc7's. We also print 
 pixels whose arg-max class the skips change (full logits vs the fc7 stream alone). A trained
 FCN-8s whose pool4 and pool3 rows are tiny is an FCN-32s in disguise.
 
-Images are run at the model's geometry: the run's (or export's) image_size, `--image-size`,
-or `--image-size native` (padded to a multiple of 32, no resize). Folders are expanded.
+Images are run at the model's geometry: the run's (or export's) image_size,
+`--inference-size H W`, or `--inference-size native` (padded to a multiple of 32, no resize).
+Folders are expanded.
 """
 from __future__ import annotations
 
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below imports TensorFlow
+
 import argparse
-import json
 import pathlib
-import sys
 
 import numpy as np
 
-from contract import layout
 from contract.files import is_image_name
 from contract.names import NATIVE
+from model import geometry
 
 # (score layer, the upsampling layers that take it to the output), by variant.
 STREAMS = {
@@ -120,28 +124,23 @@ def format_table(result: dict) -> str:
 
 
 def model_from_saved_model(path):
-    """Rebuild the Keras model of an fcnseg export from its metadata and variables."""
-    import tensorflow as tf
-
-    from contract.records import ExportMetadata
+    """Rebuild the Keras model of an fcnseg export (a model or version folder) from its
+    metadata and variables; returns (model, ExportMetadata)."""
+    from model.exported import load_exported
     from model.fcn8s import build_fcn8s
 
-    path = pathlib.Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"{path}: not a SavedModel version directory (no saved_model.pb)")
-    meta = ExportMetadata.of_version(path).to_dict()
-    if not meta.get("variant"):
+    exported = load_exported(path)
+    meta, path = exported.metadata, exported.path
+    if not meta.variant:
         raise ValueError(f"{path}: the export's metadata records no model variant (exported "
                          f"before fcnseg recorded it, possibly with fixed-scaled skips); run "
                          f"the diagnostic on its checkpoint with --checkpoint instead")
-    model = build_fcn8s(int(meta["num_classes"]), (None, None, 3),
-                        fc_width=int(meta["fc_width"]),
-                        normalization=meta.get("normalization") or "caffe",
-                        variant=meta["variant"])
-    stored = list(tf.saved_model.load(str(path)).model_variables)
+    model = build_fcn8s(int(meta.num_classes), (None, None, 3), fc_width=int(meta.fc_width),
+                        normalization=meta.normalization or "caffe", variant=meta.variant)
+    stored = list(exported.module.model_variables)
     if len(stored) != len(model.variables):
-        raise ValueError(f"{path}: holds {len(stored)} model variables, a {meta['variant']} "
-                         f"with fc_width {meta['fc_width']} has {len(model.variables)}")
+        raise ValueError(f"{path}: holds {len(stored)} model variables, a {meta.variant} "
+                         f"with fc_width {meta.fc_width} has {len(model.variables)}")
     for var, value in zip(model.variables, stored):
         if tuple(var.shape) != tuple(value.shape):
             raise ValueError(f"{path}: variable {var.path} has shape {tuple(value.shape)}, "
@@ -156,12 +155,12 @@ def _image_paths(items) -> list[pathlib.Path]:
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if is_image_name(p.name))
             if not found:
-                raise FileNotFoundError(f"{item}: folder holds no images")
+                raise cli.UserError(item, "folder holds no images")
             paths.extend(found)
         elif item.is_file():
             paths.append(item)
         else:
-            raise FileNotFoundError(f"{item}: no such image or folder")
+            raise cli.UserError(item, "no such image or folder")
     return paths
 
 
@@ -173,21 +172,17 @@ def parse_args(argv=None):
     which.add_argument("--model-dir", help="an export: a model folder (its newest version) "
                                            "or a version folder, e.g. models/fcn8s/3")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--image-size", nargs="+", metavar="H W | native",
+    p.add_argument("--inference-size", nargs="+", metavar="H W | native",
                    help="geometry (default: the run's or export's image_size)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--output", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    if args.image_size is not None:
-        if args.image_size == [NATIVE]:
-            args.image_size = NATIVE
-        elif len(args.image_size) == 2 and all(s.isdigit() for s in args.image_size):
-            args.image_size = [int(s) for s in args.image_size]
-        else:
-            p.error(f"--image-size takes H W or 'native', got {' '.join(args.image_size)}")
+    if args.inference_size is not None:
+        args.inference_size = geometry.parse_size(args.inference_size)
     return args
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """Measure as the command line says; returns the figures."""
     args = parse_args(argv)
     from model import runs
     from model.data import image_io
@@ -198,9 +193,9 @@ def main(argv=None) -> dict:
         config_path = runs.run_dir_of(args.checkpoint) / runs.CONFIG
         size = runs.read_json(config_path)["image_size"] if config_path.is_file() else NATIVE
     else:
-        model, meta = model_from_saved_model(layout.resolve_version_dir(args.model_dir))
-        size = meta.get("image_size") or NATIVE
-    size = args.image_size or size
+        model, meta = model_from_saved_model(args.model_dir)
+        size = meta.image_size or NATIVE
+    size = args.inference_size or size
     images = [image_io.read_image(p) for p in paths]
     result = measure(model, images, size)
     result.update(images=len(paths), image_size=size,
@@ -208,13 +203,19 @@ def main(argv=None) -> dict:
     print(f"{result['source']} on {len(paths)} images at "
           f"{size if size == NATIVE else 'x'.join(map(str, size))}")
     print(format_table(result))
-    if args.json:
-        runs.write_json(args.json, result)
+    if args.output:
+        runs.write_json(args.output, result)
     return result
 
 
+def _main(argv) -> int:
+    run(argv)
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    raise SystemExit(main())

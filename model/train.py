@@ -5,28 +5,28 @@ logs, CSV history, a curves plot and the final validation metrics of the best ch
 """
 from __future__ import annotations
 
+from common import cli
+
+if __name__ == "__main__":
+    cli.quiet_tensorflow()  # before anything below imports TensorFlow
+
 import argparse
 import math
-import os
 import pathlib
-import sys
 import time
 
-from contract.names import COCO_PROTOCOLS
-from model import runs
-
-DEFAULT_SIZES = {"kitti": (160, 576), "synthetic": (160, 576), "coco": (320, 320),
-                 "folder": (320, 320)}
+from contract.names import COCO_PROTOCOLS, KITTI_TASKS
+from model import geometry, runs
+from model.data import dataset_names, get_dataset
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=["synthetic", "kitti", "coco", "folder"],
-                   default="synthetic")
+    p.add_argument("--dataset", choices=dataset_names(), default="synthetic")
     p.add_argument("--data-root", help="kitti: the data_road folder; coco: folder with "
                    "annotations/ train2017/ val2017/; folder: folder with images/ labels/")
-    p.add_argument("--task", choices=["road", "lane"], default="road", help="kitti task")
+    p.add_argument("--task", choices=KITTI_TASKS, default="road", help="kitti task")
     p.add_argument("--categories", nargs="+", default=["all"],
                    help="coco: category names, 'all' (80) or 'voc' (20)")
     p.add_argument("--min-area-fraction", type=float, default=0.0,
@@ -76,26 +76,32 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.encoder_weights.lower() == "none":
         args.encoder_weights = None
-    if args.image_size is None:
-        args.image_size = DEFAULT_SIZES[args.dataset]
-    if any(s % 32 for s in args.image_size):
-        p.error(f"--image-size sides must be multiples of 32, got {args.image_size}")
-    if args.dataset != "synthetic" and not args.data_root:
-        p.error(f"--data-root is required for --dataset {args.dataset}")
+    dataset = get_dataset(args.dataset)
+    args.image_size = geometry.parse_size(args.image_size or dataset.default_image_size,
+                                          "--image-size", allow_native=False)
+    for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
+                        ("--num-synthetic", args.num_synthetic)):
+        if value < 1:
+            raise cli.UserError(flag, f"must be >= 1, got {value}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise cli.UserError("--val-fraction", f"must be in [0, 1), got {args.val_fraction}")
+    if dataset.needs_root and not args.data_root:
+        raise cli.UserError("--data-root", f"is required for --dataset {args.dataset}")
     return args
 
 
 def build_config(args, data) -> dict:
+    dataset = get_dataset(args.dataset)
     return {
         "dataset": args.dataset, "data_root": args.data_root,
         # the KITTI task travels with the model (export metadata), so a lane model is never
         # scored as road; other datasets have none
-        "task": args.task if args.dataset == "kitti" else None,
-        "coco_protocol": args.coco_protocol if args.dataset == "coco" else None,
+        "task": args.task if dataset.tasks else None,
+        "coco_protocol": args.coco_protocol if dataset.protocols else None,
         # COCO: the category names that classes 1..K stand for, resolved. 'voc' and 'all'
         # are requests, not names; the export copies this into its metadata, where the Beam
         # job and evaluate map annotations by these names.
-        "categories": list(data.class_names[1:]) if args.dataset == "coco" else None,
+        "categories": list(data.class_names[1:]) if dataset.has_categories else None,
         "class_names": list(data.class_names),
         "colours": [list(c) for c in data.colours], "label_format": data.label_format,
         "num_classes": len(data.class_names), "image_size": list(args.image_size),
@@ -186,9 +192,14 @@ def make_callbacks(run_dir: pathlib.Path, model, best_so_far: float | None):
     ]
 
 
-def main(argv=None) -> dict:
+def mixed_precision_policy(on_gpu: bool) -> str:
+    """float16 where GPUs have fast half precision; bfloat16 on CPUs (AMX, AVX512-BF16)."""
+    return "mixed_float16" if on_gpu else "mixed_bfloat16"
+
+
+def run(argv=None) -> dict:
+    """Train as the command line says; returns the final validation metrics."""
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
@@ -200,7 +211,7 @@ def main(argv=None) -> dict:
     keras.utils.set_random_seed(args.seed)
     if args.mixed_precision:
         on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+        keras.mixed_precision.set_global_policy(mixed_precision_policy(on_gpu))
 
     if args.resume:
         config = runs.load_run_config(run_dir)
@@ -279,10 +290,19 @@ def finish_run(run_dir: pathlib.Path, config: dict, val_pairs, overlays: int) ->
     return evaluate_pairs(best, config, val_pairs, run_dir / "eval_val", overlays=overlays)
 
 
-if __name__ == "__main__":
+def _main(argv) -> int:
     from model.encoder_weights import WeightsDownloadError
 
     try:
-        sys.exit(0 if main() is not None else 1)
-    except (FileNotFoundError, ValueError, WeightsDownloadError) as e:
-        sys.exit(f"error: {e}")
+        run(argv)
+    except WeightsDownloadError as exc:
+        raise cli.UserError("--encoder-weights", exc) from None
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

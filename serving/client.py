@@ -193,7 +193,7 @@ def _submission_task(args) -> str:
     um_road_* would be scored against the wrong ground truth). A mismatch raises RecordError,
     a UserError."""
     metadata = read_export_metadata(args.model_dir)
-    model_task = metadata.task if metadata is not None and metadata.dataset == "kitti" else None
+    model_task = metadata.task if metadata is not None else None  # only KITTI records one
     require_task(model_task, args.task, str(args.model_dir))
     return args.task or model_task or "road"
 

@@ -163,12 +163,3 @@ def test_kitti_names():
         kitti.submission_name("uu_000001.png", "lane")
     with pytest.raises(kitti.NotAKittiName):
         kitti.parse_image_name("um_12.jpg")
-
-
-def test_inference_size_flag_reads_the_same_everywhere():
-    from contract.records import parse_inference_size
-    assert parse_inference_size(["native"]) == "native"
-    assert parse_inference_size(["384", "1248"]) == [384, 1248]
-    for bad in (["100", "200"], ["384"], ["0", "32"], ["-32", "64"], ["big", "32"]):
-        with pytest.raises(ValueError, match="takes H W"):
-            parse_inference_size(bad)

@@ -200,7 +200,7 @@ def test_explore_counts_and_images(coco_root, capsys):
                               "--all"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("1 images hold all of") and "dog=1" in out[0] and "person=1" in out[0]
-    assert coco_explore.main(["images", "--annotations", ann, "--categories", "persn"]) == 1
+    assert coco_explore.main(["images", "--annotations", ann, "--categories", "persn"]) == 2
     assert "did you mean person" in capsys.readouterr().err
 
 
@@ -209,7 +209,7 @@ def test_explore_grid_png(coco_root, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert coco_explore.main(["grid", "--annotations", ann, "--images",
                               str(coco_root / "val2017"), "--categories", "person", "dog",
-                              "--out", str(out), "--n", "6"]) == 0
+                              "--output", str(out), "--n", "6"]) == 0
     img = read_image(out)
     assert img.shape[1] == 4 * 320 and img.shape[0] > 2 * 240
     assert str(out) in capsys.readouterr().out

@@ -70,7 +70,7 @@ def _sha(path):
 def test_download_verify_unpack_with_progress(server, tmp_path, capfd):
     base, zpath = server
     dest = tmp_path / "coco"
-    rc = download.main(["coco", "--dest", str(dest), "--base-url", base, "--only", "val2017",
+    rc = download.main(["coco", "--output", str(dest), "--base-url", base, "--only", "val2017",
                         "--sha256", _sha(zpath)])
     assert rc == 0
     assert (dest / "val2017" / "000000000001.jpg").read_bytes() == b"x" * 5000
@@ -80,14 +80,14 @@ def test_download_verify_unpack_with_progress(server, tmp_path, capfd):
     assert "val2017.zip" in captured.err and "100%" in captured.err   # tqdm bar
     assert f"sha256 {_sha(zpath)}" in captured.out
     # A second run finds everything in place.
-    assert download.main(["coco", "--dest", str(dest), "--base-url", base, "--only", "val2017",
+    assert download.main(["coco", "--output", str(dest), "--base-url", base, "--only", "val2017",
                           "--sha256", _sha(zpath), "--no-progress"]) == 0
 
 
 def test_checksum_failure(server, tmp_path, capsys):
     base, _ = server
     dest = tmp_path / "coco"
-    rc = download.main(["coco", "--dest", str(dest), "--base-url", base, "--only", "val2017",
+    rc = download.main(["coco", "--output", str(dest), "--base-url", base, "--only", "val2017",
                         "--sha256", "0" * 64, "--no-progress"])
     assert rc == 1
     err = capsys.readouterr().err
@@ -118,7 +118,7 @@ def test_resume_from_part_file(server, tmp_path):
 
 def test_http_error_and_bad_zip(server, tmp_path, capsys):
     base, _ = server
-    rc = download.main(["kitti", "--dest", str(tmp_path / "k"), "--base-url", base,
+    rc = download.main(["kitti", "--output", str(tmp_path / "k"), "--base-url", base,
                         "--no-progress"])
     assert rc == 1 and "404" in capsys.readouterr().err
     bad = tmp_path / "bad.zip"
@@ -127,8 +127,12 @@ def test_http_error_and_bad_zip(server, tmp_path, capsys):
         download.unpack(bad, tmp_path / "out", progress=False)
 
 
-def test_cli_argument_checks(tmp_path):
-    with pytest.raises(SystemExit):
-        download.main(["coco", "--dest", str(tmp_path), "--sha256", "abc"])
+def test_cli_argument_checks(tmp_path, capsys):
+    assert download.main(["coco", "--output", str(tmp_path), "--sha256", "abc"]) == 2
+    assert capsys.readouterr().err == ("error: --sha256: needs NAME=HEX when several archives "
+                                       "are fetched (names: train2017, val2017, annotations)\n")
+    assert download.main(["coco", "--output", str(tmp_path), "--only", "val2017",
+                          "--sha256", "abc"]) == 2
+    assert capsys.readouterr().err == "error: --sha256: 'abc': expected 64 hex digits\n"
     with pytest.raises(ValueError, match="unknown archive"):
         download.fetch("coco", tmp_path, only=["test2017"], progress=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.cli import UserError
 from model.data import load_dataset, palette, random_split
 from model.data import folder, synthetic
 from model.data.image_io import read_image, read_label_png
@@ -130,7 +131,7 @@ def test_load_dataset_folder(tmp_path):
     assert len(data.train) == 4 and len(data.val) == 1
     assert data.colours == palette(3)
     (root / "classes.txt").write_text("bg\ncat\n")
-    with pytest.raises(ValueError, match=r"c\.png: class id 2 but .*classes\.txt names only 2"):
+    with pytest.raises(ValueError, match=r"c\.png: class id 2, but .*classes\.txt names only 2 classes"):
         load_dataset("folder", root, progress=False)
     root = _folder_dataset(tmp_path / "unnamed")
     data = load_dataset("folder", root, progress=False)
@@ -140,9 +141,9 @@ def test_load_dataset_folder(tmp_path):
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("imagenet", tmp_path)
-    with pytest.raises(ValueError, match="needs a root"):
+    with pytest.raises(UserError, match="needs a root"):
         load_dataset("kitti", None)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="nothing: folder dataset folder not found"):
         load_dataset("folder", tmp_path / "nothing")
 
 
@@ -154,7 +155,7 @@ def test_import_is_light():
 
 
 def test_synthetic_cli_writes_grid(tmp_path, capsys):
-    assert synthetic.main(["--out", str(tmp_path / "s"), "--n", "3", "--height", "32",
+    assert synthetic.main(["--output", str(tmp_path / "s"), "--n", "3", "--height", "32",
                            "--width", "64", "--grid", str(tmp_path / "grid.png")]) == 0
     assert "3 scenes 32x64" in capsys.readouterr().out
     assert read_image(tmp_path / "grid.png").shape == (3 * 32, 2 * 64, 3)

@@ -154,7 +154,7 @@ def _run_everything(case: str, tmp: pathlib.Path, kitti_root, coco_root) -> dict
     else:
         data_root = _folder_root(tmp / "folder")
         args += ["--dataset", "folder", "--data-root", data_root]
-    train.main([str(a) for a in args + TRAIN])
+    assert train.main([str(a) for a in args + TRAIN]) == 0
     lap("trained")
     # Two steps from a random encoder learn the class prior only: every pixel gets one
     # class, and "same masks everywhere" would hold for any bug. Random score layers
@@ -170,8 +170,7 @@ def _run_everything(case: str, tmp: pathlib.Path, kitti_root, coco_root) -> dict
     version = layout.resolve_version_dir(base / "fcn8s")
     lap("exported")
     out = {"metadata": ExportMetadata.of_version(version), "version": version}
-    out["evaluate"] = evaluate.main(["--model-dir", str(version), "--out", str(tmp / "eval"),
-                                     "--overlays", "0"])
+    out["evaluate"] = evaluate.run(["--model-dir", str(version), "--output", str(tmp / "eval")])
     lap("evaluated")
 
     pairs = _val_pairs(tmp / "run", data_root)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.cli import UserError
 from model import evaluate
 from model.data.synthetic import render_scene
 
@@ -74,20 +75,21 @@ def road_model(tmp_path_factory, scenes):
 
 def test_checkpoint_on_any_kitti_root(road_model, tmp_path, capsys):
     _, checkpoint, root, _ = road_model
-    result = evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti",
-                            "--data-root", str(root), "--no-bev", "--out", str(tmp_path)])
+    result = evaluate.run(["--checkpoint", str(checkpoint), "--dataset", "kitti",
+                           "--data-root", str(root), "--no-bev", "--output", str(tmp_path)])
     assert result["split_size"] == 3 and result["label_format"] == "kitti"
     assert set(result["kitti"]) == {"um", "umm", "uu", "overall"}
     assert 0.05 < result["kitti"]["overall"]["REC"] <= 1.0  # both classes present
     assert result["kitti"]["overall"]["MaxF"] == pytest.approx(1.0)
     assert "Road scores" in capsys.readouterr().out
     # Split as model.train does: one image per category rounds to none in val at 0.2.
-    train = evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti", "--split",
-                           "train", "--data-root", str(root), "--no-bev", "--out", str(tmp_path)])
+    train = evaluate.run(["--checkpoint", str(checkpoint), "--dataset", "kitti", "--split",
+                          "train", "--data-root", str(root), "--no-bev",
+                          "--output", str(tmp_path)])
     assert train["split_size"] == 3
-    with pytest.raises(ValueError, match="no images"):
-        evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti", "--split", "val",
-                       "--data-root", str(root), "--no-bev", "--out", str(tmp_path)])
+    with pytest.raises(UserError, match="no images"):
+        evaluate.run(["--checkpoint", str(checkpoint), "--dataset", "kitti", "--split", "val",
+                      "--data-root", str(root), "--no-bev", "--output", str(tmp_path)])
 
 
 def test_saved_model_without_run_dir_on_kitti_root(road_model, tmp_path):
@@ -95,21 +97,21 @@ def test_saved_model_without_run_dir_on_kitti_root(road_model, tmp_path):
 
     model, _, root, config = road_model
     version = export_saved_model(model, config, tmp_path / "models", "road")  # no run_dir
-    result = evaluate.main(["--model-dir", str(version.parent), "--dataset", "kitti",
-                            "--data-root", str(root), "--no-bev", "--out", str(tmp_path / "e")])
+    result = evaluate.run(["--model-dir", str(version.parent), "--dataset", "kitti",
+                           "--data-root", str(root), "--no-bev", "--output", str(tmp_path / "e")])
     assert result["kitti"]["overall"]["MaxF"] == pytest.approx(1.0, abs=1e-3)
     assert result["inference_size"] == list(SIZE)
 
 
 def test_task_and_arguments_are_checked(road_model, tmp_path):
     _, checkpoint, root, _ = road_model
-    with pytest.raises(SystemExit):
-        evaluate.parse_args(["--checkpoint", "x", "--dataset", "kitti"])  # no --data-root
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="kitti needs --data-root"):
+        evaluate.parse_args(["--checkpoint", "x", "--dataset", "kitti"])
+    with pytest.raises(UserError, match="is for --checkpoint"):
         evaluate.parse_args(["--model-dir", "x", "--inference-size", "native"])
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "kitti",
-                       "--data-root", str(tmp_path / "nowhere"), "--no-bev"])
+    with pytest.raises(UserError, match="nowhere: kitti dataset folder not found"):
+        evaluate.run(["--checkpoint", str(checkpoint), "--dataset", "kitti",
+                      "--data-root", str(tmp_path / "nowhere"), "--no-bev"])
 
 
 def test_folder_dataset(tmp_path, scenes):
@@ -127,9 +129,9 @@ def test_folder_dataset(tmp_path, scenes):
         Image.fromarray(scene).save(root / "images" / f"s{i}.png")
         Image.fromarray(predict([scene])[0].argmax(-1).astype(np.uint8)).save(
             root / "labels" / f"s{i}.png")
-    result = evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "folder",
-                            "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"),
-                            "--out", str(tmp_path / "e")])
+    result = evaluate.run(["--checkpoint", str(checkpoint), "--dataset", "folder",
+                           "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"),
+                           "--output", str(tmp_path / "e")])
     present = [v for v in result["per_class_iou"].values() if v is not None]
     assert len(present) >= 2 and all(v == pytest.approx(1.0) for v in present)
 
@@ -141,14 +143,14 @@ def test_coco_with_annotations(coco_root, tmp_path, scenes):
               "num_classes": 3, "colours": [[0, 0, 0], [255, 0, 0], [0, 255, 0]]}
     _, checkpoint = _tiny_checkpoint(tmp_path / "run", 3, config, scenes[0])
     ann = coco_root / "annotations" / "instances_val2017_sample.json"
-    result = evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "coco",
-                            "--data-root", str(coco_root / "val2017"), "--annotations",
-                            str(ann), "--cache-dir", str(tmp_path / "cache"), "--overlays", "0",
-                            "--out", str(tmp_path / "e")])
+    result = evaluate.run(["--checkpoint", str(checkpoint), "--dataset", "coco",
+                           "--data-root", str(coco_root / "val2017"), "--annotations",
+                           str(ann), "--cache-dir", str(tmp_path / "cache"),
+                           "--output", str(tmp_path / "e")])
     images = json.loads(ann.read_text())["images"]
     assert result["split_size"] == len(images)
     assert list(result["per_class_iou"]) == ["background", "person", "car"]
-    with pytest.raises(ValueError, match="the model has 3"):
-        evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "coco", "--data-root",
-                       str(coco_root / "val2017"), "--annotations", str(ann),
-                       "--categories", "person", "--cache-dir", str(tmp_path / "cache")])
+    with pytest.raises(UserError, match="the model has 3"):
+        evaluate.run(["--checkpoint", str(checkpoint), "--dataset", "coco", "--data-root",
+                      str(coco_root / "val2017"), "--annotations", str(ann),
+                      "--categories", "person", "--cache-dir", str(tmp_path / "cache")])

@@ -7,12 +7,12 @@ import tensorflow as tf
 
 from export import savedmodel
 from contract.layout import LABELS_FILE, METADATA_FILE, WARMUP_FILE, versions
-from export.savedmodel import (export_saved_model, load_saved_model, saved_model_sizes,
-                               weights_nbytes)
-from export.signatures import (DEFAULT_OUTPUT_FILTER, SEGMENT_ENCODED, SEGMENT_PROBABILITIES,
-                               SERVING_DEFAULT)
+from export.savedmodel import export_saved_model, saved_model_sizes, weights_nbytes
+from contract.names import (DEFAULT_OUTPUT_FILTER, GRPC_DEFAULT_MAX_MESSAGE_BYTES,
+                            SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT)
 from export.warmup import read_warmup_file
-from export.wire import GRPC_DEFAULT_MAX_MESSAGE_BYTES, predict_request, predict_response
+from export.wire import predict_request, predict_response
+from model.exported import load_exported
 from model.fcn8s import build_fcn8s
 
 IMAGE_SIZE = (64, 128)
@@ -58,7 +58,7 @@ def exported(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(exported):
-    return load_saved_model(exported)
+    return load_exported(exported)
 
 
 def test_variables_are_saved_once(model, exported):
@@ -221,7 +221,7 @@ def test_multiclass_confidence_is_max_probability(tmp_path):
     layer.set_weights([rng.normal(0, 1, kernel.shape).astype("float32"), bias])
     config = {**CONFIG, "task": None, "num_classes": 3, "class_names": ["sky", "car", "road"],
               "colours": [[0, 0, 255], [255, 0, 0], [255, 0, 255]]}
-    served = load_saved_model(export_saved_model(model, config, tmp_path, "m"))
+    served = load_exported(export_saved_model(model, config, tmp_path, "m"))
     assert served.class_names == ["sky", "car", "road"]
     image = random_image(33, 99, 11)[None]
     out = {**served.segment(image), **served.probabilities(image)}
@@ -301,8 +301,8 @@ def test_bad_config_is_refused(model, tmp_path):
 
 def test_bfloat16_export(model, loaded, tmp_path):
     path = export_saved_model(model, CONFIG, tmp_path, "m", compute_dtype="bfloat16")
-    bf16 = load_saved_model(path)
-    assert bf16.metadata["compute_dtype"] == "bfloat16"
+    bf16 = load_exported(path)
+    assert bf16.metadata.compute_dtype == "bfloat16"
     # The graph really computes in bfloat16 (the variables stay float32) ...
     graph = bf16.signatures[SERVING_DEFAULT].graph
     types = {(n.op, n.attr["T"].type) for f in graph.as_graph_def().library.function

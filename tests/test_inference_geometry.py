@@ -8,10 +8,10 @@ import tensorflow as tf
 
 from contract import names
 from contract.names import NATIVE
-from contract.records import ExportMetadata
 from common.cli import UserError
 from export.__main__ import parse_args as export_args
-from export.savedmodel import export_saved_model, load_saved_model
+from export.savedmodel import export_saved_model
+from model.exported import load_exported
 from model.fcn8s import with_free_size
 from model.inference import keras_predictor, padded_size
 from model.data.synthetic import render_scene
@@ -57,7 +57,7 @@ def model():
 def native(model, tmp_path_factory):
     path = export_saved_model(model, CONFIG, tmp_path_factory.mktemp("m"), "road",
                               inference_size=NATIVE)
-    return load_saved_model(path)
+    return load_exported(path)
 
 
 def test_padded_size_by_hand():
@@ -67,8 +67,7 @@ def test_padded_size_by_hand():
 
 
 def test_native_export_masks_at_image_size_without_resize(model, native):
-    assert native.metadata["inference_size"] == NATIVE
-    assert ExportMetadata.from_dict(native.metadata).inference_size == NATIVE
+    assert native.metadata.inference_size == NATIVE
     image = _image(75, 150, 1)  # neither side a multiple of 32, nor the training size
     # Export format 2: probabilities come from segment_probabilities.
     out = native.segment(image[None])
@@ -96,8 +95,8 @@ def test_native_segment_encoded_runs_each_image_at_its_size(model, native):
 
 
 def test_native_differs_from_the_resizing_default(model, native, tmp_path):
-    resized = load_saved_model(export_saved_model(model, CONFIG, tmp_path, "road"))
-    assert resized.metadata["inference_size"] == list(TRAIN_SIZE)
+    resized = load_exported(export_saved_model(model, CONFIG, tmp_path, "road"))
+    assert resized.metadata.inference_size == list(TRAIN_SIZE)
     image = _image(75, 150, 1)
     a = native.probabilities(image[None])["probabilities"]
     b = resized.probabilities(image[None])["probabilities"]
@@ -113,8 +112,8 @@ def test_keras_predictor_native_matches_export(model, native):
 
 def test_fixed_inference_size_and_cli_parsing(model, tmp_path):
     path = export_saved_model(model, CONFIG, tmp_path, "road", inference_size=[96, 192])
-    loaded = load_saved_model(path)
-    assert loaded.metadata["inference_size"] == [96, 192]
+    loaded = load_exported(path)
+    assert loaded.metadata.inference_size == [96, 192]
     assert loaded.segment(_image(50, 60, 4)[None])["class_ids"].shape == (1, 50, 60)
     base = ["--run-dir", "r", "--model-dir", "m/n"]
     assert export_args(base + ["--inference-size", "native"]).inference_size == NATIVE

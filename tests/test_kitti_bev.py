@@ -244,7 +244,7 @@ def test_evaluate_scores_the_birds_eye_view(kitti_root, tmp_path):
         made.update(zip(keys, probs))
         return probs
 
-    config = {"class_names": ["not road", "road"], "label_format": "kitti", "task": "road",
+    config = {"dataset": "kitti", "class_names": ["not road", "road"], "label_format": "kitti", "task": "road",
               "image_size": [64, 192]}
     result = evaluate.evaluate_pairs(predictor, config, pairs, tmp_path / "eval", overlays=0,
                                      batch_size=1)
@@ -289,7 +289,7 @@ def test_evaluate_without_calibration_stops_before_work(kitti_root, tmp_path):
         if not image.name.startswith("umm"):
             shutil.copy(kitti_root / "training" / "calib" / f"{image.stem}.txt", root / "calib")
         pairs.append((root / "image_2" / image.name, root / "gt_image_2" / gt.name))
-    config = {"class_names": ["not road", "road"], "label_format": "kitti",
+    config = {"dataset": "kitti", "class_names": ["not road", "road"], "label_format": "kitti",
               "image_size": [64, 192]}
     calls = []
     with pytest.raises(FileNotFoundError, match=r"calib/umm_000000\.txt"):

@@ -31,8 +31,8 @@ def png(image: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def in_process(model_base):  # noqa: F811
     """The exported versions loaded in this process: the reference for parity."""
-    from export.savedmodel import load_saved_model
-    return {v: load_saved_model(model_base / MODEL_NAME / str(v)) for v in (1, 2)}
+    from model.exported import load_exported
+    return {v: load_exported(model_base / MODEL_NAME / str(v)) for v in (1, 2)}
 
 
 @pytest.fixture

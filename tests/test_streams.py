@@ -5,7 +5,7 @@ import pytest
 
 from model.data.synthetic import render_scene
 from model.fcn8s import build_fcn8s
-from model.streams import STREAMS, contributions, main as streams_main, measure, stream_logits
+from model.streams import STREAMS, contributions, measure, run as streams_run, stream_logits
 from model.train import compile_for_training, make_optimizer
 
 SIZE = (64, 128)
@@ -76,17 +76,14 @@ def test_cli_on_checkpoint_and_native_geometry(trained, tmp_path, capsys):
     x, _ = _scenes(2, seed=3)
     for i, img in enumerate(x.astype(np.uint8)):
         Image.fromarray(img[:50, :100]).save(tmp_path / f"img{i}.png")  # not multiples of 32
-    out = streams_main(["--checkpoint", str(ckpt), str(tmp_path), "--image-size", "native",
-                        "--json", str(tmp_path / "s.json")])
+    out = streams_run(["--checkpoint", str(ckpt), str(tmp_path), "--inference-size", "native",
+                       "--output", str(tmp_path / "s.json")])
     assert out["images"] == 2 and out["num_pixels"] == 2 * 50 * 100
     printed = capsys.readouterr().out
     assert "pool3 skip (score_pool3)" in printed and "pixels whose class" in printed
     assert (tmp_path / "s.json").is_file()
 
 
-def test_missing_image_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.png"):
-        streams_main(["--checkpoint", str(tmp_path / "m.keras"), str(tmp_path / "nope.png")])
 
 
 def _old_fcn8s():

@@ -11,7 +11,7 @@ from model import runs
 from model.data import kitti
 from contract.names import IGNORE_LABEL as IGNORE
 from model.data.pipeline import check_pairs, decode_label, make_dataset
-from model.train import main as train_main
+from model.train import mixed_precision_policy, run as train_run
 
 
 def _pairs(tmp_path, n=6, size=(50, 70)):
@@ -84,7 +84,7 @@ TINY = ["--dataset", "synthetic", "--encoder-weights", "none", "--image-size", "
 def test_few_steps_reduce_loss_and_resume(tmp_path):
     run_dir = tmp_path / "run"
     common = TINY + ["--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache")]
-    train_main(common + ["--epochs", "3"])
+    train_run(common + ["--epochs", "3"])
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     # A constant 50/50 prediction has a cross-entropy of ln 2; training must get well below
@@ -97,12 +97,13 @@ def test_few_steps_reduce_loss_and_resume(tmp_path):
     assert {"mean_iou", "pixel_accuracy", "train_seconds"} <= set(metrics)
     # A binary model also gets the devkit's road scores, over the whole split.
     assert set(metrics["kitti"]) == {"overall"}
-    assert 0.0 <= metrics["kitti"]["overall"]["MaxF"] <= 1.0
+    split = runs.load_split(run_dir)
+    assert metrics["kitti"]["overall"]["num_images"] == len(split["val"]) == 2  # 12 * 0.2
     assert (run_dir / "curves.png").is_file()
 
     steps_before = int(runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"),
                                             compile=True).optimizer.iterations)
-    train_main(common + ["--epochs", "5", "--resume"])
+    train_run(common + ["--epochs", "5", "--resume"])
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
     state = runs.read_json(run_dir / "checkpoints" / "state.json")
@@ -117,11 +118,19 @@ def test_mixed_precision_run_keeps_float32_outputs(tmp_path):
 
     run_dir = tmp_path / "mp"
     try:
-        train_main(TINY + ["--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"),
+        train_run(TINY + ["--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"),
                            "--epochs", "1", "--mixed-precision"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model = runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"))
-    assert model.get_layer("fc6").compute_dtype == "bfloat16"  # no GPU here: mixed_bfloat16
+    import tensorflow as tf
+
+    policy = mixed_precision_policy(bool(tf.config.list_physical_devices("GPU")))
+    assert model.get_layer("fc6").dtype_policy.name == policy
     assert model.get_layer("probabilities").compute_dtype == "float32"
     assert model.output.dtype == "float32"
+
+
+def test_mixed_precision_policy_per_device():
+    assert mixed_precision_policy(on_gpu=True) == "mixed_float16"
+    assert mixed_precision_policy(on_gpu=False) == "mixed_bfloat16"

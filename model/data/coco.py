@@ -180,7 +180,7 @@ def find_annotation_file(coco_root: str | os.PathLike, split: str) -> pathlib.Pa
     found = sorted(ann_dir.glob(f"instances_{split}*.json"))
     if not found:
         raise FileNotFoundError(f"{ann_dir}: no instances_{split}*.json (download with "
-                                f"`python -m model.data.download coco --dest {coco_root}`)")
+                                f"`python -m model.data.download coco --output {coco_root}`)")
     # Prefer the official full file over samples/variants when both are present.
     exact = ann_dir / f"instances_{split}.json"
     return exact if exact in found else found[0]

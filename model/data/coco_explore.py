@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from common import cli
 from contract.names import IGNORE_LABEL
 from model.data import palette
 from model.data.coco import load_coco, select_categories, semantic_mask
@@ -104,7 +105,7 @@ def render_grid(coco, image_dir, names, out_path, n: int = 16, require_all: bool
     return out
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.data.coco_explore",
                                  description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -119,9 +120,11 @@ def main(argv=None) -> int:
     p.add_argument("--images", required=True, help="image folder (e.g. val2017)")
     p.add_argument("--categories", nargs="+", metavar="NAME", help="default: all categories")
     p.add_argument("--all", action="store_true", help="require every category (default: any)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--output", required=True, help="the grid PNG")
     p.add_argument("--n", type=int, default=16)
     args = ap.parse_args(argv)
+    if args.command == "grid" and args.n < 1:
+        raise cli.UserError("--n", f"must be >= 1, got {args.n}")
 
     try:
         coco = load_coco(args.annotations)
@@ -143,13 +146,17 @@ def main(argv=None) -> int:
             print(f"{len(infos)} images hold {'all' if args.all else 'any'} of: "
                   f"{', '.join(args.categories)}")
         else:
-            out = render_grid(coco, args.images, args.categories, args.out, n=args.n,
+            out = render_grid(coco, args.images, args.categories, args.output, n=args.n,
                               require_all=args.all)
             print(f"wrote {out}")
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as exc:  # a missing file, an unknown category
+        what, _, why = str(exc).partition(": ")  # our messages start with what they name
+        raise cli.UserError(what, why or "invalid") from None
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Download and unpack the real datasets from their official addresses.
 
-    python -m model.data.download kitti --dest data            # -> data/data_road/...
-    python -m model.data.download coco --dest data/coco        # -> data/coco/{train2017,val2017,annotations}
-    python -m model.data.download coco --dest data/coco --only val2017 annotations
+    python -m model.data.download kitti --output data            # -> data/data_road/...
+    python -m model.data.download coco --output data/coco        # -> data/coco/{train2017,val2017,annotations}
+    python -m model.data.download coco --output data/coco --only val2017 annotations
 
 Downloads stream into `<name>.part` and are renamed only once complete and verified, so an
 interrupted download resumes (HTTP Range) and a half file is never mistaken for a whole one.
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import requests
 from tqdm import tqdm
+
+from common import cli
 
 __all__ = ["Archive", "ARCHIVES", "ChecksumError", "download_file", "unpack", "fetch", "main"]
 
@@ -207,19 +209,19 @@ def _parse_sha(values, archives) -> dict[str, str]:
         elif len(archives) == 1:
             name, hexd = archives[0].name, v
         else:
-            raise SystemExit("--sha256 needs NAME=HEX when several archives are fetched "
-                             f"(names: {', '.join(a.name for a in archives)})")
+            raise cli.UserError("--sha256", "needs NAME=HEX when several archives are "
+                                f"fetched (names: {', '.join(a.name for a in archives)})")
         if len(hexd) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexd):
-            raise SystemExit(f"--sha256 {v!r}: expected 64 hex digits")
+            raise cli.UserError("--sha256", f"{v!r}: expected 64 hex digits")
         out[name] = hexd.lower()
     return out
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.data.download", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(ARCHIVES))
-    ap.add_argument("--dest", required=True, help="folder for archives and unpacked files")
+    ap.add_argument("--output", required=True, help="folder for archives and unpacked files")
     ap.add_argument("--base-url", help="mirror to use instead of the official address "
                                        "(archive paths below it stay the same)")
     ap.add_argument("--only", nargs="+", metavar="NAME",
@@ -229,15 +231,27 @@ def main(argv=None) -> int:
     ap.add_argument("--delete-archives", action="store_true", help="remove zips after unpacking")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - {a.name for a in ARCHIVES[args.dataset]})
+    if unknown:
+        raise cli.UserError("--only", f"unknown archive(s) {unknown} for {args.dataset}; "
+                            f"choose from {[a.name for a in ARCHIVES[args.dataset]]}")
     archives = [a for a in ARCHIVES[args.dataset] if not args.only or a.name in args.only]
+    overrides = _parse_sha(args.sha256, archives)
+    # A folder that cannot exist (below a file, no permission) stops here, before any download.
+    pathlib.Path(args.output).mkdir(parents=True, exist_ok=True)
     try:
-        fetch(args.dataset, args.dest, base_url=args.base_url, only=args.only,
-              sha256_overrides=_parse_sha(args.sha256, archives),
-              keep_archives=not args.delete_archives, progress=not args.no_progress)
+        fetch(args.dataset, args.output, base_url=args.base_url, only=args.only,
+              sha256_overrides=overrides, keep_archives=not args.delete_archives,
+              progress=not args.no_progress)
     except (ChecksumError, ConnectionError, ValueError) as exc:
+        # the download failed (not the command line): exit 1, as any failed run
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.files import OutsideRootError, resolve_inside
+from contract.files import IMAGE_EXTENSIONS
 from model.data.image_io import read_label_png, write_png
 
-__all__ = ["IMAGE_EXTENSIONS", "list_pairs", "read_class_names", "scan_labels"]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+__all__ = ["list_pairs", "read_class_names", "scan_labels"]
 
 
 def _by_stem(folder: pathlib.Path, extensions, what: str) -> dict[str, pathlib.Path]:

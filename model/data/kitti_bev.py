@@ -30,6 +30,8 @@ import os
 import numpy as np
 
 from contract.names import IGNORE_LABEL
+from model.data.kitti import read_calib
+from model.metrics import quantize_probability
 
 RESOLUTION = 0.05          # metres per BEV cell
 X_LIMITS = (-10.0, 10.0)   # metres, left to right
@@ -137,8 +139,6 @@ def label_to_bev(label: np.ndarray, table: BevLookup) -> np.ndarray:
 
 def lookup_for_file(calib_path: str | os.PathLike, image_shape) -> BevLookup:
     """`lookup` of a calibration file; errors name the file."""
-    from model.data.kitti import read_calib
-
     calib = read_calib(calib_path)
     try:
         return lookup(calib, image_shape)
@@ -149,7 +149,5 @@ def lookup_for_file(calib_path: str | os.PathLike, image_shape) -> BevLookup:
 def submission_map(confidence: np.ndarray, calib: dict) -> np.ndarray:
     """uint8 [800, 400]: a perspective confidence map (uint8 v / 255, or float) as the
     benchmark wants it uploaded, resampled by the image's calibration."""
-    from model.metrics import quantize_probability
-
     values = quantize_probability(confidence)
     return confidence_to_bev(values, lookup(calib, values.shape[:2]))

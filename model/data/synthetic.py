@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from common import cli
 from model.data.image_io import write_png
 
 __all__ = ["render_scene", "generate", "save_sample_grid", "main"]
@@ -228,27 +229,34 @@ def save_sample_grid(pairs, out_path, n: int = 8, alpha: float = 0.45):
     return pathlib.Path(out_path)
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     import argparse
     import time
 
     ap = argparse.ArgumentParser(prog="python -m model.data.synthetic",
                                  description="Generate synthetic road scenes with exact masks.")
-    ap.add_argument("--out", required=True, help="folder for images/ and labels/")
+    ap.add_argument("--output", required=True, help="folder for images/ and labels/")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--height", type=int, default=160)
     ap.add_argument("--width", type=int, default=576)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", help="also write a PNG of the first 8 scenes with their masks")
     args = ap.parse_args(argv)
+    for flag, value in (("--n", args.n), ("--height", args.height), ("--width", args.width)):
+        if value < 1:
+            raise cli.UserError(flag, f"must be >= 1, got {value}")
     start = time.perf_counter()
-    pairs = generate(args.out, args.n, args.height, args.width, args.seed)
+    pairs = generate(args.output, args.n, args.height, args.width, args.seed)
     road = np.mean([np.mean(np.asarray(Image.open(lb)) == 1) for _, lb in pairs])
-    print(f"{len(pairs)} scenes {args.height}x{args.width} in {args.out} "
+    print(f"{len(pairs)} scenes {args.height}x{args.width} in {args.output} "
           f"({time.perf_counter() - start:.1f} s); mean road fraction {road:.3f}")
     if args.grid:
         print(f"wrote {save_sample_grid(pairs, args.grid)}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
