@@ -18,38 +18,10 @@ import numpy as np
 import pytest
 
 from serving.errors import ServingError
+from tests.fakes import write_format1_threshold_model as write_tiny_saved_model
 from tfserving_dev.manager import State, VersionState, next_action
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def write_tiny_saved_model(path: pathlib.Path, threshold: int) -> None:
-    """A SavedModel with export format 1's signature names and dtypes but no network:
-    class 1 where the red channel exceeds `threshold` (so versions are told apart)."""
-    import tensorflow as tf
-
-    class Tiny(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                    name="images")])
-        def serving_default(self, images):
-            ids = tf.cast(images[..., 0] > threshold, tf.uint8)
-            probs = tf.stack([1.0 - tf.cast(ids, tf.float32), tf.cast(ids, tf.float32)], -1)
-            return {"class_ids": ids, "confidence": images[..., 1], "probabilities": probs}
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def segment_encoded(self, image_bytes):
-            def one(data):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                ids = tf.cast(image[..., :1] > threshold, tf.uint8)
-                return tf.io.encode_png(ids), tf.shape(image)[0], tf.shape(image)[1]
-            png, h, w = tf.map_fn(one, image_bytes,
-                                  fn_output_signature=(tf.string, tf.int32, tf.int32))
-            return {"mask_png": png, "heights": h, "widths": w}
-
-    module = Tiny()
-    tf.saved_model.save(module, str(path), signatures={
-        "serving_default": module.serving_default.get_concrete_function(),
-        "segment_encoded": module.segment_encoded.get_concrete_function()})
 
 
 def write_broken_version(path: pathlib.Path) -> None:
