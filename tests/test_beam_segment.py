@@ -174,9 +174,9 @@ def _mask(run: pathlib.Path, name: str, folder: str = "masks") -> np.ndarray:
 
 
 def _run_mixed(out: pathlib.Path, folder, good: dict, bad: dict, *args, pipeline=None,
-               class_names=ROAD_CLASSES) -> pathlib.Path:
+               class_names=ROAD_CLASSES) -> dict:
     """Run the job on a mixed folder, checking results and dead letters with assert_that,
-    then every mask against the rule and the summary; returns the run folder."""
+    then every mask against the rule and the summary; returns the summary."""
     summary = _run("--input", folder, "--output", out, "--dataset", "folder",
                    "--max-pixels", 1_000_000, *args, pipeline=pipeline,
                    inspect=_inspect(results=[_expected_record(n, rgb, class_names=class_names)
@@ -188,7 +188,7 @@ def _run_mixed(out: pathlib.Path, folder, good: dict, bad: dict, *args, pipeline
     assert (summary["ok"], summary["failed"]) == (len(good), len(bad))
     saved = json.loads((run / "summary.json").read_text())
     assert saved["ok"] == len(good) and saved["failed_by_stage"] == {"validate": len(bad)}
-    return run
+    return summary
 
 
 # --- validation, handler and combiner units ---------------------------------------------
@@ -295,8 +295,8 @@ def test_inputs_and_model_are_checked_before_the_pipeline(tmp_path, road_model):
 def test_inprocess_folder_with_bad_files(tmp_path, road_model):
     good, bad = make_mixed_folder(tmp_path / "in")
     out = tmp_path / "out"
-    run = _run_mixed(out, tmp_path / "in", good, bad, "--model-dir", road_model.parent,
-                     "--batch-size", 3, "--overlays")
+    run = _published(out, _run_mixed(out, tmp_path / "in", good, bad, "--model-dir",
+                                     road_model.parent, "--batch-size", 3, "--overlays"))
     assert sorted(p.name for p in (run / "overlays").iterdir()) == sorted(
         pathlib.Path(n).stem + ".png" for n in good)
     assert not (run / "metrics.json").exists()  # no ground truth, nothing to score
