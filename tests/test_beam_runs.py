@@ -4,7 +4,6 @@ The model is the threshold fake (tests/fakes.py): every mask is known from the r
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import socket
 import subprocess

@@ -250,9 +250,9 @@ def test_sum_fn_merges_accumulators_to_the_hand_totals():
     empty = fn.create_accumulator()
     np.testing.assert_array_equal(fn.extract_output(fn.merge_accumulators([a, empty, b])),
                                   [[4, 6], [5, 3]])
-    r = fn.merge_accumulators([fn.add_input(fn.create_accumulator(), road([0, 1, 2], [5, 4, 0], 2, 5)),
-                               fn.add_input(fn.create_accumulator(), road([0, 0, 3], [1, 1, 1], 3, 1))])
-    total = fn.extract_output(r)
+    one = fn.add_input(fn.create_accumulator(), road([0, 1, 2], [5, 4, 0], 2, 5))
+    two = fn.add_input(fn.create_accumulator(), road([0, 0, 3], [1, 1, 1], 3, 1))
+    total = fn.extract_output(fn.merge_accumulators([one, two]))
     assert (total.fn[:3].tolist(), total.fp[:3].tolist(), total.pos, total.neg) == (
         [0, 1, 5], [6, 5, 1], 5, 6)
 
