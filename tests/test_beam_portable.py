@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from tests.test_beam_segment import _run_mixed, make_mixed_folder, road_model  # noqa: F401,E402
+from tests.test_beam_segment import _run_mixed, make_mixed_folder  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

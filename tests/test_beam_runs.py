@@ -21,7 +21,7 @@ from apache_beam.testing import test_pipeline  # noqa: E402
 
 from tests import fakes  # noqa: E402
 from tests.test_beam_segment import (SMALL_CALIB, _expected_record, _inspect,  # noqa: E402
-                                     _png, _read_jsonl, _rgb, _run, road_model)  # noqa: F401
+                                     _png, _read_jsonl, _rgb, _run)
 
 
 def _image(i: int) -> np.ndarray:

@@ -24,13 +24,6 @@ from tests import fakes
 ROAD_CLASSES = fakes.KITTI_ROAD_CONFIG["class_names"]
 
 
-@pytest.fixture(scope="module")
-def road_model(tmp_path_factory) -> pathlib.Path:
-    """models/fcn8s/1: the binary threshold model (road where brightness > 127.5), exported
-    as a KITTI road model."""
-    return fakes.export_threshold_model(tmp_path_factory.mktemp("models"))
-
-
 # --- inputs -----------------------------------------------------------------------------
 
 def _png(array: np.ndarray, **kwargs) -> bytes:
