@@ -14,9 +14,10 @@ code under test.
 - **FakeHandler**: a Beam ModelHandler answering with the binary rule (decoded with
   Pillow), told to refuse chosen images (an InferenceFailure, the handler's "this image is
   bad") or to raise on chosen images (the whole batch fails, as a model or server error).
-- **write_format1_threshold_model**: a hand-written SavedModel with export format 1's names
-  (PNG outputs without `_bytes`), class 1 where the red channel exceeds a threshold: what the
-  development server and the clients must still read.
+- **write_hand_threshold_model**: a hand-written SavedModel (tf.Module, no Keras, no
+  exporter) with the export's signature names and dtypes, class 1 where the red channel
+  exceeds a threshold: the development server's version-manager tests (versions told apart
+  by their threshold).
 """
 from __future__ import annotations
 
@@ -186,10 +187,10 @@ def make_fake_handler(refuse: Optional[dict] = None, raise_on: Sequence[str] = (
     return FakeHandler()
 
 
-# --- export format 1, for the development server ----------------------------------------
+# --- a hand-written SavedModel, for the development server -------------------------------
 
-def write_format1_threshold_model(path: pathlib.Path, threshold: int) -> None:
-    """A SavedModel with export format 1's signature names and dtypes but no network:
+def write_hand_threshold_model(path: pathlib.Path, threshold: int) -> None:
+    """A SavedModel with the export's signature names and dtypes but no network:
     class 1 where the red channel exceeds `threshold` (so versions are told apart)."""
     import tensorflow as tf
 
@@ -209,7 +210,7 @@ def write_format1_threshold_model(path: pathlib.Path, threshold: int) -> None:
                 return tf.io.encode_png(ids), tf.shape(image)[0], tf.shape(image)[1]
             png, h, w = tf.map_fn(one, image_bytes,
                                   fn_output_signature=(tf.string, tf.int32, tf.int32))
-            return {"mask_png": png, "heights": h, "widths": w}
+            return {"mask_png_bytes": png, "heights": h, "widths": w}
 
     module = Tiny()
     tf.saved_model.save(module, str(path), signatures={

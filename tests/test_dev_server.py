@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from serving.errors import ServingError
-from tests.fakes import write_format1_threshold_model as write_tiny_saved_model
+from tests.fakes import write_hand_threshold_model as write_tiny_saved_model
 from tfserving_dev.manager import State, VersionState, next_action
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
