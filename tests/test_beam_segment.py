@@ -433,15 +433,16 @@ def _kitti_gt(h, w, valid_from, road_rows, road_cols) -> np.ndarray:
 # TN dark non-road, among evaluated pixels):
 #   um_000000 60x200: evaluated rows 10..59 (10000 px); road rows 30.., columns 0..132
 #     (3990); bright rows 20.., columns 0..99 (4000): TP 3000, FP 1000, FN 990, TN 5010.
-#   uu_000001 50x160: evaluated rows 5.. (7200); road rows 25.., columns 0..79 (2000);
-#     bright rows 25.., all columns (4000): TP 2000, FP 2000, FN 0, TN 3200.
+#   uu_000001 50x160: evaluated rows 5.. (7200); road rows 20.., columns 0..79 (2400);
+#     bright rows 15.., columns 0..119 (4200): TP 2400, FP 1800, FN 0, TN 3000.
+# The bird's-eye grid sees rows 11..24 of these images: uu's road and both brightnesses.
 KITTI_SCENES = {
     "um_000000": (_blocks(60, 200, slice(20, None), slice(0, 100)),
                   _kitti_gt(60, 200, 10, slice(30, None), slice(0, 133))),
-    "uu_000001": (_blocks(50, 160, slice(25, None), slice(None)),
-                  _kitti_gt(50, 160, 5, slice(25, None), slice(0, 80))),
+    "uu_000001": (_blocks(50, 160, slice(15, None), slice(0, 120)),
+                  _kitti_gt(50, 160, 5, slice(20, None), slice(0, 80))),
 }
-KITTI_HAND = {"um": (3000, 1000, 990, 5010), "uu": (2000, 2000, 0, 3200)}
+KITTI_HAND = {"um": (3000, 1000, 990, 5010), "uu": (2400, 1800, 0, 3000)}
 
 
 def _kitti_tree(root: pathlib.Path) -> None:
@@ -473,7 +474,24 @@ def test_kitti_layout_known_answers(tmp_path, road_model):
 
     _kitti_tree(tmp_path / "kitti")
     tp, fp, fn, tn = (sum(v[i] for v in KITTI_HAND.values()) for i in range(4))
-    assert (tp, fp, fn, tn) == (5000, 3000, 990, 8210)
+    assert (tp, fp, fn, tn) == (5400, 2800, 990, 8010)
+    # Bird's-eye view: the rule's map and the ground truth, each resampled by the image's
+    # calibration (model.data.kitti_bev, checked against the devkit in test_kitti_bev.py),
+    # counted here.
+    bev_pairs = []
+    for stem, (image, gt) in KITTI_SCENES.items():
+        table = kitti_bev.lookup_for_file(tmp_path / "kitti/training/calib" / f"{stem}.txt",
+                                          image.shape[:2])
+        label = np.where(gt[..., 0] > 0, (gt[..., 2] > 0).astype(np.uint8), 255)
+        bev_label = kitti_bev.label_to_bev(label.astype(np.uint8), table)
+        # as KITTI gt colours: evaluated (red) where the label is 0/1, road (blue) where 1
+        bev_gt = np.dstack([(bev_label != 255) * 255, np.zeros_like(bev_label),
+                            (bev_label == 1) * 255]).astype(np.uint8)
+        bev_pairs.append((kitti_bev.confidence_to_bev(fakes.rule_confidence(image), table),
+                          bev_gt))
+    bev_counts = _devkit_counts(bev_pairs)
+    assert bev_counts[0][0] > 0 and bev_counts[1][0] > 0  # road and non-road in view
+    bev_max_f, bev_k = _max_f(*bev_counts)
 
     def scores(actual):
         (m,) = actual
@@ -491,6 +509,8 @@ def test_kitti_layout_known_answers(tmp_path, road_model):
             assert s["num_images"] == (2 if group == "overall" else 1)
         assert m["split_size"] == 2 and m["task"] == "road"
         assert set(m["kitti_bev"]) == {"um", "uu", "overall"}
+        assert m["kitti_bev"]["overall"]["MaxF"] == pytest.approx(bev_max_f, rel=1e-9)
+        assert m["kitti_bev"]["overall"]["threshold"] == pytest.approx(bev_k / 255)
 
     gt_path = tmp_path / "kitti" / "training" / "gt_image_2" / "umm_road_000002.png"
     out = tmp_path / "out"
