@@ -326,8 +326,11 @@ def _write_summary(counts: dict, output: str) -> None:
         "failed_by_stage": dead_by_stage})
 
 
-def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) -> None:
-    """The job's graph; everything it writes goes under `output` (this run's folder)."""
+def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) -> dict:
+    """The job's graph; everything it writes goes under `output` (this run's folder).
+
+    Returns its named PCollections: "results" (one JSON record per image), "dead_letters"
+    (DeadLetter), "scores" (the metrics.json record; only with evaluation)."""
     pattern = sources.expand_input(args.input, args.dataset, args.task or "road")
     read = p | "Read" >> sources.ReadImages(args.dataset, pattern, args.annotations,
                                             args.labels_dir, task=args.task or "road")
@@ -374,16 +377,18 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
                                                   output),
              beam.pvalue.AsSingleton(ok_count), beam.pvalue.AsSingleton(dead_by_stage)))
 
+    named = {"results": finished.results, "dead_letters": dead}
     if args.evaluate:
         dataset = get_dataset(args.dataset)
         score_fields = {"task": args.task} if dataset.tasks else {}
         if classes.get("coco"):
             score_fields["coco_protocol"] = classes["coco"]["protocol"]
-        _ = (finished.scored
-             | "Score" >> beam.CombineGlobally(evaluation.ScoreboardFn(
-                 classes["class_names"], by_category=dataset.by_category))
-             | "WriteMetrics" >> beam.Map(evaluation.write_evaluation, output,
-                                          **score_fields))
+        named["scores"] = (
+            finished.scored
+            | "Score" >> beam.CombineGlobally(evaluation.ScoreboardFn(
+                classes["class_names"], by_category=dataset.by_category))
+            | "WriteMetrics" >> beam.Map(evaluation.write_evaluation, output, **score_fields))
+    return named
 
 
 def make_handler(args):
@@ -402,8 +407,12 @@ def make_handler(args):
                             max_batch_size=args.batch_size, **kwargs)
 
 
-def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict:
-    """Run the job; returns the summary (also written to <output>/summary.json)."""
+def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None,
+        handler=None, inspect=None) -> dict:
+    """Run the job; returns the summary (also written to <output>/summary.json).
+
+    Tests: `handler` replaces the ModelHandler of --mode; `inspect` is called with
+    build_pipeline's named PCollections before the pipeline runs (to attach assert_that)."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     _check_args(args, parser)
@@ -449,13 +458,15 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     # Nothing of an earlier run is touched until this one has finished (outputs.publish).
     run_id = outputs.new_run_id()
     output = outputs.run_folder(args.output, run_id)
-    handler = make_handler(args)
+    handler = handler if handler is not None else make_handler(args)
 
     # DirectRunner: Beam 2.77 skips Prism for pipelines with with_exception_handling (ours)
     # and runs them on the FnApiRunner; --runner BundleBasedDirectRunner retries failed
     # bundles as distributed runners do.
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, handler, classes, output)
+    named = build_pipeline(pipeline, args, handler, classes, output)
+    if inspect is not None:
+        inspect(named)
 
     start = time.perf_counter()
     result = pipeline.run()

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real sample data in ../shared/data, quiet TensorFlow."""
+"""Shared fixtures: the real sample data in ../shared/data, the threshold model, quiet
+TensorFlow."""
 import os
 import pathlib
 
@@ -16,6 +17,14 @@ def shared_data() -> pathlib.Path:
     if not (SHARED_DATA / "kitti_road").is_dir() or not (SHARED_DATA / "coco").is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA} (set FCNSEG_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def road_model(tmp_path_factory) -> pathlib.Path:
+    """models/fcn8s/1: the binary threshold model of tests/fakes.py (road where brightness >
+    127.5), exported as a KITTI road model; shared by the Beam test files."""
+    from tests import fakes
+    return fakes.export_threshold_model(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """The Beam job's runs: reruns that cannot mix, failed runs that leave the last good one,
-write failures the runner retries, and s3:// against a local S3-compatible server (moto)."""
+write failures the runner retries, and s3:// against a local S3-compatible server (moto).
+The model is the threshold fake (tests/fakes.py): every mask is known from the rule."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -16,26 +16,42 @@ from PIL import Image
 
 pytest.importorskip("apache_beam")
 
-from tests.test_beam_segment import (SMALL_CALIB, _png, _read_jsonl, _rgb,  # noqa: F401,E402
-                                     road_model)
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.testing import test_pipeline  # noqa: E402
+
+from tests import fakes  # noqa: E402
+from tests.test_beam_segment import (SMALL_CALIB, _expected_record, _inspect,  # noqa: E402
+                                     _png, _read_jsonl, _rgb, _run)
 
 
-def _run(*args) -> dict:
-    from beam_jobs import segment
-    return segment.run([str(a) for a in args])
+def _image(i: int) -> np.ndarray:
+    return _rgb(24, 64, seed=i)
 
 
 def _kitti_images(root: pathlib.Path, n: int) -> pathlib.Path:
-    """training/image_2 with n KITTI-named images (um, umm, uu in turn), small and random,
-    and their calib files (the bird's-eye-view submission needs them)."""
+    """training/image_2 with n KITTI-named images (um, umm, uu in turn), small and random
+    (`_image(i)`), and their calib files (the bird's-eye-view submission needs them)."""
     folder, calib = root / "training" / "image_2", root / "training" / "calib"
     folder.mkdir(parents=True)
     calib.mkdir()
     for i in range(n):
         cat = ("um", "umm", "uu")[i % 3]
-        (folder / f"{cat}_{i:06d}.png").write_bytes(_png(_rgb(24, 64, seed=i)))
+        (folder / f"{cat}_{i:06d}.png").write_bytes(_png(_image(i)))
         (calib / f"{cat}_{i:06d}.txt").write_text(SMALL_CALIB)
     return root
+
+
+def _expected(n: int) -> list[tuple]:
+    """The result records of `_kitti_images(.., n)` by the rule (not evaluated)."""
+    return [_expected_record(f"{('um', 'umm', 'uu')[i % 3]}_{i:06d}.png", _image(i))
+            for i in range(n)]
+
+
+def _masks_follow_the_rule(run: pathlib.Path, n: int) -> None:
+    for i in range(n):
+        name = f"{('um', 'umm', 'uu')[i % 3]}_{i:06d}.png"
+        np.testing.assert_array_equal(np.asarray(Image.open(run / "masks" / name)),
+                                      fakes.rule_class_ids(_image(i)), name)
 
 
 def _published(out: pathlib.Path) -> pathlib.Path:
@@ -51,8 +67,10 @@ def test_rerun_with_fewer_images_leaves_only_its_maps(tmp_path, road_model):
     assert first["ok"] == 12
     assert len(list((_published(out) / "kitti_submission").iterdir())) == 12
     second = _run("--input", _kitti_images(tmp_path / "b", 3), "--output", out,
-                  "--dataset", "kitti", "--model-dir", road_model, "--no-evaluate")
+                  "--dataset", "kitti", "--model-dir", road_model, "--no-evaluate",
+                  inspect=_inspect(results=_expected(3), dead={}))
     run = _published(out)
+    _masks_follow_the_rule(run, 3)
     assert run == pathlib.Path(second["run_dir"]) and (out / "latest").resolve() == run
     assert len(list(run.glob("kitti_submission/*.png"))) == 3
     assert len(list(run.glob("masks/*.png"))) == 3
@@ -113,13 +131,16 @@ def test_transient_write_failure_is_retried_by_the_runner(tmp_path, road_model, 
 
     monkeypatch.setattr(outputs, "write_bytes", flaky)
     out = tmp_path / "out"
+    pipeline = test_pipeline.TestPipeline(
+        options=PipelineOptions(["--runner", "BundleBasedDirectRunner"]))
+    # The retried bundle's records come out once: equal_to fails on a duplicate.
     summary = _run("--input", _kitti_images(tmp_path / "a", 6), "--output", out,
                    "--dataset", "kitti", "--model-dir", road_model, "--no-evaluate",
-                   "--runner", "BundleBasedDirectRunner")
+                   pipeline=pipeline, inspect=_inspect(results=_expected(6), dead={}))
     assert failed, "the injected failure did not happen"
     assert summary["ok"] == 6 and summary["failed"] == 0
     run = _published(out)
-    assert (run / "masks" / "um_000003.png").is_file()
+    _masks_follow_the_rule(run, 6)  # um_000003's mask included
     assert _read_jsonl(run, "dead_letter") == []
     paths = [r["path"] for r in _read_jsonl(run, "results")]
     assert len(paths) == len(set(paths)) == 6  # the retried bundle's output counted once
@@ -179,7 +200,7 @@ def _upload(s3, bucket: str, local: pathlib.Path, prefix: str) -> None:
 
 
 def test_s3_inputs_model_and_outputs(tmp_path, road_model, s3_server, monkeypatch):
-    """Images, the model and the outputs on s3://; the masks equal a local run's."""
+    """Images, the model and the outputs on s3://; the masks follow the rule."""
     from beam_jobs import handlers
 
     s3 = _bucket(s3_server, "fcnseg")
@@ -193,7 +214,11 @@ def test_s3_inputs_model_and_outputs(tmp_path, road_model, s3_server, monkeypatc
     monkeypatch.setattr(tempfile, "tempdir", None)
     summary = _run("--input", "s3://fcnseg/data/kitti", "--output", "s3://fcnseg/out",
                    "--dataset", "kitti", "--model-dir", "s3://fcnseg/models/fcn8s",
-                   "--no-evaluate", "--s3_endpoint_url", s3_server, *S3_OPTIONS)
+                   "--no-evaluate", "--s3_endpoint_url", s3_server, *S3_OPTIONS,
+                   # the pipeline's own options reach its workers' S3 file system
+                   pipeline=test_pipeline.TestPipeline(options=PipelineOptions(
+                       ["--s3_endpoint_url", s3_server, *S3_OPTIONS])),
+                   inspect=_inspect(results=_expected(4), dead={}))
     assert summary["ok"] == 4 and summary["failed"] == 0
     # TensorFlow loaded a local copy of the model, made once for the machine.
     copies = list((cache / "fcnseg-models").iterdir())
@@ -211,11 +236,8 @@ def test_s3_inputs_model_and_outputs(tmp_path, road_model, s3_server, monkeypatc
         f"s3://fcnseg/data/kitti/training/image_2/{p.name}"
         for p in (inputs / "training" / "image_2").iterdir())
 
-    local = _run("--input", inputs, "--output", tmp_path / "local", "--dataset", "kitti",
-                 "--model-dir", road_model, "--no-evaluate")
     for key in masks:
         got = np.asarray(Image.open(s3.get_object(Bucket="fcnseg", Key=key)["Body"]))
-        want = np.asarray(Image.open(pathlib.Path(local["run_dir"]) / "masks" /
-                                     key.rsplit("/", 1)[1]))
-        assert np.array_equal(got, want), key
+        i = int(key.rsplit("_", 1)[1].split(".")[0])
+        np.testing.assert_array_equal(got, fakes.rule_class_ids(_image(i)), key)
     assert handlers.local_model_dir("/already/local") == "/already/local"

@@ -18,38 +18,10 @@ import numpy as np
 import pytest
 
 from serving.errors import ServingError
+from tests.fakes import write_hand_threshold_model
 from tfserving_dev.manager import State, VersionState, next_action
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def write_tiny_saved_model(path: pathlib.Path, threshold: int) -> None:
-    """A SavedModel with the export's signature names and dtypes but no network:
-    class 1 where the red channel exceeds `threshold` (so versions are told apart)."""
-    import tensorflow as tf
-
-    class Tiny(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                    name="images")])
-        def serving_default(self, images):
-            ids = tf.cast(images[..., 0] > threshold, tf.uint8)
-            probs = tf.stack([1.0 - tf.cast(ids, tf.float32), tf.cast(ids, tf.float32)], -1)
-            return {"class_ids": ids, "confidence": images[..., 1], "probabilities": probs}
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def segment_encoded(self, image_bytes):
-            def one(data):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                ids = tf.cast(image[..., :1] > threshold, tf.uint8)
-                return tf.io.encode_png(ids), tf.shape(image)[0], tf.shape(image)[1]
-            png, h, w = tf.map_fn(one, image_bytes,
-                                  fn_output_signature=(tf.string, tf.int32, tf.int32))
-            return {"mask_png_bytes": png, "heights": h, "widths": w}
-
-    module = Tiny()
-    tf.saved_model.save(module, str(path), signatures={
-        "serving_default": module.serving_default.get_concrete_function(),
-        "segment_encoded": module.segment_encoded.get_concrete_function()})
 
 
 def write_broken_version(path: pathlib.Path) -> None:
@@ -60,7 +32,7 @@ def write_broken_version(path: pathlib.Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_version(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("tiny") / "v"
-    write_tiny_saved_model(path, threshold=100)
+    write_hand_threshold_model(path, threshold=100)
     return path
 
 
@@ -141,7 +113,7 @@ def test_broken_new_version_keeps_the_old_one_serving(tiny_server, tiny_base):
 
 def test_new_version_swaps_in_and_the_old_is_unloaded(tiny_server, tiny_base):
     from serving.grpc_client import PredictionClient
-    write_tiny_saved_model(tiny_base.parent / "staging", threshold=200)
+    write_hand_threshold_model(tiny_base.parent / "staging", threshold=200)
     shutil.move(tiny_base.parent / "staging", tiny_base / "2")
     images = _image()
     with PredictionClient(tiny_server.address, "fcn8s") as client:
