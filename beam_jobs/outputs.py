@@ -43,6 +43,7 @@ SUBMISSION_ZIP = "kitti_submission.zip"
 OVERLAYS = "overlays"
 RESULTS = "results"
 DEAD_LETTERS = "dead_letter"
+IMAGE_SCORES = "image_scores"          # model.image_scores records, read by model.report
 SUMMARY = "summary.json"
 METRICS = "metrics.json"
 PR_CURVE = "pr_curve.png"

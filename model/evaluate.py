@@ -33,7 +33,7 @@ from tqdm import tqdm
 from contract import layout
 from contract.names import COCO_PROTOCOLS, NATIVE
 from contract.records import ExportMetadata, require_task
-from model import metrics, plots, runs
+from model import image_scores, metrics, plots, report, runs
 from model.data import image_io, kitti, kitti_bev, palette
 
 KITTI_KEYS = ("MaxF", "AP", "PRE", "REC", "FPR", "FNR", "IoU")
@@ -139,6 +139,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     road_bev: dict[str, metrics.RoadCounts] = {}
     images_per_category: dict[str, int] = {}
     overlays_written = 0
+    scored = image_scores.Writer(out_dir)  # per-image scores and overlays for report.html
     with tqdm(total=len(pairs), desc="evaluate", unit="img") as progress:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
@@ -155,6 +156,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                                      f"{(*image.shape[:2], num_classes)}")
                 pred = _argmax(prob)
                 cm += metrics.confusion_matrix(pred, label, num_classes)
+                table = None
                 if road_scores:
                     category = _category(image_path) if is_kitti else metrics.OVERALL
                     counts = metrics.road_counts(prob[..., 1], label)
@@ -164,6 +166,10 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                         counts = metrics.bev_road_counts(prob[..., 1], label, table)
                         road_bev[category] = road_bev.get(category, metrics.RoadCounts()) + counts
                     images_per_category[category] = images_per_category.get(category, 0) + 1
+                scored.add(*image_scores.score_image(
+                    image_path.stem, image, label, class_names, confidence=prob[..., 1]
+                    if road_scores else None, class_ids=pred, bev_table=table,
+                    category=_category(image_path) if is_kitti else None, path=str(image_path)))
                 if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
                                        image, pred, colours or palette(num_classes),
@@ -191,6 +197,10 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                                     road_bev=road_bev, label_format=label_format,
                                     **fields, **(source or {}))
     runs.write_json(out_dir / "metrics.json", result)
+    scored.close()
+    report.write_run_info(out_dir, model=report.model_description(config, source),
+                          dataset=(source or {}).get("dataset") or config.get("dataset"))
+    report.build(out_dir)
     return result
 
 
