@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import sys
 from typing import Optional, Sequence
@@ -48,9 +49,19 @@ def write_run_info(folder, **info) -> dict:
     info = {k: v for k, v in info.items() if v is not None}
     info.setdefault("date", datetime.datetime.now(datetime.timezone.utc)
                     .strftime("%Y-%m-%d %H:%M UTC"))
-    info.setdefault("command", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    info.setdefault("command", _command())
     atomic_write_text(pathlib.Path(folder) / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _command() -> str:
+    """This process's command line, as typed: `python -m model.evaluate ...`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        program = ["python", "-m", spec.name.removesuffix(".__main__")]
+    else:
+        program = ["python", sys.argv[0]]
+    return " ".join(shlex.quote(a) for a in [*program, *sys.argv[1:]])
 
 
 def model_description(config: dict, source: Optional[dict] = None) -> dict:
@@ -136,9 +147,10 @@ def _kitti_tables(metrics: dict) -> list[dict]:
     tables = []
     for key, png, view in PR_CURVES:
         if key in metrics:
-            rows = [{"name": name, "images": s.get("num_images"),
-                     "cells": [_pct(s.get(c)) for c in KITTI_COLUMNS]}
-                    for name, s in metrics[key].items()]
+            groups = sorted(metrics[key], key=lambda g: (g == "overall", g))  # overall last
+            rows = [{"name": name, "images": metrics[key][name].get("num_images"),
+                     "cells": [_pct(metrics[key][name].get(c)) for c in KITTI_COLUMNS]}
+                    for name in groups]
             tables.append({"view": view, "png": png, "rows": rows})
     return tables
 
@@ -213,32 +225,33 @@ def build(folder) -> pathlib.Path:
 
 # --- two runs side by side ----------------------------------------------------------------
 
-def _delta_table(metrics_a: dict, metrics_b: dict) -> list[dict]:
-    """Rows (table, name, metric, A, B, B - A) of the scores both runs have."""
-    rows = []
+def _delta(a, b) -> dict:
+    delta = None if a is None or b is None else b - a
+    return {"a": _pct(a), "b": _pct(b), "delta": "–" if delta is None else f"{100 * delta:+.2f}",
+            "sign": 0 if not delta else (1 if delta > 0 else -1)}
 
-    def add(table, name, metric, a, b):
-        delta = None if a is None or b is None else b - a
-        rows.append({"table": table, "name": name, "metric": metric, "a": _pct(a),
-                     "b": _pct(b), "delta": "–" if delta is None else f"{100 * delta:+.2f}",
-                     "sign": 0 if not delta else (1 if delta > 0 else -1)})
 
+def _delta_tables(metrics_a: dict, metrics_b: dict) -> list[dict]:
+    """Tables of the scores both runs have: per row, each metric's A, B and B - A."""
+    tables = []
     for key, _, view in PR_CURVES:
-        for name in metrics_a.get(key, {}):
-            if name in metrics_b.get(key, {}):
-                for column in KITTI_COLUMNS:
-                    if column in ("MaxF", "AP", "IoU"):
-                        add(view, name, column, metrics_a[key][name].get(column),
-                            metrics_b[key][name].get(column))
-    for metric in ("mean_iou", "pixel_accuracy"):
-        add("segmentation", "all", metric.replace("_", " "), metrics_a.get(metric),
-            metrics_b.get(metric))
+        groups = [g for g in sorted(metrics_a.get(key, {}), key=lambda g: (g == "overall", g))
+                  if g in metrics_b.get(key, {})]
+        if groups:
+            columns = ("MaxF", "AP", "IoU")
+            tables.append({"title": f"KITTI devkit scores, {view}", "metrics": columns, "rows": [
+                {"name": g, "cells": [_delta(metrics_a[key][g].get(c), metrics_b[key][g].get(c))
+                                      for c in columns]} for g in groups]})
+    columns = ("mean_iou", "pixel_accuracy")
+    tables.append({"title": "Segmentation", "metrics": ["mean IoU", "pixel accuracy"],
+                   "rows": [{"name": "all", "cells": [_delta(metrics_a.get(c), metrics_b.get(c))
+                                                      for c in columns]}]})
     if "kitti" not in metrics_a:
         iou_a, iou_b = metrics_a.get("per_class_iou", {}), metrics_b.get("per_class_iou", {})
-        for name in iou_a:
-            if name in iou_b:
-                add("per-class IoU", name, "IoU", iou_a[name], iou_b[name])
-    return rows
+        tables.append({"title": "Per-class IoU", "metrics": ["IoU"], "rows": [
+            {"name": name, "cells": [_delta(iou_a[name], iou_b[name])]}
+            for name in iou_a if name in iou_b]})
+    return tables
 
 
 def _overlaid_pr_curves(run_a: dict, run_b: dict, labels, output: pathlib.Path) -> list:
@@ -326,7 +339,7 @@ def compare(folder_a, folder_b, output) -> pathlib.Path:
         title="fcnseg comparison", runs=[
             {"label": label, "folder": str(run["folder"]), "header": _header(run)}
             for label, run in zip(labels, (run_a, run_b))],
-        deltas=_delta_table(run_a["metrics"], run_b["metrics"]),
+        delta_tables=_delta_tables(run_a["metrics"], run_b["metrics"]),
         pr_curves=_overlaid_pr_curves(run_a, run_b, labels, output), gallery=gallery)
     path = output / COMPARE
     atomic_write_text(path, html)

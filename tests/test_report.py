@@ -56,6 +56,21 @@ def _expected_order(folder) -> list[str]:
                                                  if r["score"] is None)
 
 
+def _road_on_half_the_pixels(model, image_path):
+    """Shift the road logit by its median margin on one image, so that the random model
+    says road for about half of the pixels and its per-image F-measures differ."""
+    import keras
+
+    image = Image.open(image_path).convert("RGB").resize(IMAGE_SIZE[::-1])
+    logits = np.asarray(keras.Model(model.input, model.get_layer("logits").output)(
+        np.asarray(image, np.float32)[None]))
+    layer = model.get_layer("score_pool3")
+    kernel, bias = layer.get_weights()
+    bias[1] -= np.median(logits[..., 1] - logits[..., 0])
+    layer.set_weights([kernel, bias])
+    return model
+
+
 @pytest.fixture(scope="module")
 def kitti_runs(tmp_path_factory, kitti_root):
     """The same six KITTI pairs scored by model.evaluate and by the Beam job, with one
@@ -70,9 +85,10 @@ def kitti_runs(tmp_path_factory, kitti_root):
     # Two real pairs per category (with calibration): real sizes, real bird's-eye views.
     names = [p.stem for c in CATEGORIES
              for p in sorted((kitti_root / "training" / "image_2").glob(f"{c}_*.png"))[:2]]
-    model_dir = export_saved_model(tiny_fcn(2, IMAGE_SIZE, seed=3), KITTI_CONFIG,
-                                   tmp / "models", "fcn8s", version=1)
     root = _small_kitti_root(kitti_root, tmp / "data_road", names)
+    model = _road_on_half_the_pixels(tiny_fcn(2, IMAGE_SIZE, seed=3),
+                                     root / "training" / "image_2" / f"{names[0]}.png")
+    model_dir = export_saved_model(model, KITTI_CONFIG, tmp / "models", "fcn8s", version=1)
     pairs = kitti.list_pairs(root, task="road")
     predictor = inference.saved_model_predictor(model_dir)
     evaluate.evaluate_pairs(predictor, KITTI_CONFIG, pairs, tmp / "eval", overlays=0,
@@ -220,13 +236,16 @@ def test_report_in_chromium(kitti_runs, run):
         count = len(kitti_runs["names"])
         assert images == 2 * count + 2  # perspective and BEV per image, two PR curves
         assert _gallery(driver) == _expected_order(folder)
+        scores = [r["score"] for r in image_scores.read_records(folder)]
+        assert len(set(scores)) == len(scores)  # distinct: the order is the scores', not names'
         Select(driver.find_element("id", "category")).select_by_value("umm")
         assert _gallery(driver) == [n for n in _expected_order(folder) if n.startswith("umm_")]
         assert driver.find_element("id", "count").text == f"2 of {count} images"
         _not_blank(driver.get_screenshot_as_png())
         shot = os.environ.get("FCNSEG_REPORT_SCREENSHOT")
-        if shot and run == "eval":  # docs/report-*.png are made this way
+        if shot and run == "eval":
             Select(driver.find_element("id", "category")).select_by_value("")
+            driver.execute_script("window.scrollTo(0, 0);")
             driver.save_screenshot(shot)
 
 

@@ -41,14 +41,14 @@
     return node;
   }
   function card(c) {
-    const pics = c.images.map((img) => el("figure", { class: img.bev ? "bev" : "" }, [
+    const pics = c.images.map((img) => el("figure", img.bev ? { class: "bev" } : {}, [
       el("img", { src: img.src, alt: img.alt, title: img.alt }),
       ...(img.caption || img.bev ? [el("figcaption", { text: (img.caption ? img.caption + " " : "") + (img.bev ? "BEV" : "") })] : [])]));
     const figures = c.figures.map(([k, v]) => el("div", {}, [el("dt", { text: k }), el("dd", { text: v })]));
     return el("figure", { class: "card" + (c.pair ? " pair" : ""), "data-image": c.image,
                           "data-category": c.category }, [
       el("div", { class: "title" }, [el("b", { text: c.image }), el("span", { class: "cat", text: c.category })]),
-      el("div", { class: "pics" }, pics), el("dl", {}, figures)]);
+      el("div", { class: "body" }, [...pics, el("dl", {}, figures)])]);
   }
   function render() {
     const list = shown();
