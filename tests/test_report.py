@@ -295,3 +295,38 @@ def test_paging_shows_every_image_once_in_order(tmp_path):
         assert _gallery(driver) == expected[225:]
         errors, broken = _problems(driver)
         assert errors == [] and broken == []
+
+
+def test_multi_class_report_from_a_fake_model_with_known_answers(tmp_path):
+    """A predictor whose masks are known: image A is predicted exactly (mIoU 1), image B
+    gets class 0 on 6 of its 24 class-2 pixels (IoU b 18/24, bg 0/6, "a" absent: mIoU 3/8)."""
+    from model import evaluate
+
+    labels = {"a": np.zeros((4, 6), np.uint8), "b": np.full((4, 6), 2, np.uint8)}
+    labels["a"][:, :3] = 1
+    predicted = {10: labels["a"], 20: labels["b"].copy()}
+    predicted[20][:3, :2] = 0  # 3 x 2 = 6 pixels
+    pairs = []
+    for name, value in (("a", 10), ("b", 20)):
+        Image.fromarray(np.full((4, 6, 3), value, np.uint8)).save(tmp_path / f"{name}.png")
+        Image.fromarray(labels[name]).save(tmp_path / f"{name}_label.png")
+        pairs.append((tmp_path / f"{name}.png", tmp_path / f"{name}_label.png"))
+
+    def predict(images):
+        return [np.eye(3, dtype=np.float32)[predicted[int(image[0, 0, 0])]] for image in images]
+
+    config = {"class_names": ["bg", "a", "b"], "colours": [[0, 0, 0], [200, 0, 0], [0, 0, 200]],
+              "label_format": "ids", "dataset": "folder"}
+    evaluate.evaluate_pairs(predict, config, pairs, tmp_path / "out", overlays=0)
+    records = {r["image"]: r for r in image_scores.read_records(tmp_path / "out")}
+    assert records["a"]["mIoU"] == 1.0 and records["a"]["pixel_accuracy"] == 1.0
+    assert records["b"]["class_iou"] == {"bg": 0.0, "b": 18 / 24}
+    assert records["b"]["score"] == 3 / 8 and records["b"]["pixel_accuracy"] == 18 / 24
+    with _browser() as driver:
+        _open(driver, tmp_path / "out" / "report.html")
+        errors, broken = _problems(driver)
+        assert errors == [] and broken == []
+        assert _gallery(driver) == ["b", "a"]
+        # The confusion matrix heat map and one overlay per image; no category filter.
+        assert driver.execute_script("return document.images.length;") == 3
+        assert not driver.find_element("id", "category").is_displayed()
