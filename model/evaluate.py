@@ -166,10 +166,10 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                         counts = metrics.bev_road_counts(prob[..., 1], label, table)
                         road_bev[category] = road_bev.get(category, metrics.RoadCounts()) + counts
                     images_per_category[category] = images_per_category.get(category, 0) + 1
-                scored.add(*image_scores.score_image(
+                scored.score(
                     image_path.stem, image, label, class_names, confidence=prob[..., 1]
                     if road_scores else None, class_ids=pred, bev_table=table,
-                    category=_category(image_path) if is_kitti else None, path=str(image_path)))
+                    category=_category(image_path) if is_kitti else None, path=str(image_path))
                 if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
                                        image, pred, colours or palette(num_classes),
@@ -199,7 +199,8 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
     runs.write_json(out_dir / "metrics.json", result)
     scored.close()
     report.write_run_info(out_dir, model=report.model_description(config, source),
-                          dataset=(source or {}).get("dataset") or config.get("dataset"))
+                          dataset=(source or {}).get("dataset") or config.get("dataset"),
+                          seconds={"run": scored.run_seconds, "report": scored.seconds})
     report.build(out_dir)
     return result
 

@@ -137,6 +137,10 @@ def _header(run: dict) -> list[tuple[str, str]]:
     if metrics.get("coco_protocol"):
         rows.append(("protocol", metrics["coco_protocol"]))
     dead = len(run["dead_letters"])
+    seconds = info.get("seconds") or {}
+    if seconds.get("run"):
+        rows.append(("report cost", f"{seconds['report']:.1f} s of a {seconds['run']:.1f} s "
+                                    f"run ({100 * seconds['report'] / seconds['run']:.1f} %)"))
     rows += [("date", info.get("date") or "–"), ("command", info.get("command") or "–"),
              ("images", f"{len(run['records'])} scored, {dead} dead letter"
                         f"{'' if dead == 1 else 's'}")]

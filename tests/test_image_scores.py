@@ -66,14 +66,13 @@ def test_bird_eye_view_scores_through_a_known_table():
     assert record["F_bev"] == 2 / 3 and record["PRE_bev"] == 1.0 and record["REC_bev"] == 0.5
     assert record["score"] == record["F"] == 2 / 5 and record["score_name"] == "F"
     assert set(files) == {record["overlay"], record["overlay_bev"]}
-    bev = np.asarray(Image.open(io.BytesIO(files[record["overlay_bev"]])))
-    assert bev.shape == (800 // 2, 400 // 2, 3)  # the 800x400 grid, halved for the page
+    bev = Image.open(io.BytesIO(files[record["overlay_bev"]]))
+    assert bev.size == (400 // 2, 800 // 2)  # the 800x400 grid, halved for the page
 
 
 def test_overlay_colours_are_half_blends_of_the_outcome_colours():
-    record, files = image_scores.score_image("a", GREY, ROAD_LABEL, ["not road", "road"],
-                                             confidence=CONFIDENCE)
-    picture = np.asarray(Image.open(io.BytesIO(files["image_overlays/a.png"])))
+    _, outcome = image_scores.binary_scores(CONFIDENCE, ROAD_LABEL)
+    picture = image_scores.overlay_picture(GREY, outcome, max_width=640)
     # 100 * 0.5 + colour * 0.5, rounded: green (0,190,60) -> (50,145,80), red (235,40,40) ->
     # (168,70,70) (167.5 rounds to even), blue (40,110,255) -> (70,105,178) (177.5 -> 178).
     assert picture[0, 0].tolist() == [50, 145, 80]
@@ -81,6 +80,21 @@ def test_overlay_colours_are_half_blends_of_the_outcome_colours():
     assert picture[0, 2].tolist() == [70, 105, 178]
     assert picture[1, 0].tolist() == [100, 100, 100]  # true negative: the image itself
     assert picture[1, 1].tolist() == [100, 100, 100]  # not evaluated: the image itself
+
+
+def test_overlays_are_reduced_by_an_integer_factor():
+    # 1242 columns -> factor ceil(1242 / 640) = 2 -> 621 x 188 (375 / 2 rounded up by PIL).
+    image = np.zeros((375, 1242, 3), np.uint8)
+    outcome = np.full((375, 1242), 255, np.uint8)
+    outcome[0, 0] = image_scores.FP      # kept: row 0, column 0 is sampled
+    outcome[1, 1] = image_scores.FN      # dropped: odd row and column
+    picture = image_scores.overlay_picture(image, outcome, max_width=640)
+    assert picture.shape == (188, 621, 3)
+    assert picture[0, 0].tolist() == [118, 20, 20] and picture[0, 1].tolist() == [0, 0, 0]
+    record, files = image_scores.score_image("k", image, np.zeros((375, 1242), np.uint8),
+                                             ["not road", "road"],
+                                             confidence=np.zeros((375, 1242), np.uint8))
+    assert Image.open(io.BytesIO(files[record["overlay"]])).size == (621, 188)
 
 
 def test_worst_first_and_the_json_lines_file(tmp_path):
