@@ -4,7 +4,8 @@ Every run writes into its own folder and becomes the published one only when it 
 
     <output>/runs/<run id>/     masks/, confidence/, kitti_submission/, overlays/,
                                 results-*.jsonl, dead_letter-*.jsonl, summary.json,
-                                metrics.json, ...
+                                metrics.json, image_scores-*.jsonl, image_overlays/,
+                                report.html (with ground truth: model/report.py), ...
     <output>/LATEST             the run id of the last run that finished (one small object)
     <output>/latest             local filesystems only: a symlink to runs/<that id>
 

@@ -13,7 +13,8 @@ rendered for the model's own categories, in its class order.
 
 Writes to --out (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (KITTI) or
 confusion_matrix.png (other datasets), and overlays/<name>.png (prediction above ground truth)
-for the first --overlays images. Prints a summary table. Probabilities are computed at each
+for the first --overlays images; per-image scores (image_scores.jsonl, image_overlays/) and
+report.html (model/report.py). Prints a summary table. Probabilities are computed at each
 image's original size (model.inference), so KITTI is scored at full resolution.
 
 KITTI is scored twice: in the perspective view (the camera image) and in the bird's-eye view
