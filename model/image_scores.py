@@ -52,20 +52,20 @@ def _ratio(num: int, den: int) -> Optional[float]:
     return num / den if den > 0 else None
 
 
+# Pixel code label * 2 + road, label 0 (not road), 1 (road) or 2 (not counted: 255) ->
+# outcome: 0 true negative, 1 false positive, 2 false negative, 3 true positive.
+_CODE_OUTCOME = np.array([IGNORE_LABEL, FP, FN, TP, IGNORE_LABEL, IGNORE_LABEL], np.uint8)
+
+
 def binary_scores(confidence: np.ndarray, label: np.ndarray) -> tuple[dict, np.ndarray]:
     """({tp, fp, fn, PRE, REC, F, IoU}, outcome map) of a uint8 road confidence and its label."""
-    road = np.asarray(confidence) >= DECISION
-    label = np.asarray(label)
-    truth, valid = label == 1, label != IGNORE_LABEL
-    outcome = np.full(label.shape, IGNORE_LABEL, np.uint8)
-    outcome[road & truth] = TP
-    outcome[road & valid & ~truth] = FP
-    outcome[~road & truth] = FN
-    tp = int(np.count_nonzero(road & truth))
-    fp = int(np.count_nonzero(road & valid & ~truth))
-    fn = int(np.count_nonzero(~road & truth))
+    # One pass: a small code per pixel, counted by bincount (a few ms for a KITTI image).
+    code = np.minimum(np.asarray(label), 2) * np.uint8(2)
+    code += np.asarray(confidence) >= DECISION
+    _, fp, fn, tp = (int(n) for n in np.bincount(code.ravel(), minlength=6)[:4])
     return {"tp": tp, "fp": fp, "fn": fn, "PRE": _ratio(tp, tp + fp), "REC": _ratio(tp, tp + fn),
-            "F": _ratio(2 * tp, 2 * tp + fp + fn), "IoU": _ratio(tp, tp + fp + fn)}, outcome
+            "F": _ratio(2 * tp, 2 * tp + fp + fn), "IoU": _ratio(tp, tp + fp + fn)
+            }, _CODE_OUTCOME[code]
 
 
 def class_scores(class_ids: np.ndarray, label: np.ndarray,
@@ -105,6 +105,17 @@ def overlay_picture(image: np.ndarray, outcome: np.ndarray, max_width: int) -> n
         outcome = outcome[::factor, ::factor][:image.shape[0], :image.shape[1]]
         image = image[:outcome.shape[0], :outcome.shape[1]]
     return plots.overlay(image, outcome, OUTCOME_COLOURS)
+
+
+def _image_to_bev(image: np.ndarray, table) -> np.ndarray:
+    """kitti_bev.to_bev of an RGB image, its pixels packed in one uint32 each: one gather of
+    words instead of rows of three bytes (several times faster)."""
+    from model.data import kitti_bev
+
+    rgba = np.zeros((*image.shape[:2], 4), np.uint8)
+    rgba[..., :3] = image
+    packed = kitti_bev.to_bev(rgba.view(np.uint32)[..., 0], table, 0)
+    return packed[..., None].view(np.uint8)[..., :3]
 
 
 def _jpeg(picture: np.ndarray) -> bytes:
@@ -147,7 +158,7 @@ def score_image(name: str, image: np.ndarray, label: np.ndarray, class_names,
                 kitti_bev.label_to_bev(np.asarray(label), bev_table))
             record.update({f"{k}_bev": v for k, v in bev_scores.items()})
             files[f"{OVERLAY_DIR}/{name}_bev.jpg"] = _jpeg(overlay_picture(
-                kitti_bev.to_bev(image, bev_table, 0), bev_outcome, BEV_MAX_WIDTH))
+                _image_to_bev(image, bev_table), bev_outcome, BEV_MAX_WIDTH))
     else:
         if class_ids is None:
             raise ValueError(f"{name}: a multi-class model's image needs its class ids")
@@ -162,6 +173,15 @@ def score_image(name: str, image: np.ndarray, label: np.ndarray, class_names,
 
 def to_json_line(record: dict) -> str:
     return json.dumps(metrics.json_safe(record), sort_keys=True)
+
+
+def _write_file(path: pathlib.Path, data: bytes) -> None:
+    """A temporary name renamed into place (no half file), without common.files' fsync:
+    thumbnails are rebuilt by rerunning, and an fsync per file would dominate their cost."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class Writer:
@@ -191,7 +211,7 @@ class Writer:
 
     def _write(self, record: dict, files: dict[str, bytes]) -> None:
         for relative, data in files.items():
-            atomic_write_bytes(self.folder / relative, data)
+            _write_file(self.folder / relative, data)
         self._lines.append(to_json_line(record))
 
     def close(self) -> None:
