@@ -343,7 +343,8 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
         output, args.dataset, classes, args.overlays, args.evaluate,
-        args.task or "road")).with_outputs("dead", "stats", "submission", "image_scores", main="results")
+        args.task or "road")).with_outputs("dead", "stats", "submission", "image_scores",
+                                           main="results")
     if args.submission_zip is not None:
         zip_path = args.submission_zip or FileSystems.join(output, outputs.SUBMISSION_ZIP)
         _ = (finished.submission
@@ -509,11 +510,11 @@ def _write_report(output: str, args, meta: dict) -> None:
     if "://" in output:
         _LOGGER.info("no report.html on %s: run python -m model.report on a local copy", output)
         return
-    size = meta.get("inference_size")
     report.write_run_info(output, dataset=args.dataset, model={
         "name": meta.get("model_name") or args.model_name, "version": meta.get("model_version")
         or args.model_version or args.model_label, "variant": meta.get("variant"),
-        "inference_size": size, "path": args.model_dir or f"{args.server}/{args.model_name}"})
+        "inference_size": meta.get("inference_size"),
+        "path": args.model_dir or f"{args.server}/{args.model_name}"})
     report.build(output)
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import io
 import json
-import os
 import pathlib
 import shlex
 import shutil
@@ -24,7 +24,7 @@ import sys
 from typing import Optional, Sequence
 
 from common import cli
-from common.files import atomic_write_text
+from common.files import atomic_write_bytes, atomic_write_text
 from model import image_scores
 
 REPORT = "report.html"
@@ -284,7 +284,9 @@ def _overlaid_pr_curves(run_a: dict, run_b: dict, labels, output: pathlib.Path) 
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower left", fontsize=9)
         name = f"compare_{png}"
-        plots._save_figure(fig, output / name)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=plots.DPI)
+        atomic_write_bytes(output / name, buffer.getvalue())
         written.append((name, view))
     return written
 
