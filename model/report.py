@@ -93,9 +93,18 @@ def _dead_letters(folder: pathlib.Path) -> list[dict]:
     return sorted(letters, key=lambda d: str(d.get("path")))
 
 
+def run_folder(folder) -> pathlib.Path:
+    """A run folder as given, or the published run of a Beam job's --output (its LATEST)."""
+    folder = pathlib.Path(folder)
+    pointer = folder / "LATEST"
+    if pointer.is_file() and not (folder / METRICS).is_file():
+        return folder / "runs" / pointer.read_text().strip()
+    return folder
+
+
 def load_run(folder) -> dict:
     """Everything the page shows, read from the run's files."""
-    folder = pathlib.Path(folder)
+    folder = run_folder(folder)
     if not folder.is_dir():
         raise cli.UserError(folder, "no such run folder")
     metrics = _read_json(folder / METRICS)
@@ -222,7 +231,7 @@ def build(folder) -> pathlib.Path:
         confusion=CONFUSION_PNG if CONFUSION_PNG in run["figures"] else None,
         pr_curves=[(png, view) for _, png, view in PR_CURVES if png in run["figures"]],
         gallery=gallery, dead_letters=run["dead_letters"])
-    path = pathlib.Path(folder) / REPORT
+    path = run["folder"] / REPORT
     atomic_write_text(path, html)
     return path
 

@@ -140,6 +140,10 @@ def test_every_run_leaves_a_report_and_it_rebuilds_from_the_files(kitti_runs, ca
         before = page.read_text()
         assert report.main([str(kitti_runs[run])]) == 0
         assert page.read_text() == before
+    # A Beam job's --output folder stands for its published run.
+    capsys.readouterr()
+    assert report.main([str(kitti_runs["beam"].parent.parent)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {kitti_runs['beam'] / 'report.html'}"
     beam_page = (kitti_runs["beam"] / "report.html").read_text()
     assert "um_000099.png" in beam_page and "1 dead letter" in beam_page
     assert "http://" not in beam_page and "https://" not in beam_page  # nothing from a network
