@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv train train-kitti export evaluate test test-slow mutation serve bench data-kitti data-coco clean dask-cluster
+.PHONY: venv train train-kitti export evaluate test test-slow browser mutation serve bench data-kitti data-coco clean dask-cluster
 
 venv: $(STAMP)
 
@@ -50,11 +50,15 @@ evaluate: $(STAMP)
 
 # The suite (under 15 minutes on 2 cores). The few long tests are marked slow: make
 # test-slow runs them; CI (.ci/run) runs both.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# Debian's chromium and chromium-driver for the report pages' browser tests, when missing.
+browser:
+	@tools/install_browser.sh
 
 # Plant known bugs one at a time in a temporary copy and show the tests fail for each
 # (docs/testing.md has the table).

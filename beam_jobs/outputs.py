@@ -4,7 +4,8 @@ Every run writes into its own folder and becomes the published one only when it 
 
     <output>/runs/<run id>/     masks/, confidence/, kitti_submission/, overlays/,
                                 results-*.jsonl, dead_letter-*.jsonl, summary.json,
-                                metrics.json, ...
+                                metrics.json, image_scores-*.jsonl, image_overlays/,
+                                report.html (with ground truth: model/report.py), ...
     <output>/LATEST             the run id of the last run that finished (one small object)
     <output>/latest             local filesystems only: a symlink to runs/<that id>
 
@@ -47,6 +48,7 @@ SUBMISSION_ZIP = "kitti_submission.zip"
 OVERLAYS = "overlays"
 RESULTS = "results"
 DEAD_LETTERS = "dead_letter"
+IMAGE_SCORES = "image_scores"          # model.image_scores records, read by model.report
 SUMMARY = "summary.json"
 METRICS = "metrics.json"
 PR_CURVE = "pr_curve.png"

@@ -257,6 +257,8 @@ class FinishImage(beam.DoFn):
         if scored is not None:
             self.evaluated.inc()
             yield beam.pvalue.TaggedOutput("scored", scored)
+            yield beam.pvalue.TaggedOutput("image_scores", self._image_scores(
+                item, seg, label, table, scored.road_confidence))
         if "kitti_submission" in files:
             yield beam.pvalue.TaggedOutput("submission", files["kitti_submission"])
         yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
@@ -293,6 +295,23 @@ class FinishImage(beam.DoFn):
             files["overlay"] = FileSystems.join(self.output, outputs.OVERLAYS, stem + ".png")
             outputs.write_bytes(files["overlay"], outputs.png_bytes(picture))
         return files
+
+    def _image_scores(self, item, seg, label, table, confidence) -> str:
+        """The image's line of image_scores-*.jsonl (model.image_scores, as model.evaluate
+        writes it) and its error overlays, for report.html."""
+        from model import image_scores
+        from model.data.image_io import decode_image_bytes
+
+        names = self.classes["class_names"]
+        if len(names) == 2 and confidence is None:
+            confidence = evaluation.decode_confidence(seg.confidence_png)
+        record, files = image_scores.score_image(
+            sources.stem_of(item.path), decode_image_bytes(item.data, item.path), label, names,
+            confidence=confidence, class_ids=seg.class_ids, bev_table=table,
+            category=item.category, path=item.path)
+        for relative, data in files.items():
+            outputs.write_bytes(FileSystems.join(self.output, relative), data)
+        return image_scores.to_json_line(record)
 
     def _record(self, item, seg, files, evaluated) -> dict:
         counts = np.bincount(seg.class_ids.ravel(), minlength=256)
@@ -342,7 +361,8 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
         _failed_batch_to_dead)
     finished = predictions | "Finish" >> beam.ParDo(FinishImage(
         output, args.dataset, classes, args.overlays, args.evaluate,
-        args.task or "road")).with_outputs("dead", "scored", "submission", main="results")
+        args.task or "road")).with_outputs("dead", "scored", "submission", "image_scores",
+                                           main="results")
     if args.submission_zip is not None:
         zip_path = args.submission_zip or FileSystems.join(output, outputs.SUBMISSION_ZIP)
         _ = (finished.submission
@@ -358,6 +378,10 @@ def build_pipeline(p: beam.Pipeline, args, handler, classes: dict, output: str) 
     _ = (finished.results
          | "WriteResults" >> beam.io.WriteToText(
              FileSystems.join(output, outputs.RESULTS), file_name_suffix=".jsonl",
+             skip_if_empty=True))
+    _ = (finished.image_scores
+         | "WriteImageScores" >> beam.io.WriteToText(
+             FileSystems.join(output, outputs.IMAGE_SCORES), file_name_suffix=".jsonl",
              skip_if_empty=True))
     _ = (dead
          | "DeadToJson" >> beam.Map(DeadLetter.to_json)
@@ -494,10 +518,28 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     if FileSystems.exists(metrics_path):
         summary["metrics"] = outputs.read_json(metrics_path)
     outputs.write_json(FileSystems.join(output, outputs.SUMMARY), summary)
+    if "metrics" in summary:
+        _write_report(output, args, meta)
     replaced = outputs.publish(args.output, run_id)
     _LOGGER.info("published run %s in %s (replaced %d earlier run folders)", run_id,
                  args.output, len(replaced))
     return summary
+
+
+def _write_report(output: str, args, meta: dict) -> None:
+    """report.html in the run folder before it is published (model/report.py); on object
+    stores the page is left to `python -m model.report` on a downloaded copy."""
+    from model import report
+
+    if "://" in output:
+        _LOGGER.info("no report.html on %s: run python -m model.report on a local copy", output)
+        return
+    report.write_run_info(output, dataset=args.dataset, model={
+        "name": meta.get("model_name") or args.model_name, "version": meta.get("model_version")
+        or args.model_version or args.model_label, "variant": meta.get("variant"),
+        "inference_size": meta.get("inference_size"),
+        "path": args.model_dir or f"{args.server}/{args.model_name}"})
+    report.build(output)
 
 
 def _counters(result) -> dict:

@@ -12,7 +12,8 @@ rendered for the model's own categories, in its class order.
     (--model-dir: a model folder, its newest version, or a version folder)
 
 Writes to --output (default <run_dir>/eval_<split>/): metrics.json, pr_curve.png (binary
-models) or confusion_matrix.png (other models), and with --overlays overlays/<name>.png
+models) or confusion_matrix.png (other models), per-image scores (image_scores.jsonl,
+image_overlays/) and report.html (model/report.py), and with --overlays overlays/<name>.png
 (prediction above ground truth) for every image, as the Beam job's --overlays does. Prints a
 summary table. Probabilities are computed at each image's original size (model.inference),
 so KITTI is scored at full resolution.
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from contract import layout
 from contract.names import COCO_PROTOCOLS, KITTI_TASKS
 from contract.records import ExportMetadata, RecordError, require_task
-from model import geometry, plots, runs
+from model import geometry, image_scores, plots, report, runs
 from model.data import (Dataset, Options, dataset_names, get_dataset, image_io, kitti_bev,
                         palette)
 from model.scoreboard import Scoreboard
@@ -134,6 +135,7 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
 
     board = Scoreboard(class_names, by_category=dataset.by_category)
     overlays_written = 0
+    scored = image_scores.Writer(out_dir)  # per-image scores and overlays for report.html
     with tqdm(total=len(pairs), desc="evaluate", unit="img") as progress:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
@@ -149,11 +151,15 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
                     raise ValueError(f"{image_path}: model returned {prob.shape}, expected "
                                      f"{(*image.shape[:2], num_classes)}")
                 pred = _argmax(prob)
-                board.add(pred, label,
-                          road_confidence=prob[..., 1] if board.road_scores else None,
-                          category=dataset.category_of(image_path),
-                          bev_table=(kitti_bev.lookup_for_file(calibs[image_path], label.shape)
-                                     if bev else None))
+                table = (kitti_bev.lookup_for_file(calibs[image_path], label.shape)
+                         if bev else None)
+                category = dataset.category_of(image_path)
+                road_confidence = prob[..., 1] if board.road_scores else None
+                board.add(pred, label, road_confidence=road_confidence, category=category,
+                          bev_table=table)
+                scored.score(image_path.stem, image, label, class_names,
+                             confidence=road_confidence, class_ids=pred, bev_table=table,
+                             category=category, path=str(image_path))
                 if overlays_written < overlays:
                     plots.save_overlay(out_dir / "overlays" / f"{image_path.stem}.png",
                                        image, pred, colours or palette(num_classes),
@@ -168,6 +174,11 @@ def evaluate_pairs(model, config: dict, pairs, out_dir, overlays: int = 8,
         fields["coco_protocol"] = config.get("coco_protocol") or dataset.protocols[0]
     result = board.result(label_format=dataset.label_format, **fields, **(source or {}))
     runs.write_json(out_dir / "metrics.json", result)
+    scored.close()
+    report.write_run_info(out_dir, model=report.model_description(config, source),
+                          dataset=(source or {}).get("dataset") or config.get("dataset"),
+                          seconds={"run": scored.run_seconds, "report": scored.seconds})
+    report.build(out_dir)
     return result
 
 

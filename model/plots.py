@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import pathlib
 from typing import Mapping, Sequence
@@ -91,15 +92,19 @@ def _caption(picture: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img)
 
 
-def _save_figure(fig: Figure, path) -> None:
+def _save_figure(fig: Figure, path, metadata: dict | None = None) -> None:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=DPI, metadata=metadata)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_pr_curve(path, counts_by_name: Mapping[str, "metrics.RoadCounts"],
                   title: str = "KITTI road: precision-recall") -> None:
-    """Precision over recall at the devkit thresholds, one curve per name, MaxF point marked."""
+    """Precision over recall at the devkit thresholds, one curve per name, MaxF point marked.
+
+    The curves' points also go into the PNG as a text chunk (PR_CURVE_KEY, read back by
+    `read_pr_curves`), so a report can redraw them later from the run's own files."""
+    curves = {}
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.add_subplot()
     # Iso-F1 contours make the MaxF points easy to compare.
@@ -120,6 +125,9 @@ def save_pr_curve(path, counts_by_name: Mapping[str, "metrics.RoadCounts"],
                           label=f"{name}: MaxF {100 * scores['MaxF']:.2f}%, "
                                 f"AP {100 * scores['AP']:.2f}%")
         ax.plot([scores["REC"]], [scores["PRE"]], "o", color=line.get_color(), markersize=6)
+        curves[name] = {"recall": np.round(recall, 6).tolist(),
+                        "precision": np.round(precision, 6).tolist(),
+                        **{k: scores[k] for k in ("MaxF", "AP", "PRE", "REC")}}
     ax.set_xlim(0, 1.0)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
@@ -128,7 +136,18 @@ def save_pr_curve(path, counts_by_name: Mapping[str, "metrics.RoadCounts"],
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower left", fontsize=9)
-    _save_figure(fig, path)
+    _save_figure(fig, path, metadata={PR_CURVE_KEY: json.dumps(metrics.json_safe(curves))})
+
+
+PR_CURVE_KEY = "fcnseg-pr-curves"
+
+
+def read_pr_curves(path) -> dict:
+    """{name: {recall, precision, MaxF, AP, PRE, REC}} stored by save_pr_curve in its PNG;
+    {} for a PNG without them (written before they were stored)."""
+    with Image.open(path) as img:
+        text = getattr(img, "text", {}).get(PR_CURVE_KEY)
+    return json.loads(text) if text else {}
 
 
 def save_confusion_matrix(path, cm: np.ndarray, class_names: Sequence[str],
