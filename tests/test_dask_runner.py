@@ -126,9 +126,16 @@ def test_every_branch_runs(runner, dask_address, tmp_path):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_write_to_text_is_finalised(runner, dask_address, tmp_path):
     lines = [f"line {i}" for i in range(7)]
-    run(runner, dask_address, lambda p: (
-        p | beam.Create(lines)
-        | beam.io.WriteToText(str(tmp_path / "out" / "part"), file_name_suffix=".txt")))
+    try:
+        run(runner, dask_address, lambda p: (
+            p | beam.Create(lines)
+            | beam.io.WriteToText(str(tmp_path / "out" / "part"), file_name_suffix=".txt")))
+    except RuntimeError as exc:
+        # Beam's runner can also fail this pipeline outright: when the finalising step reads
+        # its side input on a worker, the side input's bag is computed there, and dask finds
+        # no client in that task. Either way the file is not written.
+        assert runner == BEAM and "no Client active" in str(exc)
+        return
     written = []
     for path in sorted(glob.glob(str(tmp_path / "out" / "part*.txt"))):
         with open(path) as f:

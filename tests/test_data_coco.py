@@ -287,7 +287,7 @@ def test_torchvision_protocol_equals_pycocotools_reference(coco_root, split, cat
 
 def test_torchvision_filters_training_images_only(coco_root, tmp_path):
     """31 of the 40 training images survive torchvision's filter with its VOC categories
-    (counted with torchvision's own functions, issue 9), and all 40 validation images."""
+    (counted with torchvision's own functions), and all 40 validation images."""
     data = load_dataset("coco", coco_root, categories="voc", cache_dir=tmp_path,
                         progress=False, coco_protocol="torchvision")
     train_json = json.loads((coco_root / "annotations" /

@@ -288,7 +288,7 @@ def test_metadata_says_what_the_model_is(e2e):
     case, out = e2e
     meta = out["metadata"]
     if case.startswith("coco"):
-        # Resolved category names, not the 'voc' / 'all' shorthand (issue 11).
+        # Resolved category names, not the 'voc' / 'all' shorthand.
         from model.data.coco import VOC_CATEGORIES
         assert meta.categories == meta.class_names[1:]
         if case == "coco_voc":

@@ -87,7 +87,7 @@ def test_cli_on_checkpoint_and_native_geometry(trained, tmp_path, capsys):
 
 
 def _old_fcn8s():
-    """The pre-issue-8 architecture: fixed 0.01 / 0.0001 input scaling of the skips, no
+    """The earlier architecture: fixed 0.01 / 0.0001 input scaling of the skips, no
     `logits` layer (softmax straight after upscore8). Score layers random here."""
     import keras
     from keras import layers
