@@ -366,7 +366,7 @@ def compare(folder_a, folder_b, output) -> pathlib.Path:
 def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
-        parser = argparse.ArgumentParser(prog="python -m model.report compare",
+        parser = cli.ArgumentParser(prog="python -m model.report compare",
                                          description="Two runs on the same images, side by "
                                                      "side: DIR/compare.html")
         parser.add_argument("run_a", metavar="RUN_A")
@@ -375,7 +375,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         args = parser.parse_args(argv[1:])
         print(f"wrote {compare(args.run_a, args.run_b, args.output)}")
         return 0
-    parser = argparse.ArgumentParser(prog="python -m model.report", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m model.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", metavar="DIR", help="an evaluation output or Beam run folder")
     args = parser.parse_args(argv)

@@ -165,7 +165,7 @@ def _image_paths(items) -> list[pathlib.Path]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m model.streams", description=__doc__,
+    p = cli.ArgumentParser(prog="python -m model.streams", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint of model.train")

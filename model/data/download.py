@@ -218,7 +218,7 @@ def _parse_sha(values, archives) -> dict[str, str]:
 
 
 def _main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="python -m model.data.download", description=__doc__,
+    ap = cli.ArgumentParser(prog="python -m model.data.download", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(ARCHIVES))
     ap.add_argument("--output", required=True, help="folder for archives and unpacked files")

@@ -230,10 +230,9 @@ def save_sample_grid(pairs, out_path, n: int = 8, alpha: float = 0.45):
 
 
 def _main(argv) -> int:
-    import argparse
     import time
 
-    ap = argparse.ArgumentParser(prog="python -m model.data.synthetic",
+    ap = cli.ArgumentParser(prog="python -m model.data.synthetic",
                                  description="Generate synthetic road scenes with exact masks.")
     ap.add_argument("--output", required=True, help="folder for images/ and labels/")
     ap.add_argument("--n", type=int, default=300)
