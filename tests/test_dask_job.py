@@ -276,3 +276,20 @@ def test_a_killed_worker_loses_no_input(tmp_path, kitti_root, road_model, dask_c
     assert summary["ok"] == 7 and summary["counters"]["images_ok"] == 7
     assert sorted(p.name for p in (run / "kitti_submission").iterdir()) == sorted(
         pathlib.Path(p).name.replace("_0", "_road_0", 1) for p in inputs)
+
+
+def test_no_scheduler_at_the_address_is_one_error_line(tmp_path, road_model, capsys):
+    """Nothing listens on port 1 (privileged, never ours): the job says so in one line."""
+    from beam_jobs import segment
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png(np.zeros((32, 64, 3), np.uint8)))
+    status = segment.main(["--input", str(folder), "--output", str(tmp_path / "out"),
+                           "--mode", "inprocess", "--model-dir", str(road_model),
+                           "--runner", "DaskRunner", "--dask_client_address", "127.0.0.1:1",
+                           "--dask_connection_timeout", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err[-1].startswith("error: 127.0.0.1:1: cannot connect to the Dask scheduler: ")
+    assert not (tmp_path / "out" / "LATEST").exists()

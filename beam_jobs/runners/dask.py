@@ -49,6 +49,8 @@ from apache_beam.transforms import window
 from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.utils import counters
 
+from common.cli import UserError
+
 DaskOptions = beam_dask.DaskOptions
 
 
@@ -355,7 +357,11 @@ class DaskRunner(beam_dask.DaskRunner):
         dask_options = options.view_as(DaskOptions).get_all_options(
             drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
-        client = ddist.Client(**dask_options)
+        try:
+            client = ddist.Client(**dask_options)
+        except OSError as exc:  # refused, timed out, unknown host: one line, not a traceback
+            raise UserError(dask_options.get("address") or "--dask_client_address",
+                            f"cannot connect to the Dask scheduler: {exc}") from None
         threads = sum(client.nthreads().values()) or 1
         partitions = bag_kwargs.get("npartitions") or threads * PARTITIONS_PER_THREAD
 
