@@ -76,10 +76,10 @@ def training_steps(args) -> dict:
     return out
 
 
-def _against_floor(steps: dict) -> None:
+def _against_floor(steps: dict, args) -> None:
     """The float32 floor (best matmul or convolution rate, benchmarks.floor) measured right
     after the steps, and each configuration's share of it."""
-    rate = max(floor.matmul_rate(4096, "float32")["best_flops_per_s"],
+    rate = max(floor.matmul_rate(args.matmul_size, "float32")["best_flops_per_s"],
                floor.conv_rate("float32")["best_flops_per_s"])
     steps["floor_gflop_per_s"] = rate / 1e9
     for name in ("xla", "no_xla"):
@@ -121,7 +121,7 @@ def run(mut, args) -> dict:
     log(f"training: {args.train_steps} train steps of batch {args.train_batch} at {h}x{w}, "
         f"fc width {RECIPE_FC_WIDTH}, XLA on and off interleaved")
     steps = training_steps(args)
-    _against_floor(steps)
+    _against_floor(steps, args)
     for name in ("xla", "no_xla"):
         r = steps[name]
         log(f"training ({name}): {r['seconds_per_step']:.2f} s per step of "

@@ -189,9 +189,20 @@ def test_jit_compile_choice():
     assert resolve_jit_compile("off", False, avx2) is False
 
 
-def test_jit_compile_flag_reaches_the_training_step(tmp_path, capsys):
+def test_jit_compile_flag_reaches_the_training_step(tmp_path, capsys, monkeypatch):
+    from model import train
+
+    compiled = []
+
+    def spy(*args, **kwargs):
+        train_model = compile_for_training(*args, **kwargs)
+        compiled.append(train_model.jit_compile)
+        return train_model
+
+    monkeypatch.setattr(train, "compile_for_training", spy)
     run_dir = tmp_path / "xla"
     train_run(TINY + ["--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"),
                       "--epochs", "1", "--steps-per-epoch", "2", "--jit-compile", "on"])
+    assert compiled == [True]
     assert "XLA on" in capsys.readouterr().out
     assert math.isfinite(float(_history(run_dir)[-1]["loss"]))
