@@ -47,13 +47,14 @@ $(STAMP): requirements.txt requirements-aws.txt requirements-test.txt pyproject.
 train: $(STAMP)
 	$(PY) -m model.train --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 
-# Train, export (inference at the training size), then score the export on the run's 27
-# validation pairs: perspective and bird's-eye tables.
+# Train, export (inference at the training size), then score the export on the validation
+# pairs of the training split (the same seed and fraction): perspective and bird's-eye tables.
 train-kitti: $(STAMP)
 	$(PY) -m model.train --dataset kitti --data-root $(KITTI_ROOT) --task road \
 		--run-dir $(KITTI_RUN_DIR) $(KITTI_ARGS)
 	$(MAKE) export RUN_DIR=$(KITTI_RUN_DIR) MODEL_NAME=$(KITTI_MODEL)
-	$(PY) -m model.evaluate --model-dir $(MODEL_BASE)/$(KITTI_MODEL) --run-dir $(KITTI_RUN_DIR)
+	$(PY) -m model.evaluate --model-dir $(MODEL_BASE)/$(KITTI_MODEL) --dataset kitti \
+		--split val --data-root $(KITTI_ROOT) --output $(KITTI_RUN_DIR)/eval_export_val
 
 export: $(STAMP)
 	$(PY) -m export --run-dir $(RUN_DIR) --model-dir $(MODEL_BASE)/$(MODEL_NAME) $(EXPORT_ARGS)

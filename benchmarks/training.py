@@ -94,7 +94,7 @@ def _pairs(tmp: str):
     return pairs, "ids", "synthetic road scenes (no KITTI samples)"
 
 
-def pipeline_rate(mut, args) -> dict:
+def pipeline_rate(args) -> dict:
     """Batches of make_dataset(training=True): decode, scale-crop, flip, colour jitter."""
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-data-") as tmp:
         pairs, label_format, source = _pairs(tmp)
@@ -134,7 +134,7 @@ def run(mut, args) -> dict:
     steps.update({"steps": default["steps"], "images_per_s": default["images_per_s"],
                   "ms_per_image": default["ms_per_image"]})
     log(f"training: {default['images_per_s']:.2f} images/s; now the tf.data pipeline alone")
-    data = pipeline_rate(mut, args)
+    data = pipeline_rate(args)
     ratio = data["images_per_s"] / default["images_per_s"]
     log(f"training: input pipeline {data['images_per_s']:.1f} images/s = {ratio:.1f}x training")
     return {"train_step": steps, "input_pipeline": data, "pipeline_vs_training": ratio}
