@@ -131,8 +131,8 @@ def run(mut, args) -> dict:
     # The headline is the configuration model.train picks on this machine.
     steps["default"] = "xla" if resolve_jit_compile("auto", mixed_precision=False) else "no_xla"
     default = steps[steps["default"]]
-    steps.update({"steps": default["steps"], "images_per_s": default["images_per_s"],
-                  "ms_per_image": default["ms_per_image"]})
+    steps.update({k: default[k] for k in ("steps", "images_per_s", "ms_per_image", "p50_ms",
+                                          "p95_ms", "p99_ms")})
     log(f"training: {default['images_per_s']:.2f} images/s; now the tf.data pipeline alone")
     data = pipeline_rate(args)
     ratio = data["images_per_s"] / default["images_per_s"]
