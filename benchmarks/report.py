@@ -63,8 +63,13 @@ def summary_rows(sections: dict) -> list[dict]:
     training = sections.get("training", {})
     if "train_step" in training:
         t = training["train_step"]
-        add("training", f"Keras train step, batch {t['batch']}", t, floor_factor=3,
-            no_ratio=True)
+        # The step runs at the KITTI recipe's geometry, not necessarily the model's: the
+        # factor turns the model's floor per image into the step's FLOPs per image.
+        factor = (t["step_gflop"] * 1e9 / t["batch"] / floor_section["flops_per_image"]
+                  if floor_section.get("flops_per_image") and "step_gflop" in t else 3)
+        add("training", f"Keras train step, batch {t['batch']}, "
+            f"{t['image_size'][0]}x{t['image_size'][1]}, {t.get('default', '')}", t,
+            floor_factor=factor, no_ratio=True)
         add("training", f"tf.data input pipeline, batch {training['input_pipeline']['batch']}",
             training["input_pipeline"], no_floor=True, no_ratio=True)
 
@@ -298,10 +303,20 @@ def _md_beam(s):
 
 def _md_training(s):
     t, d = s["train_step"], s["input_pipeline"]
-    return _table(["what", "images/s", "notes"], [
-        ["Keras train step (Adam, cross-entropy on logits)", _f(t["images_per_s"], 2),
-         f"batch {t['batch']} at {t['image_size'][0]}x{t['image_size'][1]}, random data, "
-         f"median of {t['steps']} steps"],
+    steps = []
+    for name in ("xla", "no_xla"):
+        r = t.get(name)
+        if not r:
+            continue
+        default = " (model.train's default here)" if name == t.get("default") else ""
+        steps.append([f"Keras train step, {name.replace('_', ' ')}{default}",
+                      _f(r["images_per_s"], 2),
+                      f"{r['gflop_per_s']:.1f} GFLOP/s = {r['share_of_floor'] * 100:.0f} % of "
+                      f"the float32 floor ({t['floor_gflop_per_s']:.1f} GFLOP/s, same section);"
+                      f" {t['step_gflop']:.0f} GFLOP a step, batch {t['batch']} at "
+                      f"{t['image_size'][0]}x{t['image_size'][1]}, fc width {t['fc_width']}, "
+                      f"random data, median of {r['steps']} steps"])
+    return _table(["what", "images/s", "notes"], steps + [
         ["tf.data pipeline (make_dataset, training=True)", _f(d["images_per_s"], 1),
          f"{d['source']}; cache warm; first pass (decode) {d['first_pass_images_per_s']:.1f} "
          f"images/s"],

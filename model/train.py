@@ -65,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    p.add_argument("--jit-compile", choices=["auto", "on", "off"], default="auto",
+                   help="XLA-compile the training step; auto: on in float32 on CPUs without "
+                        "AVX-512 (where it measured faster, docs/training.md), off otherwise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="runs/fcn8s")
     p.add_argument("--cache-dir", default="cache", help="generated data and rendered masks")
@@ -115,6 +118,24 @@ def build_config(args, data) -> dict:
     }
 
 
+def resolve_jit_compile(choice: str, mixed_precision: bool, cpu=None) -> bool:
+    """Whether to XLA-compile the training step. Measured in float32 at the KITTI recipe's
+    geometry (docs/results.md): XLA beat TensorFlow's oneDNN kernels with both held to AVX2
+    and lost to them with AVX-512. bfloat16 (--mixed-precision) runs on oneDNN's AMX and
+    AVX512-BF16 kernels, which XLA does not use."""
+    if choice in ("on", "off"):
+        return choice == "on"
+    if choice != "auto":
+        raise ValueError(f"unknown jit-compile choice {choice!r}")
+    if mixed_precision:
+        return False
+    if cpu is None:
+        from common.cpu import this_machine
+
+        cpu = this_machine()
+    return not cpu.has("avx512f")
+
+
 POLY_POWER = 0.9  # DeepLab's and KittiSeg's poly schedule exponent
 
 
@@ -139,9 +160,10 @@ def make_optimizer(name: str, learning_rate: float, schedule: str, total_steps: 
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def compile_for_training(model, num_classes: int, optimizer):
+def compile_for_training(model, num_classes: int, optimizer, jit_compile: bool = False):
     """Compile the logits view of `model` for training and `model` itself with the same
     optimizer, so that checkpoints of `model` (probabilities out) carry the optimizer state.
+    `jit_compile`: XLA for the training step (resolve_jit_compile says when it pays).
 
     The loss is computed from logits: a loss on clipped softmax probabilities gives
     confidently wrong pixels no gradient."""
@@ -153,7 +175,7 @@ def compile_for_training(model, num_classes: int, optimizer):
 
     train_model = logits_model(model)
     train_model.compile(
-        optimizer=optimizer,
+        optimizer=optimizer, jit_compile=jit_compile,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                         ignore_class=IGNORE_LABEL),
         metrics=[iou_metric(num_classes), MaskedAccuracy(), MaskedCrossEntropy()],
@@ -248,13 +270,15 @@ def run(argv=None) -> dict:
         steps = args.steps_per_epoch or math.ceil(len(train_pairs) / args.batch_size)
         optimizer = make_optimizer(args.optimizer, args.learning_rate, args.lr_schedule,
                                    steps * args.epochs, args.clip_norm, args.momentum)
-    train_model = compile_for_training(model, config["num_classes"], optimizer)
+    jit_compile = resolve_jit_compile(args.jit_compile, args.mixed_precision)
+    train_model = compile_for_training(model, config["num_classes"], optimizer,
+                                       jit_compile=jit_compile)
 
     check_pairs(train_pairs + val_pairs)
     print(f"run {run_dir}: {config['dataset']} {config['class_names']}, "
           f"{len(train_pairs)} train / {len(val_pairs)} val images at "
           f"{config['image_size'][0]}x{config['image_size'][1]}, "
-          f"{model.count_params() / 1e6:.1f}M parameters")
+          f"{model.count_params() / 1e6:.1f}M parameters, XLA {'on' if jit_compile else 'off'}")
     size = tuple(config["image_size"])
     train_ds = make_dataset(train_pairs, config["label_format"], size, args.batch_size,
                             training=True, seed=args.seed, augment=not args.no_augment)

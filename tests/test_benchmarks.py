@@ -108,7 +108,12 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_every_section_at_tiny_size(tiny_model, tmp_path):
+def test_every_section_at_tiny_size(tiny_model, tmp_path, monkeypatch):
+    from benchmarks import training
+
+    # The training section runs the KITTI recipe's geometry; the tiny model's keeps it short.
+    monkeypatch.setattr(training, "RECIPE_SIZE", (64, 128))
+    monkeypatch.setattr(training, "RECIPE_FC_WIDTH", 16)
     out = tmp_path / "out"
     code = _run(["--model-dir", str(tiny_model), "--output", str(out), *TINY])
     result = json.loads((out / "bench.json").read_text())
@@ -126,6 +131,11 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path):
     assert [r["images"] for r in result["scaling"]["by_images"]["results"]] == [1, 2]
     assert 0.0 <= result["bf16"]["pixel_agreement"] <= 1.0
     assert result["export"]["with_warmup"]["warmup_records"] == 3
+    # A training step: forward, input gradient and kernel gradient, each the forward FLOPs.
+    step = result["training"]["train_step"]
+    assert step["step_gflop"] * 1e9 == pytest.approx(
+        3 * 2 * (HAND_CONV2D_FLOPS + HAND_TRANSPOSED_FLOPS))
+    assert {"xla", "no_xla"} <= set(step) and step["default"] in ("xla", "no_xla")
     paths = {r["path"] for r in result["summary"]}
     assert {"in-process", "Beam", "training", "in-process bfloat16"} <= paths
     assert any(p.startswith("gRPC") for p in paths)

@@ -11,7 +11,9 @@ from model import runs
 from model.data import kitti
 from contract.names import IGNORE_LABEL as IGNORE
 from model.data.pipeline import check_pairs, decode_label, make_dataset
-from model.train import mixed_precision_policy, run as train_run
+from common.cpu import parse_cpuinfo
+from model.train import (compile_for_training, make_optimizer, mixed_precision_policy,
+                         resolve_jit_compile, run as train_run)
 
 
 def _pairs(tmp_path, n=6, size=(50, 70)):
@@ -134,3 +136,73 @@ def test_mixed_precision_run_keeps_float32_outputs(tmp_path):
 def test_mixed_precision_policy_per_device():
     assert mixed_precision_policy(on_gpu=True) == "mixed_float16"
     assert mixed_precision_policy(on_gpu=False) == "mixed_bfloat16"
+
+
+def _tiny_train_model(jit_compile, weights=None):
+    import keras
+
+    from model.fcn8s import build_fcn8s
+
+    keras.utils.set_random_seed(0)
+    # No dropout: its random masks are drawn by different generators with and without XLA.
+    model = build_fcn8s(2, (64, 128, 3), fc_width=16, dropout=0.0, encoder_weights=None,
+                        weight_decay=5e-4)
+    if weights is not None:
+        model.set_weights(weights)
+    train_model = compile_for_training(model, 2, make_optimizer("sgd", 1e-2, "constant", 3,
+                                                                clip_norm=1.0),
+                                       jit_compile=jit_compile)
+    return model, train_model
+
+
+def test_xla_training_step_matches_the_plain_step():
+    model, xla = _tiny_train_model(True)
+    _, plain = _tiny_train_model(False, weights=model.get_weights())
+    assert xla.jit_compile is True and plain.jit_compile is False
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 64, 128, 3)).astype(np.float32)
+    y = (rng.uniform(size=(4, 64, 128)) < 0.3).astype(np.uint8)
+    y[:, :4] = IGNORE
+    losses = {"xla": [], "plain": []}
+    for _ in range(3):
+        for name, train_model in (("xla", xla), ("plain", plain)):
+            losses[name].append(float(train_model.train_on_batch(x, y, return_dict=True)["loss"]))
+    # The first loss is the forward pass alone; the next two follow one and two SGD updates.
+    # XLA and oneDNN sum the same float32 products in other orders: over the ~1e4 to 1e5
+    # terms of a convolution or the mean loss, rounding moves a result by about
+    # sqrt(n) * 2**-24 (~2e-5) relative; 1e-4 leaves room for two updates, while a step
+    # that skipped the update, the clipping or the L2 term would be off by far more.
+    np.testing.assert_allclose(losses["xla"], losses["plain"], rtol=1e-4)
+    assert losses["plain"][2] < losses["plain"][0]  # the updates did something
+
+
+def _cpu(flags):
+    return parse_cpuinfo(f"processor : 0\nflags : {flags}\n", logical_cpus=2)
+
+
+def test_jit_compile_choice():
+    avx2, avx512 = _cpu("sse4_2 avx avx2 fma"), _cpu("avx avx2 fma avx512f avx512_bf16")
+    assert resolve_jit_compile("auto", False, avx2) is True
+    assert resolve_jit_compile("auto", False, avx512) is False
+    assert resolve_jit_compile("auto", True, avx2) is False  # bfloat16 stays on oneDNN
+    assert resolve_jit_compile("on", True, avx512) is True
+    assert resolve_jit_compile("off", False, avx2) is False
+
+
+def test_jit_compile_flag_reaches_the_training_step(tmp_path, capsys, monkeypatch):
+    from model import train
+
+    compiled = []
+
+    def spy(*args, **kwargs):
+        train_model = compile_for_training(*args, **kwargs)
+        compiled.append(train_model.jit_compile)
+        return train_model
+
+    monkeypatch.setattr(train, "compile_for_training", spy)
+    run_dir = tmp_path / "xla"
+    train_run(TINY + ["--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"),
+                      "--epochs", "1", "--steps-per-epoch", "2", "--jit-compile", "on"])
+    assert compiled == [True]
+    assert "XLA on" in capsys.readouterr().out
+    assert math.isfinite(float(_history(run_dir)[-1]["loss"]))
