@@ -90,6 +90,10 @@ def parse_args(argv=None):
         raise cli.UserError("--val-fraction", f"must be in [0, 1), got {args.val_fraction}")
     if dataset.needs_root and not args.data_root:
         raise cli.UserError("--data-root", f"is required for --dataset {args.dataset}")
+    if args.data_root and "://" not in args.data_root:
+        # Absolute, so split.json and config.json mean the same files from any working
+        # folder (model.evaluate, --resume); --data-root at evaluation moves them elsewhere.
+        args.data_root = str(pathlib.Path(args.data_root).resolve())
     return args
 
 

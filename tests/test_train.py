@@ -206,3 +206,17 @@ def test_jit_compile_flag_reaches_the_training_step(tmp_path, capsys, monkeypatc
     assert compiled == [True]
     assert "XLA on" in capsys.readouterr().out
     assert math.isfinite(float(_history(run_dir)[-1]["loss"]))
+
+
+def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch):
+    """split.json and config.json must name the same files from any working folder:
+    model.evaluate joins relative split paths under the data root, so a root recorded as
+    typed (../data) would be joined twice."""
+    from model.train import parse_args
+
+    (tmp_path / "data").mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = parse_args(["--dataset", "folder", "--data-root", "../data", "--run-dir", "r"])
+    assert args.data_root == str(tmp_path / "data")
