@@ -52,7 +52,10 @@ class ExportedModel:
 
     def call(self, name: str, device: Optional[str] = None, **inputs) -> dict[str, np.ndarray]:
         """Call signature `name` with its named inputs (arrays or lists, converted to tensors
-        of the signature's dtypes); returns its outputs as numpy arrays."""
+        of the signature's dtypes); returns its outputs as numpy arrays. On a backend other
+        than TensorFlow, its runner answers (`device` is TensorFlow's)."""
+        if self.runner is not None:
+            return self.runner.call(name, **inputs)
         function = self.signature(name)
         specs = function.structured_input_signature[1]
         tensors = {key: tf.constant(value, dtype=specs[key].dtype) if key in specs
