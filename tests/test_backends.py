@@ -119,3 +119,25 @@ def test_beam_job_scores_equal_tensorflow(tmp_path, kitti_images, road_model):
                 # differs by 1/255 (see above) moved AP by 7e-7 across a rounding edge.
                 assert abs(ov_metrics[view][group][key] - scores[key]) * 100 < 0.005, \
                     (view, group, key)
+
+
+def test_bench_times_each_backend_and_ratios_them_to_the_best(road_model, tmp_path):
+    from benchmarks.__main__ import main
+
+    out = tmp_path / "bench"
+    code = main(["--model-dir", str(road_model), "--output", str(out), "--sections",
+                 "inprocess", "--backends", "tensorflow", "openvino", "--warmup", "1",
+                 "--repeats", "1", "--min-seconds", "0", "--images", "2", "--batch-sizes", "1"])
+    assert code == 0
+    result = json.loads((out / "bench.json").read_text())
+    rows = result["inprocess"]["results"]
+    assert [(r["backend"], r["signature"]) for r in rows] == [
+        (b, s) for b in ("tensorflow", "openvino") for s in ("serving_default",
+                                                             "segment_encoded")]
+    summary = {r["config"]: r for r in result["summary"]}
+    assert set(summary) == {"serving_default batch 1", "segment_encoded batch 1",
+                            "openvino serving_default batch 1",
+                            "openvino segment_encoded batch 1"}
+    best = max(r["images_per_s"] for r in rows)
+    for r in summary.values():  # every path as a ratio to the best in-process configuration
+        assert r["vs_inprocess_best"] == pytest.approx(r["images_per_s"] / best, rel=1e-12)
