@@ -17,6 +17,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any, Callable, Optional, Sequence
@@ -205,6 +206,7 @@ class SavedModelSegmenter:
         self._exported.signature(SIGNATURE)  # a model without it fails here, not per batch
         self._device = device
         self._batch_size: Optional[int] = None
+        self._probe_lock = threading.Lock()  # the threads of a process share one probe
 
     def segment(self, images: list[bytes]) -> dict:
         return self._exported.call(SIGNATURE, device=self._device,
@@ -213,17 +215,18 @@ class SavedModelSegmenter:
     def probed_batch_size(self, sample: list[bytes]) -> int:
         """Images per call that run fastest here (model.batch_size.probe on `sample`, cycled
         to each candidate size), measured on the first call of this process only."""
-        if self._batch_size is None:
-            from model.batch_size import probe
+        with self._probe_lock:
+            if self._batch_size is None:
+                from model.batch_size import probe
 
-            try:
-                self._batch_size = probe(lambda n: self.segment(
-                    [sample[i % len(sample)] for i in range(n)]))["batch_size"]
-            except Exception as exc:  # noqa: BLE001 - a bad image in the sample: next batch
-                _LOGGER.warning("batch size probe failed (%s); calls of 1 until it succeeds",
-                                _short(exc))
-                return 1
-        return self._batch_size
+                try:
+                    self._batch_size = probe(lambda n: self.segment(
+                        [sample[i % len(sample)] for i in range(n)]))["batch_size"]
+                except Exception as exc:  # noqa: BLE001 - a bad image in the sample
+                    _LOGGER.warning("batch size probe failed (%s); calls of 1 until a later "
+                                    "batch's probe succeeds", _short(exc))
+                    return 1
+            return self._batch_size
 
     def describe(self) -> tuple[str, Optional[int]]:
         return self.meta["model_name"], self.meta["model_version"]

@@ -128,3 +128,29 @@ def test_beam_flags(tmp_path):
 
     with pytest.raises(UserError, match="--batch-size auto is for --mode inprocess"):
         segment._check_args(args, parser)
+
+
+def test_the_segmenter_probes_once_and_retries_after_a_bad_sample():
+    import threading
+
+    from beam_jobs.handlers import SavedModelSegmenter
+
+    calls = []
+
+    def segment(images):
+        calls.append(len(images))
+        if b"bad" in images:
+            raise ValueError("cannot decode")
+        return {}
+
+    segmenter = SavedModelSegmenter.__new__(SavedModelSegmenter)  # no model to load
+    segmenter._batch_size, segmenter._probe_lock = None, threading.Lock()
+    segmenter.segment = segment
+    assert segmenter.probed_batch_size([b"bad", b"ok"]) == 1  # failed: calls of 1 for now
+    assert calls == [1]
+    calls.clear()
+    chosen = segmenter.probed_batch_size([b"ok"])
+    assert chosen in batch_size.CANDIDATES
+    # one untimed and two timed calls at each candidate size, then never again
+    assert calls == [n for n in batch_size.CANDIDATES for _ in range(3)]
+    assert segmenter.probed_batch_size([b"ok"]) == chosen and len(calls) == 12
