@@ -23,7 +23,7 @@ import numpy as np
 from beam_jobs import segment
 from benchmarks.common import log
 from benchmarks.grpc_serving import serve
-from model.batch_size import AUTO, probe
+from model.batch_size import AUTO, CANDIDATES, probe
 from serving.grpc_client import PredictionClient
 
 CPU_RATIO_GOAL = 0.95
@@ -47,7 +47,10 @@ def write_inputs(folder: pathlib.Path, images, n: int) -> pathlib.Path:
 
 def run_job(mut, images, n: int, mode: str, batch, address: str | None = None,
             backend: str = "tensorflow") -> dict:
-    """One run of the job over n images; its summary plus our own wall clock."""
+    """One run of the job over n images; its summary plus our own wall clock. Batch 'auto'
+    is the job's own probe in process; gRPC mode, which has none, then sends batches of 8."""
+    if batch == AUTO and mode != "inprocess":
+        batch = max(CANDIDATES)
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-beam-") as tmp:
         tmp = pathlib.Path(tmp)
         inputs = write_inputs(tmp, images, n)
@@ -73,8 +76,7 @@ def inprocess_same_images(mut, images, n: int, batch, backend: str = "tensorflow
     batch 'auto', in calls of the size the job's probe (model.batch_size) picks here."""
     model = mut.runtime(backend)
     if batch == AUTO:
-        batch = probe(lambda k: model.segment_encoded(images.blob_batch(k)))["batch_size"]
-        log(f"in-process reference: batch size {batch} by the probe")
+        batch = probed_batch(mut, images, backend)
     model.segment_encoded(images.blob_batch(batch))  # warm-up
     start, cpu = time.perf_counter(), cpu_seconds()
     for first in range(0, n, batch):
@@ -85,20 +87,30 @@ def inprocess_same_images(mut, images, n: int, batch, backend: str = "tensorflow
             "ms_per_image": wall * 1e3 / n, "cpu_ms_per_image": cpu * 1e3 / n}
 
 
+def probed_batch(mut, images, backend: str) -> int:
+    """What the job's --batch-size auto picks on this machine (model.batch_size.probe)."""
+    model = mut.runtime(backend)
+    size = probe(lambda k: model.segment_encoded(images.blob_batch(k)))["batch_size"]
+    log(f"batch size {size} by the probe ({backend})")
+    return size
+
+
 def run(mut, images, args) -> dict:
     n, batch = args.beam_images, args.beam_batch
     runtime = args.backends[0] if getattr(args, "backends", None) else "tensorflow"
     log(f"Beam: in-process mode ({runtime}) over {n} images")
     rows = [run_job(mut, images, n, "inprocess", batch, backend=runtime)]
     log(f"Beam in-process: {rows[-1]['images_per_s']:.2f} images/s end to end")
+    # gRPC mode has no probe (the server runs the calls); it gets the size probed in process.
+    grpc_batch = probed_batch(mut, images, runtime) if batch == AUTO else batch
     with serve(mut) as backend:
         with PredictionClient(backend.address, mut.name, timeout=600) as client:
             client.segment_encoded(images.blob_batch(1))  # the server's first-call warm-up
         log(f"Beam: gRPC mode over {n} images ({backend.kind})")
-        rows.append(run_job(mut, images, n, "grpc", batch, backend.address))
+        rows.append(run_job(mut, images, n, "grpc", grpc_batch, backend.address))
         backend_name = backend.description
     log(f"Beam gRPC: {rows[-1]['images_per_s']:.2f} images/s end to end")
-    reference = inprocess_same_images(mut, images, n, batch, runtime)
+    reference = inprocess_same_images(mut, images, n, grpc_batch, runtime)
     for row in rows:
         row["vs_inprocess"] = row["images_per_s"] / reference["images_per_s"]
         row["cpu_vs_inprocess"] = reference["cpu_s"] / row["cpu_s"] if row["cpu_s"] else None
