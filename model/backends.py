@@ -5,20 +5,27 @@ OpenVINO's CPU runtime, fed from the same SavedModel (converted on load).
 running the one loaded export, not a second loader.
 
 OpenVINO converts the SavedModel's `serving_default` signature (uint8 images -> class_ids,
-confidence; the resizes, argmax and rounding included) with `openvino.convert_model` and
-compiles it for the CPU in float32 (`INFERENCE_PRECISION_HINT`: on CPUs with bfloat16 units
+confidence; the resizes, argmax and rounding included) with `openvino.convert_model`, keeps
+the converted model (OpenVINO IR, float32) in the machine's temporary folder for the next
+process that loads the same export, and compiles it for the CPU in float32 (`INFERENCE_PRECISION_HINT`: on CPUs with bfloat16 units
 OpenVINO would otherwise compute in bfloat16 and masks would drift from TensorFlow's).
 `segment_encoded` is served on top of it: images decoded and masks PNG-encoded with the same
 TensorFlow ops the signature uses, images of one size run as one batch.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
 import time
-from typing import Callable
+import uuid
+from typing import Callable, Optional
 
 import numpy as np
 
-from contract import names
+from contract import layout, names
 
 TENSORFLOW = "tensorflow"
 OPENVINO = "openvino"
@@ -36,18 +43,48 @@ def available(backend: str) -> bool:
     return True
 
 
+def _ir_path(version_dir, cache_root: Optional[str]) -> pathlib.Path:
+    """Where the converted model of this export is kept on this machine: keyed by the
+    version folder and its saved_model.pb's size and time, so a re-export converts again."""
+    version_dir = pathlib.Path(version_dir).resolve()
+    stat = (version_dir / layout.SAVED_MODEL_FILE).stat()
+    key = hashlib.sha256(f"{version_dir}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    root = pathlib.Path(cache_root or os.path.join(tempfile.gettempdir(), "fcnseg-openvino"))
+    return root / key.hexdigest()[:16] / "model.xml"
+
+
+def _save_ir(ov, model, target: pathlib.Path) -> None:
+    """Save under a temporary folder and rename it into place: worker processes of one
+    machine that convert at once end with one complete copy."""
+    staging = target.parent.with_name(f"{target.parent.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        ov.save_model(model, str(staging / target.name), compress_to_fp16=False)
+        os.rename(staging, target.parent)
+    except OSError:  # another process finished first, or no room: the model is in memory
+        pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class OpenVinoRunner:
     """The export's serving_default compiled by OpenVINO; `segment_encoded` built on it."""
 
     SIGNATURES = (names.SERVING_DEFAULT, names.SEGMENT_ENCODED)
 
-    def __init__(self, version_dir, decode: Callable, encode_png: Callable):
+    def __init__(self, version_dir, decode: Callable, encode_png: Callable,
+                 cache_root: Optional[str] = None):
         import openvino as ov
 
         start = time.perf_counter()
-        model = ov.convert_model(str(version_dir))  # its serving_default signature
-        self.compiled = ov.Core().compile_model(model, "CPU",
-                                                {"INFERENCE_PRECISION_HINT": "f32"})
+        core = ov.Core()
+        cached = _ir_path(version_dir, cache_root)
+        self.from_cache = cached.is_file()
+        if self.from_cache:
+            model = core.read_model(str(cached))
+        else:
+            model = ov.convert_model(str(version_dir))  # its serving_default signature
+            _save_ir(ov, model, cached)
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         self.load_seconds = time.perf_counter() - start
         self._outputs = [port.get_any_name() for port in self.compiled.outputs]
         self._decode = decode

@@ -141,3 +141,14 @@ def test_bench_times_each_backend_and_ratios_them_to_the_best(road_model, tmp_pa
     best = max(r["images_per_s"] for r in rows)
     for r in summary.values():  # every path as a ratio to the best in-process configuration
         assert r["vs_inprocess_best"] == pytest.approx(r["images_per_s"] / best, rel=1e-12)
+
+
+def test_a_second_load_reads_the_converted_model_from_the_cache(models, road_model):
+    from model.exported import load_exported
+
+    first = models[1]
+    again = load_exported(road_model, backend="openvino")
+    assert again.runner.from_cache and (first.runner.from_cache is False)
+    images = np.random.default_rng(0).integers(0, 256, (1, 96, 160, 3), dtype=np.uint8)
+    for key, value in first.segment(images).items():
+        np.testing.assert_array_equal(again.segment(images)[key], value)
