@@ -17,6 +17,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any, Callable, Optional, Sequence
@@ -188,23 +189,44 @@ def _short(exc: Exception) -> str:
 # --- in process -------------------------------------------------------------------------
 
 class SavedModelSegmenter:
-    """The loaded SavedModel's `segment_encoded`, callable with a list of encoded images.
+    """The loaded SavedModel's `segment_encoded`, callable with a list of encoded images, on
+    the chosen backend (model.backends).
 
     A plain object with one method so that Beam can also proxy it to another process
     (model_copies), where only picklable bytes and numpy arrays cross the boundary.
     """
 
-    def __init__(self, model_dir: str, device: Optional[str] = None):
+    def __init__(self, model_dir: str, device: Optional[str] = None,
+                 backend: str = "tensorflow"):
         from model.exported import load_exported  # TensorFlow: only on workers that run it
 
         self.meta = read_model_metadata(model_dir)
-        self._exported = load_exported(local_model_dir(self.meta["version_dir"]))
+        self._exported = load_exported(local_model_dir(self.meta["version_dir"]),
+                                       backend=backend)
         self._exported.signature(SIGNATURE)  # a model without it fails here, not per batch
         self._device = device
+        self._batch_size: Optional[int] = None
+        self._probe_lock = threading.Lock()  # the threads of a process share one probe
 
     def segment(self, images: list[bytes]) -> dict:
         return self._exported.call(SIGNATURE, device=self._device,
                                    **{names.IMAGE_BYTES: images})
+
+    def probed_batch_size(self, sample: list[bytes]) -> int:
+        """Images per call that run fastest here (model.batch_size.probe on `sample`, cycled
+        to each candidate size), measured on the first call of this process only."""
+        with self._probe_lock:
+            if self._batch_size is None:
+                from model.batch_size import probe
+
+                try:
+                    self._batch_size = probe(lambda n: self.segment(
+                        [sample[i % len(sample)] for i in range(n)]))["batch_size"]
+                except Exception as exc:  # noqa: BLE001 - a bad image in the sample
+                    _LOGGER.warning("batch size probe failed (%s); calls of 1 until a later "
+                                    "batch's probe succeeds", _short(exc))
+                    return 1
+            return self._batch_size
 
     def describe(self) -> tuple[str, Optional[int]]:
         return self.meta["model_name"], self.meta["model_version"]
@@ -217,12 +239,16 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
     One model per worker process is shared by all its threads (Beam's default); with
     `model_copies=N` Beam instead loads N copies per machine, shared across processes (for
     large models on a GPU, or to cap memory). Batches: min/max_batch_size images; with
-    `max_batch_bytes` a batch is split into model calls of at most that much encoded data.
+    `max_batch_bytes` a batch is split into model calls of at most that much encoded data;
+    with `call_size="auto"` into calls of the size that measured fastest on this worker
+    (probed once per loaded model, i.e. per process, on its first batch: model.batch_size).
+    `backend`: the runtime (model.backends), TensorFlow unless told.
     """
 
     def __init__(self, model_dir: str, *, min_batch_size: int = 1, max_batch_size: int = 8,
                  max_batch_bytes: Optional[int] = None, model_copies: Optional[int] = None,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, backend: str = "tensorflow",
+                 call_size: Optional[str] = None):
         # Beam 2.77's BatchElements does not accept ModelHandler's max_batch_weight, so the
         # byte limit is applied here, by splitting a batch into calls (_calls_within).
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
@@ -230,9 +256,11 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
         self._max_batch_bytes = max_batch_bytes
         self._model_dir = model_dir
         self._device = device
+        self._backend = backend
+        self._call_size = call_size
 
     def load_model(self) -> SavedModelSegmenter:
-        return SavedModelSegmenter(self._model_dir, self._device)
+        return SavedModelSegmenter(self._model_dir, self._device, self._backend)
 
     def run_inference(self, batch: Sequence[ImageItem], model: SavedModelSegmenter,
                       inference_args: Optional[dict] = None) -> list[PredictionResult]:
@@ -244,8 +272,12 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, name, version, ms, len(images))
 
+        parts = _calls_within(batch, self._max_batch_bytes)
+        if self._call_size == "auto":
+            size = model.probed_batch_size([item.data for item in batch])
+            parts = [part[i:i + size] for part in parts for i in range(0, len(part), size)]
         inferences = []
-        for part in _calls_within(batch, self._max_batch_bytes):
+        for part in parts:
             try:
                 inferences += call([item.data for item in part])
             except Exception as exc:  # noqa: BLE001 - a bad image, or a bad batch: split it

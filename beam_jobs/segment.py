@@ -41,6 +41,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
 from beam_jobs import evaluation, outputs, runners, sources
 from contract.names import COCO_PROTOCOLS, KITTI_TASKS
 from contract.records import require_task
+from model import backends, batch_size
 from model.data import colours_for, get_dataset
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="score against ground truth where it exists (default on)")
-    p.add_argument("--batch-size", type=int, default=8, help="max images per model call")
+    p.add_argument("--batch-size", type=batch_size.batch_size_or_auto, default=8,
+                   help="max images per model call, or 'auto' (inprocess): batches of "
+                        f"{max(batch_size.CANDIDATES)} run in calls of the size that measured "
+                        "fastest on the worker (probed once per worker process, logged)")
     p.add_argument("--min-batch-size", type=int, default=None,
                    help="smallest batch Beam's adaptive batching may send (default: "
                         "--batch-size, i.e. fixed batches; a bundle's last batch may be smaller)")
@@ -103,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inprocess: load this many copies per machine, shared across worker "
                         "processes (default: one per process, shared by its threads)")
     p.add_argument("--device", help="inprocess: TF device, e.g. /GPU:0 (default: TF's choice)")
+    p.add_argument("--backend", choices=backends.BACKENDS, default=backends.TENSORFLOW,
+                   help="inprocess: the runtime; openvino converts the export on load "
+                        "(docs/beam.md)")
     p.add_argument("--timeout", type=float, default=60.0, help="grpc: deadline per request (s)")
     # --retries means what it means for serving.client: gRPC's own retries while the server
     # is UNAVAILABLE. What still fails after them (a server restart longer than the client's
@@ -129,6 +136,13 @@ def _check_args(args, parser) -> None:
     if not dataset.protocols and args.coco_protocol:
         parser.error(f"--coco-protocol is for a dataset with label protocols, not "
                      f"{args.dataset}")
+    args.call_size = None
+    if args.batch_size == batch_size.AUTO:
+        if args.mode != "inprocess":
+            parser.error("--batch-size auto is for --mode inprocess")
+        args.call_size, args.batch_size = batch_size.AUTO, max(batch_size.CANDIDATES)
+    if args.backend != backends.TENSORFLOW and args.mode != "inprocess":
+        parser.error("--backend is for --mode inprocess")
     if args.min_batch_size is None:
         args.min_batch_size = args.batch_size
     if args.batch_size < 1 or args.min_batch_size < 1 or args.min_batch_size > args.batch_size:
@@ -420,7 +434,8 @@ def make_handler(args):
         return SavedModelHandler(args.model_dir, min_batch_size=args.min_batch_size,
                                  max_batch_size=args.batch_size,
                                  max_batch_bytes=args.max_batch_bytes,
-                                 model_copies=args.model_copies, device=args.device)
+                                 model_copies=args.model_copies, device=args.device,
+                                 backend=args.backend, call_size=args.call_size)
     kwargs = {}
     if args.max_batch_bytes:
         kwargs["max_batch_bytes"] = args.max_batch_bytes

@@ -22,6 +22,8 @@ import traceback
 from benchmarks import (beam, bf16, breakdown, export_cost, floor, grpc_serving, inprocess, report,
                         scaling, training)
 from benchmarks.common import export_random_model, load_images, log, open_model
+from model import backends
+from model.batch_size import AUTO, batch_size_or_auto
 
 SECTIONS = ("floor", "inprocess", "grpc", "beam", "training", "scaling", "export", "bf16",
             "profile")
@@ -55,7 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--grpc-batch", type=int, default=1, help="images per gRPC request")
     g.add_argument("--beam-images", type=int, default=216,
                    help="N images for the Beam job (the KITTI images repeated)")
-    g.add_argument("--beam-batch", type=int, default=8, help="Beam job --batch-size")
+    g.add_argument("--beam-batch", type=batch_size_or_auto, default=8,
+                   help="Beam job --batch-size (a number, or auto: probed on this machine)")
+    g.add_argument("--backends", nargs="+", choices=backends.BACKENDS,
+                   default=[backends.TENSORFLOW],
+                   help="runtimes timed in process (model.backends); the Beam job uses the "
+                        "first")
     g.add_argument("--scaling-images", type=int, default=2,
                    help="base number of images for the Beam scaling runs")
     g.add_argument("--scaling-factors", type=int, nargs="+", default=[1, 4, 16])
@@ -75,9 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("images", "repeats", "max_repeats", "batch_sizes", "clients", "grpc_requests",
                  "grpc_batch", "beam_images", "beam_batch", "train_batch", "train_steps"):
         values = getattr(args, flag)
+        if values == AUTO:
+            continue
         if any(v < 1 for v in (values if isinstance(values, list) else [values])):
             raise cli.UserError(f"--{flag.replace('_', '-')}",
                                 f"must be 1 or more, got {values}")
+    for backend in args.backends:
+        if not backends.available(backend):
+            raise cli.UserError("--backends", f"{backend} is not installed here")
     args.sections = [s for s in SECTIONS if s in args.sections]  # run in the usual order
     return args
 

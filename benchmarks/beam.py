@@ -23,6 +23,7 @@ import numpy as np
 from beam_jobs import segment
 from benchmarks.common import log
 from benchmarks.grpc_serving import serve
+from model.batch_size import AUTO, CANDIDATES, probe
 from serving.grpc_client import PredictionClient
 
 CPU_RATIO_GOAL = 0.95
@@ -44,14 +45,18 @@ def write_inputs(folder: pathlib.Path, images, n: int) -> pathlib.Path:
     return target
 
 
-def run_job(mut, images, n: int, mode: str, batch: int, address: str | None = None) -> dict:
-    """One run of the job over n images; its summary plus our own wall clock."""
+def run_job(mut, images, n: int, mode: str, batch, address: str | None = None,
+            backend: str = "tensorflow") -> dict:
+    """One run of the job over n images; its summary plus our own wall clock. Batch 'auto'
+    is the job's own probe in process; gRPC mode, which has none, then sends batches of 8."""
+    if batch == AUTO and mode != "inprocess":
+        batch = max(CANDIDATES)
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-beam-") as tmp:
         tmp = pathlib.Path(tmp)
         inputs = write_inputs(tmp, images, n)
         argv = ["--input", str(inputs), "--output", str(tmp / "out"), "--dataset", "folder",
                 "--mode", mode, "--batch-size", str(batch), "--no-evaluate"]
-        argv += (["--model-dir", str(mut.path)] if mode == "inprocess"
+        argv += (["--model-dir", str(mut.path), "--backend", backend] if mode == "inprocess"
                  else ["--server", address, "--model-name", mut.name])
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
         start, cpu = time.perf_counter(), cpu_seconds()
@@ -60,36 +65,52 @@ def run_job(mut, images, n: int, mode: str, batch: int, address: str | None = No
     if summary.get("ok") != n:
         raise RuntimeError(f"Beam job ({mode}) segmented {summary.get('ok')} of {n} images: "
                            f"{summary.get('failed_by_stage')}")
-    return {"mode": mode, "images": n, "batch": batch, "wall_s": wall, "cpu_s": cpu,
+    return {"mode": mode, "runtime": backend if mode == "inprocess" else None,
+            "images": n, "batch": batch, "wall_s": wall, "cpu_s": cpu,
             "pipeline_wall_s": summary.get("wall_time_s"), "images_per_s": n / wall,
             "ms_per_image": wall * 1e3 / n, "cpu_ms_per_image": cpu * 1e3 / n}
 
 
-def inprocess_same_images(mut, images, n: int, batch: int) -> dict:
-    """segment_encoded over the same n images in batches, the model already loaded."""
-    mut.loaded.segment_encoded(images.blob_batch(batch))  # warm-up
+def inprocess_same_images(mut, images, n: int, batch, backend: str = "tensorflow") -> dict:
+    """segment_encoded over the same n images in batches, the model already loaded; for
+    batch 'auto', in calls of the size the job's probe (model.batch_size) picks here."""
+    model = mut.runtime(backend)
+    if batch == AUTO:
+        batch = probed_batch(mut, images, backend)
+    model.segment_encoded(images.blob_batch(batch))  # warm-up
     start, cpu = time.perf_counter(), cpu_seconds()
     for first in range(0, n, batch):
-        mut.loaded.segment_encoded(images.blob_batch(min(batch, n - first), first))
+        model.segment_encoded(images.blob_batch(min(batch, n - first), first))
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     return {"mode": "in-process segment_encoded (model loaded)", "images": n, "batch": batch,
             "wall_s": wall, "cpu_s": cpu, "images_per_s": n / wall,
             "ms_per_image": wall * 1e3 / n, "cpu_ms_per_image": cpu * 1e3 / n}
 
 
+def probed_batch(mut, images, backend: str) -> int:
+    """What the job's --batch-size auto picks on this machine (model.batch_size.probe)."""
+    model = mut.runtime(backend)
+    size = probe(lambda k: model.segment_encoded(images.blob_batch(k)))["batch_size"]
+    log(f"batch size {size} by the probe ({backend})")
+    return size
+
+
 def run(mut, images, args) -> dict:
     n, batch = args.beam_images, args.beam_batch
-    log(f"Beam: in-process mode over {n} images")
-    rows = [run_job(mut, images, n, "inprocess", batch)]
+    runtime = args.backends[0] if getattr(args, "backends", None) else "tensorflow"
+    log(f"Beam: in-process mode ({runtime}) over {n} images")
+    rows = [run_job(mut, images, n, "inprocess", batch, backend=runtime)]
     log(f"Beam in-process: {rows[-1]['images_per_s']:.2f} images/s end to end")
+    # gRPC mode has no probe (the server runs the calls); it gets the size probed in process.
+    grpc_batch = probed_batch(mut, images, runtime) if batch == AUTO else batch
     with serve(mut) as backend:
         with PredictionClient(backend.address, mut.name, timeout=600) as client:
             client.segment_encoded(images.blob_batch(1))  # the server's first-call warm-up
         log(f"Beam: gRPC mode over {n} images ({backend.kind})")
-        rows.append(run_job(mut, images, n, "grpc", batch, backend.address))
+        rows.append(run_job(mut, images, n, "grpc", grpc_batch, backend.address))
         backend_name = backend.description
     log(f"Beam gRPC: {rows[-1]['images_per_s']:.2f} images/s end to end")
-    reference = inprocess_same_images(mut, images, n, batch)
+    reference = inprocess_same_images(mut, images, n, grpc_batch, runtime)
     for row in rows:
         row["vs_inprocess"] = row["images_per_s"] / reference["images_per_s"]
         row["cpu_vs_inprocess"] = reference["cpu_s"] / row["cpu_s"] if row["cpu_s"] else None

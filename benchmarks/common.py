@@ -89,6 +89,20 @@ class ModelUnderTest:
         from model.exported import load_exported
         return load_exported(self.path)
 
+    def runtime(self, backend: str = "tensorflow"):
+        """The export loaded for `backend` (model.backends), once per run."""
+        from model.exported import load_exported
+
+        if backend == "tensorflow":
+            return self.loaded
+        cache = self.__dict__.setdefault("_runtimes", {})
+        if backend not in cache:
+            start = time.perf_counter()
+            cache[backend] = load_exported(self.path, backend=backend)
+            log(f"loaded for {backend} in {time.perf_counter() - start:.1f} s (conversion "
+                f"included)")
+        return cache[backend]
+
     def keras_model(self, input_shape=None):
         """The FCN-8s with this version's weights (read from the SavedModel's variables), at
         `input_shape` (default: the training geometry). Used where the serving graph's fixed

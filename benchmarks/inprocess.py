@@ -1,5 +1,5 @@
 """In process: the SavedModel's two signatures called through model.exported (the one
-loader), on KITTI-sized images, at several batch sizes."""
+loader), on KITTI-sized images, at several batch sizes, on each runtime of --backends."""
 from __future__ import annotations
 
 from benchmarks.common import log, measure, throughput
@@ -7,25 +7,29 @@ from benchmarks.common import log, measure, throughput
 SIGNATURES = ("serving_default", "segment_encoded")
 
 
-def call(mut, images, signature: str, batch: int, start: int = 0):
+def call(mut, images, signature: str, batch: int, start: int = 0, backend: str = "tensorflow"):
     """One call of `signature` on `batch` benchmark images; returns the outputs."""
+    model = mut.runtime(backend)
     if signature == "serving_default":
-        return mut.loaded.segment(images.batch(batch, start))
-    return mut.loaded.segment_encoded(images.blob_batch(batch, start))
+        return model.segment(images.batch(batch, start))
+    return model.segment_encoded(images.blob_batch(batch, start))
 
 
 def run(mut, images, args) -> dict:
     results = []
-    for signature in SIGNATURES:
-        for batch in args.batch_sizes:
-            counter = iter(range(10**9))  # a different slice of images on every call
-            times = measure(lambda: call(mut, images, signature, batch, next(counter) * batch),
-                            warmup=args.warmup, repeats=args.repeats,
-                            min_seconds=args.min_seconds, max_repeats=args.max_repeats)
-            row = {"signature": signature, "batch": batch, **throughput(times, batch)}
-            results.append(row)
-            log(f"in-process {signature} batch {batch}: {row['images_per_s']:.2f} images/s, "
-                f"p50 {row['p50_ms']:.0f} ms per call")
+    for backend in getattr(args, "backends", ["tensorflow"]):
+        for signature in SIGNATURES:
+            for batch in args.batch_sizes:
+                counter = iter(range(10**9))  # a different slice of images on every call
+                times = measure(lambda: call(mut, images, signature, batch,
+                                             next(counter) * batch, backend),
+                                warmup=args.warmup, repeats=args.repeats,
+                                min_seconds=args.min_seconds, max_repeats=args.max_repeats)
+                row = {"backend": backend, "signature": signature, "batch": batch,
+                       **throughput(times, batch)}
+                results.append(row)
+                log(f"in-process {backend} {signature} batch {batch}: "
+                    f"{row['images_per_s']:.2f} images/s, p50 {row['p50_ms']:.0f} ms per call")
     return {"image_size": list(images.arrays[0].shape[:2]), "results": results}
 
 

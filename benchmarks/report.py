@@ -42,13 +42,15 @@ def summary_rows(sections: dict) -> list[dict]:
                          "p95_ms": r.get("p95_ms"), "p99_ms": r.get("p99_ms"), **extra})
 
     for r in sections.get("inprocess", {}).get("results", []):
-        add("in-process", f"{r['signature']} batch {r['batch']}", r)
+        runtime = "" if r.get("backend", "tensorflow") == "tensorflow" else f"{r['backend']} "
+        add("in-process", f"{runtime}{r['signature']} batch {r['batch']}", r)
     for r in sections.get("grpc", {}).get("results", []):
         add(f"gRPC ({sections['grpc']['backend']})",
             f"{r['signature']} {r['clients']} client(s), batch {r['batch']}", r)
     beam = sections.get("beam", {})
     for r in beam.get("results", []):
-        add("Beam", f"{r['mode']} mode, {r['images']} images, batch {r['batch']}", r)
+        runtime = f" ({r['runtime']})" if r.get("runtime") else ""
+        add("Beam", f"{r['mode']} mode{runtime}, {r['images']} images, batch {r['batch']}", r)
     bf16 = sections.get("bf16", {})
     floor_section = sections.get("floor", {})
     if "bfloat16" in bf16:
@@ -254,9 +256,9 @@ def _peak_rows(s):
 
 
 def _md_inprocess(s):
-    return _table(["signature", "batch", "images/s", "ms/image", "p50 ms", "p95 ms", "p99 ms",
-                   "calls"],
-                  [[r["signature"], r["batch"], _f(r["images_per_s"], 2),
+    return _table(["backend", "signature", "batch", "images/s", "ms/image", "p50 ms", "p95 ms",
+                   "p99 ms", "calls"],
+                  [[r.get("backend", "tensorflow"), r["signature"], r["batch"], _f(r["images_per_s"], 2),
                     _f(r["ms_per_image"], 0), _f(r["p50_ms"], 0), _f(r["p95_ms"], 0),
                     _f(r["p99_ms"], 0), r["n"]] for r in s["results"]])
 

@@ -3,10 +3,12 @@ rule), load the SavedModel, call a signature by name.
 
     exported = load_exported("models/fcn8s")          # its newest version
     outputs = exported.call(names.SEGMENT_ENCODED, image_bytes=[png, png])
+    fast = load_exported("models/fcn8s", backend="openvino")  # OpenVINO's CPU runtime
 
 Every in-process reader (model.evaluate --model-dir, model.streams, the Beam in-process
 handler, the benchmarks, the export parity tests) goes through here, so they cannot disagree
-about which version a folder means or how a signature is fed.
+about which version a folder means or how a signature is fed. A `backend`
+(model.backends) other than TensorFlow runs the signatures it supports from the same export.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import tensorflow as tf
 from common.cli import UserError
 from contract import layout, names
 from contract.records import ExportMetadata
+from model import backends
 
 
 @dataclasses.dataclass
@@ -28,6 +31,8 @@ class ExportedModel:
     path: pathlib.Path               # the version folder
     module: object = dataclasses.field(repr=False)  # what tf.saved_model.load returned
     metadata: ExportMetadata
+    runner: object = dataclasses.field(default=None, repr=False)  # a non-TF backend's
+    backend: str = backends.TENSORFLOW
 
     @property
     def class_names(self) -> list[str]:
@@ -47,7 +52,10 @@ class ExportedModel:
 
     def call(self, name: str, device: Optional[str] = None, **inputs) -> dict[str, np.ndarray]:
         """Call signature `name` with its named inputs (arrays or lists, converted to tensors
-        of the signature's dtypes); returns its outputs as numpy arrays."""
+        of the signature's dtypes); returns its outputs as numpy arrays. On a backend other
+        than TensorFlow, its runner answers (`device` is TensorFlow's)."""
+        if self.runner is not None:
+            return self.runner.call(name, **inputs)
         function = self.signature(name)
         specs = function.structured_input_signature[1]
         tensors = {key: tf.constant(value, dtype=specs[key].dtype) if key in specs
@@ -72,12 +80,32 @@ class ExportedModel:
         return self.call(names.SEGMENT_ENCODED, **{names.IMAGE_BYTES: list(blobs)})
 
 
-def load_exported(path, version: Optional[int] = None) -> ExportedModel:
+def _decode_rgb(blob: bytes) -> np.ndarray:
+    from model.data import pipeline
+    return pipeline.decode_rgb(tf.constant(blob)).numpy()
+
+
+def _encode_png(array: np.ndarray) -> bytes:
+    return tf.io.encode_png(array[..., None]).numpy()
+
+
+def load_exported(path, version: Optional[int] = None,
+                  backend: str = backends.TENSORFLOW) -> ExportedModel:
     """A local model folder (its newest version, or `version`) or version folder, loaded.
-    UserError when there is no export there."""
+    UserError when there is no export there, or when `backend`'s runtime is not installed."""
+    if backend not in backends.BACKENDS:
+        raise UserError("backend", f"{backend!r} is not one of {list(backends.BACKENDS)}")
+    if not backends.available(backend):
+        raise UserError("backend", f"{backend} is not installed here (pip install -r "
+                                   f"requirements.txt)")
     try:
         version_dir = layout.resolve_version_dir(path, version)
     except FileNotFoundError as exc:
         raise UserError(path, f"no exported model here ({exc})") from None
     metadata = ExportMetadata.of_version(version_dir)
-    return ExportedModel(version_dir, tf.saved_model.load(str(version_dir)), metadata)
+    module = tf.saved_model.load(str(version_dir))
+    runner = None
+    if backend == backends.OPENVINO:
+        # The same decode and PNG encode as segment_encoded, so masks are byte-equal.
+        runner = backends.OpenVinoRunner(version_dir, _decode_rgb, _encode_png)
+    return ExportedModel(version_dir, module, metadata, runner, backend)
