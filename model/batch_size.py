@@ -7,6 +7,7 @@ CPU, its cores and the runtime, so it is measured where the work runs, not assum
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from typing import Callable, Sequence
@@ -21,13 +22,12 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def batch_size_or_auto(text: str) -> int | str:
-    """'auto' or a positive int (argparse type); ValueError otherwise."""
+    """'auto' or a positive int (an argparse type: its error is the flag's message)."""
     if text == AUTO:
         return AUTO
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be 1 or more, or {AUTO!r}")
-    return value
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or {AUTO!r}, got {text!r}")
+    return int(text)
 
 
 def probe(call: Callable[[int], object], candidates: Sequence[int] = CANDIDATES,

@@ -3,6 +3,8 @@ construction (a fake clock advanced by the fake model's cost; no real timing), a
 handler splits its batches into calls of that size, probing once per loaded model."""
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from model import batch_size
@@ -70,7 +72,7 @@ def test_flag_values():
     assert batch_size.batch_size_or_auto("auto") == "auto"
     assert batch_size.batch_size_or_auto("4") == 4
     for bad in ("0", "-2", "many"):
-        with pytest.raises(ValueError):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive integer or 'auto'"):
             batch_size.batch_size_or_auto(bad)
 
 

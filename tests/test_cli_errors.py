@@ -156,11 +156,14 @@ def test_beam_segment(capsys, tmp_path):
     line = one_error(capsys, main, common + ["--model-dir", str(empty)])
     assert line.startswith(f"error: {empty}")
     assert one_error(capsys, main, common + ["--model-dir", str(empty), "--batch-size", "0"]) \
+        == "error: --batch-size: must be a positive integer or 'auto', got '0'"
+    assert one_error(capsys, main, common + ["--model-dir", str(empty), "--batch-size", "4",
+                                             "--min-batch-size", "8"]) \
         == f"error: {prog}: need 1 <= --min-batch-size <= --batch-size"
     assert one_error(capsys, main, common + ["--mode", "grpc"]) == \
         f"error: {prog}: --mode grpc needs --server and --model-name"
     assert one_error(capsys, main, common + ["--batch-size", "many"]) == \
-        "error: --batch-size: invalid int value: 'many'"
+        "error: --batch-size: must be a positive integer or 'auto', got 'many'"
 
 
 # --------------------------------------------------------------------------- benchmarks
