@@ -15,7 +15,7 @@ from model.exported import load_exported
 from model.fcn8s import with_free_size
 from model.inference import keras_predictor, padded_size
 from model.data.synthetic import render_scene
-from tests.tiny_models import tiny_fcn
+from tests.tiny_models import balance_road, tiny_fcn
 
 TRAIN_SIZE = (64, 128)
 CONFIG = {"dataset": "kitti", "task": "road", "class_names": ["non-road", "road"],
@@ -41,16 +41,8 @@ def model():
     """Random score layers; a random encoder's features are all positive, which puts every
     pixel in one class, so the pool3 bias is shifted by the median road-vs-not-road logit
     of a scene: the masks then split, and a wrong geometry shows."""
-    import keras
-
     model = tiny_fcn(2, TRAIN_SIZE, seed=3)
-    image = _image(64, 128, 1).astype(np.float32)
-    logits = np.asarray(keras.Model(model.input, model.get_layer("logits").output)(image[None]))
-    layer = model.get_layer("score_pool3")
-    kernel, bias = layer.get_weights()
-    bias[1] -= np.median(logits[..., 1] - logits[..., 0])
-    layer.set_weights([kernel, bias])
-    return model
+    return balance_road(model, _image(64, 128, 1).astype(np.float32))
 
 
 @pytest.fixture(scope="module")

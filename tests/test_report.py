@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from model import image_scores, report
+from tests.tiny_models import balance_road
 
 IMAGE_SIZE = (64, 128)
 KITTI_CONFIG = {"dataset": "kitti", "task": "road", "class_names": ["non-road", "road"],
@@ -57,18 +58,8 @@ def _expected_order(folder) -> list[str]:
 
 
 def _road_on_half_the_pixels(model, image_path):
-    """Shift the road logit by its median margin on one image, so that the random model
-    says road for about half of the pixels and its per-image F-measures differ."""
-    import keras
-
     image = Image.open(image_path).convert("RGB").resize(IMAGE_SIZE[::-1])
-    logits = np.asarray(keras.Model(model.input, model.get_layer("logits").output)(
-        np.asarray(image, np.float32)[None]))
-    layer = model.get_layer("score_pool3")
-    kernel, bias = layer.get_weights()
-    bias[1] -= np.median(logits[..., 1] - logits[..., 0])
-    layer.set_weights([kernel, bias])
-    return model
+    return balance_road(model, np.asarray(image, np.float32))
 
 
 @pytest.fixture(scope="module")

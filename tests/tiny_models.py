@@ -39,3 +39,19 @@ def tiny_fcn(num_classes: int, image_size, seed: int = 0, fc_width: int = 16):
     keras.utils.set_random_seed(seed)
     model = build_fcn8s(num_classes, (*image_size, 3), fc_width=fc_width)
     return randomize_scores(model, seed)
+
+
+def balance_road(model, image: np.ndarray):
+    """Shift the road logit by its median road-vs-not-road margin on `image` (float32
+    [H, W, 3] at the model's input size): a random encoder's features are all positive, which
+    puts every pixel in one class; after the shift the model says road for about half of the
+    pixels, so masks split and a wrong geometry or a wrong order shows."""
+    import keras
+
+    logits = np.asarray(keras.Model(model.input, model.get_layer("logits").output)(
+        np.asarray(image, np.float32)[None]))
+    layer = model.get_layer("score_pool3")
+    kernel, bias = layer.get_weights()
+    bias[1] -= np.median(logits[..., 1] - logits[..., 0])
+    layer.set_weights([kernel, bias])
+    return model
