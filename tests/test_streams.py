@@ -62,7 +62,7 @@ def test_trained_skips_contribute(trained):
     x, _ = _scenes(4, seed=7)
     result = measure(trained, x.astype(np.uint8), list(SIZE))
     rel = {k: v["relative_to_fc7"] for k, v in result["streams"].items()}
-    # The Done-when thresholds. With the old fixed 0.01 / 0.0001 input scaling these
+    # The thresholds the skips must clear. With the old fixed 0.01 / 0.0001 input scaling these
     # were about 4e-4 and 6e-6 on a trained model.
     assert rel["score_pool4"] >= 0.05, rel
     assert rel["score_pool3"] >= 0.01, rel
