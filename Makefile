@@ -29,7 +29,6 @@ DATA_DIR   ?= data
 PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv train train-kitti export evaluate test test-slow browser mutation serve bench data-kitti data-coco clean dask-cluster
 
