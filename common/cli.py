@@ -69,7 +69,10 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     try:
         status = main(argv)
     except SystemExit as exc:  # --help: argparse's own exit, returned as the int it is
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, str):  # a message, as Python prints it for sys.exit("...")
+            print(exc.code, file=sys.stderr)
+            return 1
+        return 0 if exc.code is None else int(exc.code)
     except UserError as exc:
         return fail(exc.what, exc.why)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
