@@ -252,7 +252,7 @@ def _delta_tables(metrics_a: dict, metrics_b: dict) -> list[dict]:
                   if g in metrics_b.get(key, {})]
         if groups:
             columns = ("MaxF", "AP", "IoU")
-            tables.append({"title": f"KITTI devkit scores, {view}", "metrics": columns, "rows": [
+            tables.append({"title": f"Road scores (KITTI devkit method), {view}", "metrics": columns, "rows": [
                 {"name": g, "cells": [_delta(metrics_a[key][g].get(c), metrics_b[key][g].get(c))
                                       for c in columns]} for g in groups]})
     columns = ("mean_iou", "pixel_accuracy")

@@ -314,8 +314,11 @@ def finish_run(run_dir: pathlib.Path, config: dict, val_pairs, overlays: int) ->
 
     if (run_dir / "history.csv").is_file():
         save_training_curves(run_dir / "curves.png", run_dir / "history.csv")
-    best = runs.load_checkpoint(runs.checkpoint_path(run_dir, "best"))
-    return evaluate_pairs(best, config, val_pairs, run_dir / "eval_val", overlays=overlays)
+    checkpoint = runs.checkpoint_path(run_dir, "best")
+    best = runs.load_checkpoint(checkpoint)
+    # The checkpoint names the model in eval_val/'s metrics and report, as with evaluate.
+    return evaluate_pairs(best, config, val_pairs, run_dir / "eval_val", overlays=overlays,
+                          source={"checkpoint": str(checkpoint)})
 
 
 def _main(argv) -> int:
