@@ -43,6 +43,7 @@ from contract.names import COCO_PROTOCOLS, KITTI_TASKS
 from contract.records import require_task
 from model import backends, batch_size
 from model.data import colours_for, get_dataset
+from model.data.image_io import decode_image_bytes
 from beam_jobs.handlers import (InferenceFailure, SavedModelHandler, Segmentation,
                                 TFServingHandler, read_model_metadata)
 from beam_jobs.sources import DeadLetter, ImageItem
@@ -264,7 +265,10 @@ class FinishImage(beam.DoFn):
                 table)
         # I/O errors propagate: the runner retries the bundle (a dead letter would drop the
         # image on a transient storage error and let the job "succeed").
-        files = self._write(item, seg, label, table, confidence)
+        # Decoded once for what needs the pixels: the overlay file and the report's thumbnail.
+        image = (decode_image_bytes(item.data, item.path)
+                 if self.overlays or scored is not None else None)
+        files = self._write(item, seg, label, table, confidence, image)
         self.ok.inc()
         self._progress()
         self.latency.update(int(seg.latency_ms))
@@ -272,7 +276,7 @@ class FinishImage(beam.DoFn):
             self.evaluated.inc()
             yield beam.pvalue.TaggedOutput("scored", scored)
             yield beam.pvalue.TaggedOutput("image_scores", self._image_scores(
-                item, seg, label, table, scored.road_confidence))
+                item, image, scored))
         if "kitti_submission" in files:
             yield beam.pvalue.TaggedOutput("submission", files["kitti_submission"])
         yield json.dumps(self._record(item, seg, files, label is not None), sort_keys=True)
@@ -283,7 +287,7 @@ class FinishImage(beam.DoFn):
         return evaluation.decode_confidence(seg.confidence_png) if decoded is None else decoded
 
     def _write(self, item: ImageItem, seg: Segmentation, label, table=None,
-               confidence=None) -> dict:
+               confidence=None, image=None) -> dict:
         stem = sources.stem_of(item.path)
         files = {"mask": FileSystems.join(self.output, outputs.MASKS, stem + ".png")}
         outputs.write_bytes(files["mask"], seg.mask_png)
@@ -300,8 +304,6 @@ class FinishImage(beam.DoFn):
                 kitti_bev.confidence_to_bev(confidence, table), compress_level=6))
         if self.overlays:
             from model import plots
-            from model.data.image_io import decode_image_bytes
-            image = decode_image_bytes(item.data, item.path)
             picture = plots.overlay(image, seg.class_ids, self.classes["colours"])
             if label is not None:  # ground truth below the prediction, as model.plots does
                 picture = np.concatenate(
@@ -310,19 +312,15 @@ class FinishImage(beam.DoFn):
             outputs.write_bytes(files["overlay"], outputs.png_bytes(picture))
         return files
 
-    def _image_scores(self, item, seg, label, table, confidence) -> str:
+    def _image_scores(self, item: ImageItem, image, scored) -> str:
         """The image's line of image_scores-*.jsonl (model.image_scores, as model.evaluate
         writes it) and its error overlays, for report.html."""
         from model import image_scores
-        from model.data.image_io import decode_image_bytes
 
-        names = self.classes["class_names"]
-        if len(names) == 2 and confidence is None:
-            confidence = evaluation.decode_confidence(seg.confidence_png)
         record, files = image_scores.score_image(
-            sources.stem_of(item.path), decode_image_bytes(item.data, item.path), label, names,
-            confidence=confidence, class_ids=seg.class_ids, bev_table=table,
-            category=item.category, path=item.path)
+            sources.stem_of(item.path), image, scored.label, self.classes["class_names"],
+            confidence=scored.road_confidence, class_ids=scored.prediction,
+            bev_table=scored.bev_table, category=item.category, path=item.path)
         for relative, data in files.items():
             outputs.write_bytes(FileSystems.join(self.output, relative), data)
         return image_scores.to_json_line(record)

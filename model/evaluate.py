@@ -251,7 +251,7 @@ def _pct(value) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint, e.g. runs/X/checkpoints/best.keras")
     which.add_argument("--model-dir", help="an export: a model folder (its newest version), "

@@ -157,7 +157,8 @@ def score_image(name: str, image: np.ndarray, label: np.ndarray, class_names,
                 kitti_bev.confidence_to_bev(confidence, bev_table),
                 kitti_bev.label_to_bev(np.asarray(label), bev_table))
             record.update({f"{k}_bev": v for k, v in bev_scores.items()})
-            files[f"{OVERLAY_DIR}/{name}_bev.jpg"] = _jpeg(overlay_picture(
+            record["overlay_bev"] = f"{OVERLAY_DIR}/{name}_bev.jpg"
+            files[record["overlay_bev"]] = _jpeg(overlay_picture(
                 _image_to_bev(image, bev_table), bev_outcome, BEV_MAX_WIDTH))
     else:
         if class_ids is None:
@@ -166,8 +167,6 @@ def score_image(name: str, image: np.ndarray, label: np.ndarray, class_names,
         record.update(score_name="mIoU", score=scores["mIoU"], **scores)
         files[overlay] = _jpeg(overlay_picture(image, outcome, OVERLAY_MAX_WIDTH))
     record["overlay"] = overlay
-    if f"{OVERLAY_DIR}/{name}_bev.jpg" in files:
-        record["overlay_bev"] = f"{OVERLAY_DIR}/{name}_bev.jpg"
     return record, files
 
 
@@ -200,19 +199,17 @@ class Writer:
         """`score_image(*args, **kwargs)`, written; returns the record."""
         start = time.perf_counter()
         record, files = score_image(*args, **kwargs)
-        self._write(record, files)
         self.seconds += time.perf_counter() - start
+        self.add(record, files)
         return record
 
     def add(self, record: dict, files: dict[str, bytes]) -> None:
+        """Write a record scored elsewhere and its overlay files."""
         start = time.perf_counter()
-        self._write(record, files)
-        self.seconds += time.perf_counter() - start
-
-    def _write(self, record: dict, files: dict[str, bytes]) -> None:
         for relative, data in files.items():
             _write_file(self.folder / relative, data)
         self._lines.append(to_json_line(record))
+        self.seconds += time.perf_counter() - start
 
     def close(self) -> None:
         start = time.perf_counter()

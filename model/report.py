@@ -252,7 +252,8 @@ def _delta_tables(metrics_a: dict, metrics_b: dict) -> list[dict]:
                   if g in metrics_b.get(key, {})]
         if groups:
             columns = ("MaxF", "AP", "IoU")
-            tables.append({"title": f"Road scores (KITTI devkit method), {view}", "metrics": columns, "rows": [
+            tables.append({"title": f"Road scores (KITTI devkit method), {view}",
+                           "metrics": columns, "rows": [
                 {"name": g, "cells": [_delta(metrics_a[key][g].get(c), metrics_b[key][g].get(c))
                                       for c in columns]} for g in groups]})
     columns = ("mean_iou", "pixel_accuracy")
@@ -367,8 +368,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         parser = cli.ArgumentParser(prog="python -m model.report compare",
-                                         description="Two runs on the same images, side by "
-                                                     "side: DIR/compare.html")
+                                    description="Two runs on the same images, side by "
+                                                "side: DIR/compare.html")
         parser.add_argument("run_a", metavar="RUN_A")
         parser.add_argument("run_b", metavar="RUN_B")
         parser.add_argument("--output", required=True, help="folder for compare.html")
@@ -376,7 +377,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"wrote {compare(args.run_a, args.run_b, args.output)}")
         return 0
     parser = cli.ArgumentParser(prog="python -m model.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", metavar="DIR", help="an evaluation output or Beam run folder")
     args = parser.parse_args(argv)
     print(f"wrote {build(args.run)}")

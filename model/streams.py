@@ -166,7 +166,7 @@ def _image_paths(items) -> list[pathlib.Path]:
 
 def parse_args(argv=None):
     p = cli.ArgumentParser(prog="python -m model.streams", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="Keras checkpoint of model.train")
     which.add_argument("--model-dir", help="an export: a model folder (its newest version) "

@@ -22,7 +22,7 @@ from model.data import dataset_names, get_dataset
 
 def parse_args(argv=None):
     p = cli.ArgumentParser(prog="python -m model.train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=dataset_names(), default="synthetic")
     p.add_argument("--data-root", help="kitti: the data_road folder; coco: folder with "
                    "annotations/ train2017/ val2017/; folder: folder with images/ labels/")

@@ -106,7 +106,7 @@ def render_grid(coco, image_dir, names, out_path, n: int = 16, require_all: bool
 
 def _main(argv) -> int:
     ap = cli.ArgumentParser(prog="python -m model.data.coco_explore",
-                                 description=__doc__.split("\n\n")[0])
+                            description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("counts", help="instances and images per category")
     p.add_argument("--annotations", required=True)

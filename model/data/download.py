@@ -219,7 +219,7 @@ def _parse_sha(values, archives) -> dict[str, str]:
 
 def _main(argv) -> int:
     ap = cli.ArgumentParser(prog="python -m model.data.download", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(ARCHIVES))
     ap.add_argument("--output", required=True, help="folder for archives and unpacked files")
     ap.add_argument("--base-url", help="mirror to use instead of the official address "

@@ -233,7 +233,7 @@ def _main(argv) -> int:
     import time
 
     ap = cli.ArgumentParser(prog="python -m model.data.synthetic",
-                                 description="Generate synthetic road scenes with exact masks.")
+                            description="Generate synthetic road scenes with exact masks.")
     ap.add_argument("--output", required=True, help="folder for images/ and labels/")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--height", type=int, default=160)
