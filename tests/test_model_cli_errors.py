@@ -37,6 +37,14 @@ def test_train(tmp_path, capsys):
     assert train.main(["--image-size", "100", "64"]) == 2
     assert _one_error_line(capsys) == ("error: --image-size: takes H W (positive multiples "
                                        "of 32), got 100 64")
+    assert train.main(["--image-size", "64", "128", "--crop-size", "96", "64"]) == 2
+    assert _one_error_line(capsys) == ("error: --crop-size: 96x64 is larger than --image-size "
+                                       "64x128")
+    assert train.main(["--crop-size", "32", "64", "--no-augment"]) == 2
+    assert _one_error_line(capsys) == ("error: --crop-size: crops are an augmentation: drop "
+                                       "--no-augment")
+    assert train.main(["--crop-size", "30", "64"]) == 2
+    assert _one_error_line(capsys).startswith("error: --crop-size: takes H W")
 
 
 def test_evaluate(tmp_path, capsys):

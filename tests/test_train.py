@@ -13,7 +13,7 @@ from contract.names import IGNORE_LABEL as IGNORE
 from model.data.pipeline import check_pairs, decode_label, make_dataset
 from common.cpu import parse_cpuinfo
 from model.train import (compile_for_training, make_optimizer, mixed_precision_policy,
-                         resolve_jit_compile, run as train_run)
+                         resolve_jit_compile, resolve_mixed_precision, run as train_run)
 
 
 def _pairs(tmp_path, n=6, size=(50, 70)):
@@ -51,6 +51,33 @@ def test_scale_crop_pads_with_ignore_not_background(tmp_path):
     lab = labels.numpy()[0]
     assert (lab[32:, :] == IGNORE).all() and (lab[:, 48:] == IGNORE).all()
     assert (lab[3:30, :45] != IGNORE).any()
+
+
+def test_crops_are_windows_of_the_image_with_its_own_labels(tmp_path):
+    # Grey blocks of 0 or 255 labelled 1 where 255: brightness (+-0.15), contrast (0.8-1.2),
+    # saturation and hue keep 0 below 128 and 255 above, so a window whose labels were cut
+    # from another place or flipped differently from its pixels breaks `bright == label`.
+    rng = np.random.default_rng(1)
+    pairs = []
+    for i in range(3):
+        blocks = rng.integers(0, 2, (8, 12), dtype=np.uint8)
+        label = np.kron(blocks, np.ones((8, 8), np.uint8))  # 64x96
+        image = np.repeat((label * 255)[..., None], 3, axis=-1)
+        ip, lp = tmp_path / f"img{i}.png", tmp_path / f"lab{i}.png"
+        Image.fromarray(image).save(ip)
+        Image.fromarray(label).save(lp)
+        pairs.append((str(ip), str(lp)))
+    # scale 1: the image keeps its size, so both views are the stored pixels
+    ds = make_dataset(pairs, "ids", (64, 96), batch_size=3, training=True,
+                      scale_range=(1.0, 1.0), crop_size=(32, 64))
+    for images, labels in ds.repeat(4):
+        assert images.shape == (3, 32, 64, 3) and labels.shape == (3, 32, 64)
+        bright = images.numpy()[..., 0] > 127.5
+        np.testing.assert_array_equal(bright, labels.numpy() == 1)
+    # validation keeps whole images at --image-size
+    images, labels = next(iter(make_dataset(pairs, "ids", (64, 96), batch_size=3,
+                                            training=False, crop_size=(32, 64))))
+    assert images.shape == (3, 64, 96, 3)
 
 
 def test_tf_kitti_decoding_matches_devkit_rule(kitti_root):
@@ -136,6 +163,31 @@ def test_mixed_precision_run_keeps_float32_outputs(tmp_path):
 def test_mixed_precision_policy_per_device():
     assert mixed_precision_policy(on_gpu=True) == "mixed_float16"
     assert mixed_precision_policy(on_gpu=False) == "mixed_bfloat16"
+
+
+def test_mixed_precision_choice():
+    amx = _cpu("avx512f avx512_bf16 amx_bf16 amx_tile")
+    avx512_bf16, avx2 = _cpu("avx2 fma avx512f avx512_bf16"), _cpu("sse4_2 avx avx2 fma")
+    assert resolve_mixed_precision("auto", False, amx) is True
+    assert resolve_mixed_precision("auto", False, avx512_bf16) is True
+    assert resolve_mixed_precision("auto", False, avx2) is False  # bfloat16 emulated there
+    assert resolve_mixed_precision("auto", True, avx2) is True    # a GPU's float16
+    assert resolve_mixed_precision("on", False, avx2) is True
+    assert resolve_mixed_precision("off", True, amx) is False
+
+
+def test_training_on_crops_validates_whole_images(tmp_path, capsys):
+    run_dir = tmp_path / "crops"
+    train_run(TINY + ["--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"),
+                      "--epochs", "1", "--steps-per-epoch", "2", "--crop-size", "32", "64"])
+    config = runs.load_run_config(run_dir)
+    assert config["crop_size"] == [32, 64] and config["image_size"] == [64, 128]
+    assert config["mixed_precision"] is False  # the flag's default, as resolved
+    model = runs.load_checkpoint(runs.checkpoint_path(run_dir, "best"))
+    assert model.input_shape[1:3] == (None, None)  # windows in training, images elsewhere
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["kitti"]["overall"]["num_images"] == 2
+    assert math.isfinite(float(_history(run_dir)[-1]["val_loss"]))
 
 
 def _tiny_train_model(jit_compile, weights=None):

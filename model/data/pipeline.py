@@ -56,13 +56,14 @@ def _resize(image, label, size):
     return image, tf.cast(label, tf.uint8)
 
 
-def _scale_crop(image, label, size, scale_range):
-    """Resize to the target geometry times a random scale, then pad and random-crop back."""
-    h, w = size
+def _scale_crop(image, label, size, scale_range, crop):
+    """Resize to the target geometry `size` times a random scale, then pad and random-crop a
+    window of `crop` (size itself, or smaller: crops of a larger view)."""
     scale = tf.random.uniform([], *scale_range)
-    sh = tf.cast(tf.round(h * scale), tf.int32)
-    sw = tf.cast(tf.round(w * scale), tf.int32)
+    sh = tf.cast(tf.round(size[0] * scale), tf.int32)
+    sw = tf.cast(tf.round(size[1] * scale), tf.int32)
     image, label = _resize(image, label, tf.stack([sh, sw]))
+    h, w = crop
     ph, pw = tf.maximum(h, sh), tf.maximum(w, sw)
     image = tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
     # Padded label pixels must be ignored, not background: shift, pad with 0, shift back.
@@ -106,17 +107,21 @@ def check_pairs(pairs) -> None:
 
 def make_dataset(pairs, label_format: str, image_size, batch_size: int, training: bool,
                  seed: int = 0, augment: bool = True, scale_range=(0.8, 1.25),
-                 hflip: bool = True, cache: bool | None = None) -> tf.data.Dataset:
+                 hflip: bool = True, cache: bool | None = None,
+                 crop_size=None) -> tf.data.Dataset:
     """(images float32 [B,H,W,3] 0..255, labels uint8 [B,H,W]) batches.
 
     Training batches are shuffled, scale-cropped, flipped and colour-jittered; evaluation
-    batches are resized to `image_size` and kept in order.
+    batches are resized to `image_size` and kept in order. `crop_size` (augmented training
+    only): windows of that size cut from the image at `image_size` times the random scale,
+    so that a network trained on crops meets objects at the scale it will see at image_size.
     """
     if not pairs:
         raise ValueError("no (image, label) pairs to build a dataset from")
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
     size = tf.constant(list(image_size), tf.int32)
+    out_size = tuple(crop_size) if crop_size and training and augment else tuple(image_size)
     images = [str(p[0]) for p in pairs]
     labels = [str(p[1]) for p in pairs]
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
@@ -130,7 +135,7 @@ def make_dataset(pairs, label_format: str, image_size, batch_size: int, training
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
         if training and augment:
-            image, label = _scale_crop(image, label, image_size, scale_range)
+            image, label = _scale_crop(image, label, image_size, scale_range, out_size)
             if hflip:
                 flip = tf.random.uniform([]) < 0.5
                 image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
@@ -138,8 +143,8 @@ def make_dataset(pairs, label_format: str, image_size, batch_size: int, training
             image = _photometric(image)
         else:
             image, label = _resize(image, label, size)
-        image = tf.ensure_shape(image, [image_size[0], image_size[1], 3])
-        return image, tf.ensure_shape(label[..., 0], [image_size[0], image_size[1]])
+        image = tf.ensure_shape(image, [out_size[0], out_size[1], 3])
+        return image, tf.ensure_shape(label[..., 0], [out_size[0], out_size[1]])
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     ds = ds.batch(batch_size, drop_remainder=False)
