@@ -1,4 +1,5 @@
-"""The copy of the Keras model that goes into the serving graph, in the chosen compute dtype."""
+"""The copy of the Keras model that goes into the serving graph: in the chosen compute dtype,
+with fc6 computed as one matrix product of its input's 7x7 patches."""
 from __future__ import annotations
 
 import warnings
@@ -11,6 +12,37 @@ from model.fcn8s import free_size_config
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Keras' policy for bfloat16 compute: variables stay float32 and are cast at use.
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+# Layers computed as patches @ kernel in the serving graph (PatchConv2D).
+MATMUL_LAYERS = ("fc6",)
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class PatchConv2D(keras.layers.Conv2D):
+    """A stride-1 Conv2D computed as one matmul of its input's k x k patches with the kernel
+    reshaped to (k*k*in, out): the same weights, the same result up to float rounding.
+
+    fc6, a 7x7 convolution over the small pool5 map (5x18 at 160x576), is where TensorFlow's
+    CPU convolution is slowest per FLOP; as one large matmul it runs on the GEMM kernels that
+    reach the machine's floor (docs/results.md, "fc6 as a matmul"). TensorFlow only: the
+    export is a TensorFlow SavedModel.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        import tensorflow as tf
+
+        if tuple(self.strides) != (1, 1) or tuple(self.dilation_rate) != (1, 1) \
+                or self.data_format != "channels_last" or self.groups != 1:
+            return super().convolution_op(inputs, kernel)
+        kh, kw, cin, cout = kernel.shape
+        # extract_patches lays each window out as (row, column, channel), the kernel's order
+        patches = tf.image.extract_patches(inputs, [1, kh, kw, 1], [1, 1, 1, 1], [1, 1, 1, 1],
+                                           self.padding.upper())
+        shape = tf.shape(patches)
+        out = tf.matmul(tf.reshape(patches, [-1, kh * kw * cin]),
+                        tf.reshape(kernel, [kh * kw * cin, cout]))
+        return tf.reshape(out, [shape[0], shape[1], shape[2], cout])
 
 
 class Bfloat16SlowWarning(RuntimeWarning):
@@ -52,6 +84,9 @@ def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> ke
     for layer in config["layers"]:
         if layer["class_name"] != "InputLayer" and layer["config"]["name"] not in output_layers:
             layer["config"]["dtype"] = _POLICIES[compute_dtype]
+        if layer["class_name"] == "Conv2D" and layer["config"]["name"] in MATMUL_LAYERS:
+            layer.update(class_name="PatchConv2D", module=PatchConv2D.__module__,
+                         registered_name="fcnseg>PatchConv2D")
     copy = keras.Model.from_config(free_size_config(config))
     copy.set_weights(keras_model.get_weights())
     return copy

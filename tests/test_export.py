@@ -334,3 +334,33 @@ def test_cli(model, tmp_path, capsys):
     assert main(args + ["--model-version", "1"]) == 2
     assert capsys.readouterr().err == (f"error: {path}: already exists (pass --overwrite to "
                                        f"replace it, or choose another --model-version)\n")
+
+
+@pytest.mark.parametrize("shape,padding", [((1, 2, 4, 8), "same"), ((3, 5, 18, 8), "same"),
+                                           ((2, 12, 39, 4), "same"), ((2, 9, 11, 4), "valid")])
+def test_patch_convolution_equals_tensorflows(shape, padding):
+    # fc6 in the serving graph: 7x7 patches @ kernel; the reference is TF's own convolution,
+    # including maps smaller than the kernel (the 2x4 pool5 of a 64x128 image).
+    from export.precision import PatchConv2D
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    layer = PatchConv2D(6, 7, padding=padding, activation=None)
+    got = layer(x).numpy()
+    kernel, bias = (w.numpy() for w in layer.weights)
+    want = tf.nn.conv2d(x, kernel, 1, padding.upper()).numpy() + bias
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_serving_graph_computes_fc6_as_a_matmul(model):
+    from export.precision import PatchConv2D, serving_copy
+
+    copy = serving_copy(model)
+    assert isinstance(copy.get_layer("fc6"), PatchConv2D)
+    assert not isinstance(copy.get_layer("fc7"), PatchConv2D)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 96, 160, 3)).astype(np.float32)
+    from model.fcn8s import with_free_size
+
+    np.testing.assert_allclose(copy.predict_on_batch(x),
+                               with_free_size(model).predict_on_batch(x), atol=1e-5)

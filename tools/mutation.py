@@ -73,6 +73,16 @@ MUTATIONS = (
              'return sorted(records, key=lambda r: (r.get("score") is None, -(r.get("score") or 0.0),',
              ("tests/test_report.py", "tests/test_image_scores.py"),
              "the report's gallery puts the best images first"),
+    Mutation("fc6-patches-transposed", "export/precision.py",
+             "tf.reshape(kernel, [kh * kw * cin, cout])",
+             "tf.reshape(tf.transpose(kernel, [1, 0, 2, 3]), [kh * kw * cin, cout])",
+             ("tests/test_export.py", "-k", "patch or fc6 or parity"),
+             "the serving graph's fc6 matmul reads the 7x7 kernel column-major"),
+    Mutation("crop-labels-from-elsewhere", "model/data/pipeline.py",
+             "    return stacked[..., :3], tf.cast(stacked[..., 3:], tf.uint8)",
+             "    return stacked[..., :3], tf.cast(tf.roll(stacked[..., 3:], 8, axis=1), tf.uint8)",
+             ("tests/test_train.py", "-k", "crop"),
+             "training windows carry labels cut 8 pixels to the left of their pixels"),
 )
 
 
