@@ -19,13 +19,13 @@ import tempfile
 import time
 import traceback
 
-from benchmarks import (beam, bf16, breakdown, export_cost, floor, grpc_serving, inprocess, report,
-                        scaling, training)
+from benchmarks import (beam, bf16, breakdown, export_cost, fc6, floor, grpc_serving, inprocess,
+                        report, scaling, training)
 from benchmarks.common import export_random_model, load_images, log, open_model
 from model import backends
 from model.batch_size import AUTO, batch_size_or_auto
 
-SECTIONS = ("floor", "inprocess", "grpc", "beam", "training", "scaling", "export", "bf16",
+SECTIONS = ("floor", "inprocess", "fc6", "grpc", "beam", "training", "scaling", "export", "bf16",
             "profile")
 
 
@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--scaling-factors", type=int, nargs="+", default=[1, 4, 16])
     g.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                    help="image-size factors of the geometry for the network scaling")
-    g.add_argument("--train-batch", type=int, default=4)
+    g.add_argument("--train-batch", type=int, default=2,
+                   help="the KITTI recipe's batch (make train-kitti)")
     g.add_argument("--train-steps", type=int, default=3, help="timed Keras training steps")
     g.add_argument("--pipeline-batches", type=int, default=20,
                    help="timed batches of the tf.data input pipeline")
@@ -101,6 +102,7 @@ def run_sections(mut, images, args) -> dict:
     runners = {
         "floor": lambda: floor.run(mut, args),
         "inprocess": lambda: inprocess.run(mut, images, args),
+        "fc6": lambda: fc6.run(mut, args),
         "grpc": lambda: grpc_serving.run(mut, images, args),
         "beam": lambda: beam.run(mut, images, args),
         "training": lambda: training.run(mut, args),

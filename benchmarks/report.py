@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 from benchmarks.breakdown import PATH_NAMES
 
-SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "grpc": "gRPC",
+SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "fc6": "fc6 as a matmul",
+                  "grpc": "gRPC",
                   "beam": "Beam", "training": "Training", "scaling": "Scaling",
                   "export": "Export", "bf16": "bfloat16", "profile": "Where the time goes"}
 
@@ -69,6 +70,10 @@ def summary_rows(sections: dict) -> list[dict]:
         # factor turns the model's floor per image into the step's FLOPs per image.
         factor = (t["step_gflop"] * 1e9 / t["batch"] / floor_section["flops_per_image"]
                   if floor_section.get("flops_per_image") and "step_gflop" in t else 3)
+        if t.get("dtype") == "bfloat16" and "floor_bf16_ms_per_image" in floor_section:
+            # a bfloat16 step is held to the bfloat16 floor
+            factor *= (floor_section["floor_bf16_ms_per_image"] /
+                       floor_section["floor_ms_per_image"])
         add("training", f"Keras train step, batch {t['batch']}, "
             f"{t['image_size'][0]}x{t['image_size'][1]}, {t.get('default', '')}", t,
             floor_factor=factor, no_ratio=True)
@@ -263,6 +268,17 @@ def _md_inprocess(s):
                     _f(r["p99_ms"], 0), r["n"]] for r in s["results"]])
 
 
+def _md_fc6(s):
+    rows = [[r["batch"], _f(r["convolution"]["ms_per_image"], 0), _f(r["matmul"]["ms_per_image"], 0),
+             _f(r["speedup"], 2, suffix="x"), f"{r['max_probability_difference']:.1e}"]
+            for r in s["results"]]
+    return (f"The network alone at {s['image_size'][0]}x{s['image_size'][1]} (fc width "
+            f"{s['fc_width']}), fc6 as TensorFlow's convolution and as the export's matmul of "
+            f"7x7 patches, called alternately:\n\n" +
+            _table(["batch", "convolution ms/image", "matmul ms/image", "speedup",
+                    "max probability difference"], rows))
+
+
 def _md_grpc(s):
     timed = _table(["signature", "output filter", "clients", "images/s", "p50 ms", "p95 ms",
                     "p99 ms", "requests", "errors"],
@@ -306,15 +322,18 @@ def _md_beam(s):
 def _md_training(s):
     t, d = s["train_step"], s["input_pipeline"]
     steps = []
-    for name in ("xla", "no_xla"):
+    for name in ("xla", "no_xla", "bfloat16"):
         r = t.get(name)
         if not r:
             continue
         default = " (model.train's default here)" if name == t.get("default") else ""
-        steps.append([f"Keras train step, {name.replace('_', ' ')}{default}",
+        label = {"xla": "float32, XLA on", "no_xla": "float32, XLA off",
+                 "bfloat16": "mixed bfloat16"}[name]
+        steps.append([f"Keras train step, {label}{default}",
                       _f(r["images_per_s"], 2),
                       f"{r['gflop_per_s']:.1f} GFLOP/s = {r['share_of_floor'] * 100:.0f} % of "
-                      f"the float32 floor ({t['floor_gflop_per_s']:.1f} GFLOP/s, same section);"
+                      f"the {r['dtype']} floor ({r['floor_gflop_per_s']:.1f} GFLOP/s, same "
+                      f"section);"
                       f" {t['step_gflop']:.0f} GFLOP a step, batch {t['batch']} at "
                       f"{t['image_size'][0]}x{t['image_size'][1]}, fc width {t['fc_width']}, "
                       f"random data, median of {r['steps']} steps"])

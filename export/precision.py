@@ -61,14 +61,16 @@ def check_bfloat16_hardware() -> str | None:
     return advice
 
 
-def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> keras.Model:
+def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32",
+                 matmul_layers=MATMUL_LAYERS) -> keras.Model:
     """A fresh, uncompiled copy of a functional `keras_model` computing in `compute_dtype`.
 
     Rebuilt from its config rather than with keras.models.clone_model, which compiles the
     copy and so allocates optimizer slots (1 GB for FCN-8s) that serving never uses. Output
     layers keep their own dtype (FCN-8s' softmax is float32), so served probabilities stay
     float32. The weights are copied, not shared. The copy's input takes any height and width
-    (the network is fully convolutional), so any inference geometry can run on it.
+    (the network is fully convolutional), so any inference geometry can run on it. The
+    Conv2D layers named in `matmul_layers` become PatchConv2D (the benchmark compares both).
     """
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
@@ -84,7 +86,7 @@ def serving_copy(keras_model: keras.Model, compute_dtype: str = "float32") -> ke
     for layer in config["layers"]:
         if layer["class_name"] != "InputLayer" and layer["config"]["name"] not in output_layers:
             layer["config"]["dtype"] = _POLICIES[compute_dtype]
-        if layer["class_name"] == "Conv2D" and layer["config"]["name"] in MATMUL_LAYERS:
+        if layer["class_name"] == "Conv2D" and layer["config"]["name"] in matmul_layers:
             layer.update(class_name="PatchConv2D", module=PatchConv2D.__module__,
                          registered_name="fcnseg>PatchConv2D")
     copy = keras.Model.from_config(free_size_config(config))

@@ -22,6 +22,7 @@ SECTION_KEYS = {
               "matmul_float32", "matmul_bfloat16", "floor_ms_per_image", "machine",
               "peak_float32_flops_per_s", "peak_ms_per_image", "kernel_share_of_peak"],
     "inprocess": ["results"],
+    "fc6": ["results"],
     "grpc": ["backend", "wire", "results"],
     "beam": ["results", "inprocess_reference", "cpu_ratio", "wall_ratio"],
     "training": ["train_step", "input_pipeline", "pipeline_vs_training"],
@@ -112,7 +113,8 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path, monkeypatch):
     from benchmarks import training
 
     # The training section runs the KITTI recipe's geometry; the tiny model's keeps it short.
-    monkeypatch.setattr(training, "RECIPE_SIZE", (64, 128))
+    monkeypatch.setattr(training, "RECIPE_SIZE", (96, 160))
+    monkeypatch.setattr(training, "RECIPE_CROP", (64, 128))
     monkeypatch.setattr(training, "RECIPE_FC_WIDTH", 16)
     out = tmp_path / "out"
     code = _run(["--model-dir", str(tiny_model), "--output", str(out), *TINY])
@@ -135,13 +137,19 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path, monkeypatch):
     step = result["training"]["train_step"]
     assert step["step_gflop"] * 1e9 == pytest.approx(
         3 * 2 * (HAND_CONV2D_FLOPS + HAND_TRANSPOSED_FLOPS))
-    assert {"xla", "no_xla"} <= set(step) and step["default"] in ("xla", "no_xla")
+    assert {"xla", "no_xla"} <= set(step)
+    assert step["default"] in step and step["image_size"] == [64, 128]
+    for name in ("xla", "no_xla", "bfloat16"):
+        if name in step:  # each configuration against the floor of its own precision
+            assert step[name]["floor_gflop_per_s"] == step[f"floor_{step[name]['dtype']}_gflop_per_s"]
     paths = {r["path"] for r in result["summary"]}
     assert {"in-process", "Beam", "training", "in-process bfloat16"} <= paths
     assert any(p.startswith("gRPC") for p in paths)
     md = (out / "bench.md").read_text()
-    for title in ("Floor", "In process", "gRPC", "Beam", "Training", "Scaling", "Export",
-                  "bfloat16", "Where the time goes"):
+    assert [r["batch"] for r in result["fc6"]["results"]] == [1, 2]
+    assert all(r["max_probability_difference"] < 1e-4 for r in result["fc6"]["results"])
+    for title in ("Floor", "In process", "fc6 as a matmul", "gRPC", "Beam", "Training",
+                  "Scaling", "Export", "bfloat16", "Where the time goes"):
         assert f"## {title}" in md
     assert "Failed" not in md
     for png in ("throughput.png", "latency.png", "scaling.png", "wire_bytes.png",
