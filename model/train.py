@@ -275,6 +275,8 @@ def run(argv=None) -> dict:
 
     if args.resume:
         config = runs.load_run_config(run_dir)
+        # the checkpoint keeps its layers' dtype policies; the step follows the run's choice
+        mixed_precision = bool(config.get("mixed_precision"))
         split = runs.load_split(run_dir)
         train_pairs, val_pairs = split["train"], split["val"]
         state = runs.read_json(run_dir / runs.CHECKPOINTS / runs.STATE)
