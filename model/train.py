@@ -75,7 +75,11 @@ def parse_args(argv=None):
     p.add_argument("--jit-compile", choices=["auto", "on", "off"], default="auto",
                    help="XLA-compile the training step; auto: on in float32 on CPUs without "
                         "AVX-512 (where it measured faster, docs/training.md), off otherwise")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="weights, augmentation and batch order")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="the train/val split (and synthetic scenes): kept apart from --seed so "
+                        "that runs differing in --seed are scored on the same validation pairs")
     p.add_argument("--run-dir", default="runs/fcn8s")
     p.add_argument("--cache-dir", default="cache", help="generated data and rendered masks")
     p.add_argument("--resume", action="store_true",
@@ -129,6 +133,7 @@ def build_config(args, data) -> dict:
         "num_classes": len(data.class_names), "image_size": list(args.image_size),
         "normalization": args.normalization, "fc_width": args.fc_width,
         "dropout": args.dropout, "encoder_weights": args.encoder_weights, "seed": args.seed,
+        "data_seed": args.data_seed,
         "batch_size": args.batch_size, "epochs": args.epochs, "variant": args.variant,
         "optimizer": args.optimizer, "momentum": args.momentum,
         "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule,
@@ -289,7 +294,7 @@ def run(argv=None) -> dict:
         data = load_dataset(args.dataset, args.data_root, task=args.task,
                             categories=args.categories[0] if args.categories in (["all"], ["voc"])
                             else args.categories, val_fraction=args.val_fraction,
-                            seed=args.seed, cache_dir=args.cache_dir,
+                            seed=args.data_seed, cache_dir=args.cache_dir,
                             image_size=tuple(args.image_size), num_synthetic=args.num_synthetic,
                             min_area_fraction=args.min_area_fraction,
                             coco_protocol=args.coco_protocol)
