@@ -13,7 +13,7 @@ TRAIN_ARGS ?= --dataset synthetic --encoder-weights none --image-size 96 320 \
 # scratch, FCN-8s, fc width 512, images at 384x1248 (KITTI's ~375x1242, no shrinking), trained
 # on random 288x960 windows (scale 0.8-1.25, flips, colour) in batches of 2, 10 epochs of 250
 # steps, Adam 3e-4 poly, L2 5e-4 on kernels, clip norm 1, seed 0; bfloat16 where the CPU has
-# AMX or AVX512-BF16 (about an hour on 2 such cores; float32 elsewhere, about 3.5x longer).
+# AMX or AVX512-BF16 (under an hour on 2 such cores; float32 elsewhere: 14 h on 2 AVX2 cores).
 # ENCODER_WEIGHTS=path/to/vgg16.h5 (or imagenet, a Keras download) is an opt-in, not the
 # measured recipe. KITTI_EXTRA adds flags.
 KITTI_ROOT ?= data/data_road

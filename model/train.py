@@ -148,10 +148,8 @@ def resolve_jit_compile(choice: str, mixed_precision: bool, cpu=None) -> bool:
     geometry (docs/results.md): XLA beat TensorFlow's oneDNN kernels with both held to AVX2
     and lost to them with AVX-512. bfloat16 (--mixed-precision) runs on oneDNN's AMX and
     AVX512-BF16 kernels, which XLA does not use."""
-    if choice in ("on", "off"):
-        return choice == "on"
     if choice != "auto":
-        raise ValueError(f"unknown jit-compile choice {choice!r}")
+        return _on_or_off(choice, "jit-compile")
     if mixed_precision:
         return False
     cpu = cpu or _this_machine()
@@ -162,14 +160,18 @@ def resolve_mixed_precision(choice: str, on_gpu: bool, cpu=None) -> bool:
     """Whether to train in mixed precision. bfloat16 pays on CPUs with AMX or AVX512-BF16
     (oneDNN's native kernels: the KITTI recipe's step 3.5x faster than float32 on a Sapphire
     Rapids, docs/results.md); without them it is emulated and slower than float32."""
-    if choice in ("on", "off"):
-        return choice == "on"
     if choice != "auto":
-        raise ValueError(f"unknown mixed-precision choice {choice!r}")
+        return _on_or_off(choice, "mixed-precision")
     if on_gpu:
         return True
     cpu = cpu or _this_machine()
     return cpu.has("amx_bf16") or cpu.has("avx512_bf16")
+
+
+def _on_or_off(choice: str, what: str) -> bool:
+    if choice not in ("on", "off"):
+        raise ValueError(f"unknown {what} choice {choice!r}")
+    return choice == "on"
 
 
 def _this_machine():
