@@ -269,8 +269,9 @@ def _md_inprocess(s):
 
 
 def _md_fc6(s):
-    rows = [[r["batch"], _f(r["convolution"]["ms_per_image"], 0), _f(r["matmul"]["ms_per_image"], 0),
-             _f(r["speedup"], 2, suffix="x"), f"{r['max_probability_difference']:.1e}"]
+    rows = [[r["batch"], _f(r["convolution"]["ms_per_image"], 0),
+             _f(r["matmul"]["ms_per_image"], 0), _f(r["speedup"], 2, suffix="x"),
+             f"{r['max_probability_difference']:.1e}"]
             for r in s["results"]]
     return (f"The network alone at {s['image_size'][0]}x{s['image_size'][1]} (fc width "
             f"{s['fc_width']}), fc6 as TensorFlow's convolution and as the export's matmul of "
