@@ -16,8 +16,7 @@ from matplotlib.figure import Figure
 from benchmarks.breakdown import PATH_NAMES
 
 SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "fc6": "fc6 as a matmul",
-                  "grpc": "gRPC",
-                  "beam": "Beam", "training": "Training", "scaling": "Scaling",
+                  "grpc": "gRPC", "beam": "Beam", "training": "Training", "scaling": "Scaling",
                   "export": "Export", "bf16": "bfloat16", "profile": "Where the time goes"}
 
 
@@ -323,13 +322,12 @@ def _md_beam(s):
 def _md_training(s):
     t, d = s["train_step"], s["input_pipeline"]
     steps = []
-    for name in ("xla", "no_xla", "bfloat16"):
+    for name, label in (("xla", "float32, XLA on"), ("no_xla", "float32, XLA off"),
+                        ("bfloat16", "mixed bfloat16")):
         r = t.get(name)
         if not r:
             continue
         default = " (model.train's default here)" if name == t.get("default") else ""
-        label = {"xla": "float32, XLA on", "no_xla": "float32, XLA off",
-                 "bfloat16": "mixed bfloat16"}[name]
         steps.append([f"Keras train step, {label}{default}",
                       _f(r["images_per_s"], 2),
                       f"{r['gflop_per_s']:.1f} GFLOP/s = {r['share_of_floor'] * 100:.0f} % of "

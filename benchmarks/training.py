@@ -34,6 +34,8 @@ RECIPE_SIZE = (384, 1248)
 RECIPE_CROP = (288, 960)
 RECIPE_FC_WIDTH = 512
 BACKWARD_FACTOR = 3  # forward + gradient of the inputs + gradient of the kernels
+# The configurations timed, in the order they step, and the precision each computes in.
+DTYPES = {"xla": "float32", "no_xla": "float32", "bfloat16": "bfloat16"}
 
 
 def _recipe_model(jit_compile: bool, bfloat16: bool = False, weights=None):
@@ -93,7 +95,7 @@ def training_steps(args) -> dict:
     for name, t in times.items():
         median = float(np.median(t))
         out[name] = {"steps": len(t), "seconds_per_step": median, "best_seconds": min(t),
-                     "dtype": "bfloat16" if name == "bfloat16" else "float32",
+                     "dtype": DTYPES[name],
                      "gflop_per_s": step_flops / median / 1e9, **throughput(t, b)}
     out["xla_speedup"] = out["no_xla"]["seconds_per_step"] / out["xla"]["seconds_per_step"]
     return out
@@ -102,16 +104,15 @@ def training_steps(args) -> dict:
 def _against_floor(steps: dict, args) -> None:
     """The floor of each precision (best matmul or convolution rate, benchmarks.floor)
     measured right after the steps, and each configuration's share of its own."""
-    dtypes = {steps[name]["dtype"] for name in ("xla", "no_xla", "bfloat16") if name in steps}
-    for dtype in sorted(dtypes):
+    timed = [name for name in DTYPES if name in steps]
+    for dtype in sorted({DTYPES[name] for name in timed}):
         rate = max(floor.matmul_rate(args.matmul_size, dtype)["best_flops_per_s"],
                    floor.conv_rate(dtype)["best_flops_per_s"])
         steps[f"floor_{dtype}_gflop_per_s"] = rate / 1e9
-    for name in ("xla", "no_xla", "bfloat16"):
-        if name in steps:
-            r = steps[name]
-            r["floor_gflop_per_s"] = steps[f"floor_{r['dtype']}_gflop_per_s"]
-            r["share_of_floor"] = r["gflop_per_s"] / r["floor_gflop_per_s"]
+    for name in timed:
+        r = steps[name]
+        r["floor_gflop_per_s"] = steps[f"floor_{r['dtype']}_gflop_per_s"]
+        r["share_of_floor"] = r["gflop_per_s"] / r["floor_gflop_per_s"]
 
 
 def _pairs(tmp: str):
@@ -153,9 +154,7 @@ def run(mut, args) -> dict:
         f"{' and bfloat16' if default_configuration() == 'bfloat16' else ''}, interleaved")
     steps = training_steps(args)
     _against_floor(steps, args)
-    for name in ("xla", "no_xla", "bfloat16"):
-        if name not in steps:
-            continue
+    for name in (n for n in DTYPES if n in steps):
         r = steps[name]
         log(f"training ({name}): {r['seconds_per_step']:.2f} s per step of "
             f"{steps['step_gflop']:.0f} GFLOP = {r['gflop_per_s']:.1f} GFLOP/s = "
