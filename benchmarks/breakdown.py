@@ -18,7 +18,8 @@ import tensorflow as tf
 from benchmarks import beam, grpc_serving, inprocess
 from benchmarks.common import log
 from benchmarks.grpc_serving import WIRE_VARIANTS, serve
-from export.signatures import class_ids_of, confidence_of, from_geometry, to_geometry
+from export.signatures import (PNG_COMPRESSION, class_ids_of, confidence_of, from_geometry,
+                               to_geometry)
 from export.wire import predict_request
 from serving.grpc_client import PredictionClient
 
@@ -57,8 +58,9 @@ def stage_times(mut, images, args, client=None) -> dict:
         "resize_to_geometry": lambda: to_geometry(image[None], mut.image_size).numpy(),
         "network": lambda: network(resized).numpy(),
         "resize_back_argmax_confidence": lambda: [t.numpy() for t in postprocess(probs, size)],
-        "png_encode_mask_and_confidence": lambda: (tf.io.encode_png(ids[..., None]).numpy(),
-                                                   tf.io.encode_png(conf[..., None]).numpy()),
+        "png_encode_mask_and_confidence": lambda: (
+            tf.io.encode_png(ids[..., None], compression=PNG_COMPRESSION).numpy(),
+            tf.io.encode_png(conf[..., None], compression=PNG_COMPRESSION).numpy()),
         "request_proto_uint8_image": lambda: predict_request(
             mut.name, "serving_default", {"images": image.numpy()[None]}).SerializeToString(),
         "request_proto_png_bytes": lambda: predict_request(
@@ -163,9 +165,10 @@ def run(mut, images, args, sections: dict) -> dict:
         row = {r["mode"]: r for r in beam["results"]}["inprocess"]
         n, inner = beam["images"], beam["inprocess_reference"]["ms_per_image"]
         total = row["ms_per_image"]
-        fit = sections.get("scaling", {}).get("by_images", {}).get("fit") or {}
+        fit = row.get("at_scale") or sections.get("scaling", {}).get("by_images", {}).get(
+            "fit") or {}
         # The fixed cost per run (pipeline start-up, model load, first-call warm-up) from the
-        # scaling runs' line fit, spread over this run's N images.
+        # line through the section's two job lengths, spread over this run's N images.
         fixed = min(max(fit.get("fixed_s", 0.0), 0.0) * 1e3 / n, max(total - inner, 0.0))
         decomposition[f"Beam in-process ({n} images)"] = _rows(total, {
             "segment_encoded in process (same images and batches)": inner,
