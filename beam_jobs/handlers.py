@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -32,6 +33,9 @@ from contract.layout import LABELS_PATH, METADATA_PATH, SAVED_MODEL_FILE
 
 _LOGGER = logging.getLogger(__name__)
 SIGNATURE = names.SEGMENT_ENCODED
+# --batch-size auto: one model.batch_size.Probe per loaded model (SavedModelHandler._probe).
+_PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PROBES_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -205,28 +209,10 @@ class SavedModelSegmenter:
                                        backend=backend)
         self._exported.signature(SIGNATURE)  # a model without it fails here, not per batch
         self._device = device
-        self._batch_size: Optional[int] = None
-        self._probe_lock = threading.Lock()  # the threads of a process share one probe
 
     def segment(self, images: list[bytes]) -> dict:
         return self._exported.call(SIGNATURE, device=self._device,
                                    **{names.IMAGE_BYTES: images})
-
-    def probed_batch_size(self, sample: list[bytes]) -> int:
-        """Images per call that run fastest here (model.batch_size.probe on `sample`, cycled
-        to each candidate size), measured on the first call of this process only."""
-        with self._probe_lock:
-            if self._batch_size is None:
-                from model.batch_size import probe
-
-                try:
-                    self._batch_size = probe(lambda n: self.segment(
-                        [sample[i % len(sample)] for i in range(n)]))["batch_size"]
-                except Exception as exc:  # noqa: BLE001 - a bad image in the sample
-                    _LOGGER.warning("batch size probe failed (%s); calls of 1 until a later "
-                                    "batch's probe succeeds", _short(exc))
-                    return 1
-            return self._batch_size
 
     def describe(self) -> tuple[str, Optional[int]]:
         return self.meta["model_name"], self.meta["model_version"]
@@ -241,7 +227,8 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
     large models on a GPU, or to cap memory). Batches: min/max_batch_size images; with
     `max_batch_bytes` a batch is split into model calls of at most that much encoded data;
     with `call_size="auto"` into calls of the size that measured fastest on this worker
-    (probed once per loaded model, i.e. per process, on its first batch: model.batch_size).
+    (probed once per loaded model, i.e. per process, on its first images, whose results are
+    kept: model.batch_size.Probe).
     `backend`: the runtime (model.backends), TensorFlow unless told.
     """
 
@@ -253,6 +240,7 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
         # byte limit is applied here, by splitting a batch into calls (_calls_within).
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          model_copies=model_copies)
+        self._max_batch_size = max_batch_size
         self._max_batch_bytes = max_batch_bytes
         self._model_dir = model_dir
         self._device = device
@@ -272,23 +260,37 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, name, version, ms, len(images))
 
-        parts = _calls_within(batch, self._max_batch_bytes)
-        if self._call_size == "auto":
-            size = model.probed_batch_size([item.data for item in batch])
-            parts = [part[i:i + size] for part in parts for i in range(0, len(part), size)]
-        inferences = []
-        for part in parts:
+        def run_part(part: list) -> tuple[list, bool]:
+            """The part's inferences, and whether it ran as one call."""
             try:
-                inferences += call([item.data for item in part])
+                return call([item.data for item in part]), True
             except Exception as exc:  # noqa: BLE001 - a bad image, or a bad batch: split it
                 if len(part) == 1:
-                    inferences.append(InferenceFailure(_short(exc)))
-                else:
-                    _LOGGER.warning("batch of %d failed (%s); retrying image by image",
-                                    len(part), _short(exc))
-                    inferences += _one_by_one(part, call, lambda e: True)
+                    return [InferenceFailure(_short(exc))], False
+                _LOGGER.warning("batch of %d failed (%s); retrying image by image",
+                                len(part), _short(exc))
+                return _one_by_one(part, call, lambda e: True), False
+
+        inferences = []
+        for part in _calls_within(batch, self._max_batch_bytes):
+            if self._call_size == "auto":
+                inferences += self._probe(model).run(part, run_part)
+            else:
+                inferences += run_part(part)[0]
         return [PredictionResult(item, inf, model_id=f"{name}/{version}")
                 for item, inf in zip(batch, inferences)]
+
+    def _probe(self, model):
+        """The batch size probe (model.batch_size.Probe) of this loaded model. Kept beside
+        it, not in it, since with model_copies `model` is a proxy to another process; the
+        handler cannot hold it either: every thread's DoFn has its own copy of the handler,
+        while the threads of a process share the model."""
+        from model.batch_size import CANDIDATES, Probe
+
+        with _PROBES_LOCK:
+            if model not in _PROBES:
+                _PROBES[model] = Probe([n for n in CANDIDATES if n <= self._max_batch_size])
+            return _PROBES[model]
 
     def get_num_bytes(self, batch: Sequence[ImageItem]) -> int:
         return sum(len(item.data) for item in batch)
@@ -337,18 +339,21 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
     """Inference through TF Serving's PredictionService with serving.grpc_client.
 
     One client (one gRPC channel) per worker process, shared by its threads. Transient errors
-    (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED: a restarting or overloaded server)
-    are retried by the client and then by Beam with exponential backoff and client-side
-    throttling; a batch the server refuses (INVALID_ARGUMENT) is retried image by image.
-    Requests carry at most `max_batch_bytes` of encoded images (a batch is split into
-    several requests when needed), under gRPC's usual 4 MiB message limit.
+    (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, ABORTED: a restarting or slow server; only
+    UNAVAILABLE by the client itself) are retried by Beam with exponential backoff and
+    client-side throttling; a batch the server refuses (INVALID_ARGUMENT) is retried image by
+    image.
+    A batch goes in one request (TF Serving accepts messages up to 2 GiB), or in requests of
+    at most `max_batch_bytes` of encoded images. A request refused as over a message limit
+    (a proxy, or a server with gRPC's default 4 MiB) is split in halves until it passes, and
+    later batches stay under that limit; an image over it alone is a dead letter.
     """
 
     def __init__(self, address: str, model_name: str, *, version: Optional[int] = None,
                  version_label: Optional[str] = None, timeout: float = 60.0,
                  client_retries: int = 4, num_retries: int = 5, throttle_delay_secs: int = 5,
                  min_batch_size: int = 1, max_batch_size: int = 8,
-                 max_batch_bytes: int = 3 * 1024 * 1024):
+                 max_batch_bytes: Optional[int] = None):
         super().__init__(namespace="fcnseg_tfserving", num_retries=num_retries,
                          throttle_delay_secs=throttle_delay_secs, retry_filter=_is_retryable)
         self._batching_kwargs = {"min_batch_size": min_batch_size,
@@ -379,22 +384,40 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
             ms = (time.perf_counter() - start) * 1000.0
             return _segmentations(outputs, self._model_name, version, ms, len(images))
 
-        inferences = []
-        for part in _calls_within(batch, self._max_batch_bytes):
+        def run_part(part: list) -> list:
             try:
-                inferences += call([item.data for item in part])
+                return call([item.data for item in part])
             except Exception as exc:  # noqa: BLE001
-                if not _is_bad_input(exc):
+                limit = getattr(exc, "request_limit", None)
+                if limit and len(part) > 1:  # over a message limit on the way: smaller requests
+                    self._learn_request_limit(limit)
+                    half = len(part) // 2
+                    return run_part(part[:half]) + run_part(part[half:])
+                if not (limit or _is_bad_input(exc)):
                     raise  # retryable: Beam retries with backoff; else dead-lettered as a batch
                 if len(part) == 1:
-                    inferences.append(InferenceFailure(_short(exc)))
-                else:
-                    _LOGGER.warning("batch of %d refused (%s); retrying image by image",
-                                    len(part), _short(exc))
-                    inferences += _one_by_one(part, call, _is_bad_input)
+                    return [InferenceFailure(_short(exc))]
+                _LOGGER.warning("batch of %d refused (%s); retrying image by image",
+                                len(part), _short(exc))
+                return _one_by_one(part, call, _is_bad_input)
+
+        inferences = []
+        for part in _calls_within(batch, self._max_batch_bytes):
+            inferences += run_part(part)
         return [PredictionResult(item, inf, model_id=f"{self._model_name}/{inf.model_version}"
                                  if isinstance(inf, Segmentation) else self._model_name)
                 for item, inf in zip(batch, inferences)]
+
+    def _learn_request_limit(self, limit: int) -> None:
+        """Requests from now on stay under a message limit met on the way to the server."""
+        from serving.chunking import REQUEST_OVERHEAD_BYTES
+
+        cap = max(1, limit - REQUEST_OVERHEAD_BYTES)
+        if self._max_batch_bytes is None or cap < self._max_batch_bytes:
+            _LOGGER.warning("the server (or a proxy) refuses requests over %d bytes; sending "
+                            "at most %d bytes of images per request from now on (set "
+                            "--max-batch-bytes to start there)", limit, cap)
+            self._max_batch_bytes = cap
 
     def get_num_bytes(self, batch: Sequence[ImageItem]) -> int:
         return sum(len(item.data) for item in batch)

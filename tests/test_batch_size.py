@@ -77,11 +77,13 @@ def test_flag_values():
 
 
 class FakeSegmenter:
-    """Stands in for SavedModelSegmenter: records each call's size; batch 1 is fastest."""
+    """Stands in for SavedModelSegmenter: records each call's size and advances a fake clock
+    by the call's cost (SlowerWhenBatched's: batch 1 is fastest); the mask it returns is the
+    image's own bytes, so a result can be matched to its image. It refuses images b"bad"."""
 
     def __init__(self):
         self.calls: list[int] = []
-        self.probes = 0
+        self.fake = SlowerWhenBatched(0.0, 0.0)  # a first call at each size costs 10 s more
 
     def describe(self):
         return "fake", 1
@@ -90,27 +92,76 @@ class FakeSegmenter:
         import numpy as np
 
         self.calls.append(len(images))
+        if b"bad" in images:
+            raise ValueError("cannot decode")
+        self.fake.call(len(images))
         n = len(images)
-        return {"mask_png_bytes": [b"m"] * n, "confidence_png_bytes": [b"c"] * n,
+        return {"mask_png_bytes": list(images), "confidence_png_bytes": [b"c"] * n,
                 "heights": np.ones(n, np.int32), "widths": np.ones(n, np.int32),
                 "class_ids": np.zeros((n, 1, 1), np.uint8)}
 
-    def probed_batch_size(self, sample):
-        self.probes += 1
-        return 3
+
+def _batches(n_batches: int, size: int = 8, bad=()):
+    from beam_jobs.sources import ImageItem
+
+    return [[ImageItem(path=f"k{b}_{i}", data=b"bad" if (b, i) in bad else f"{b}_{i}".encode())
+             for i in range(size)] for b in range(n_batches)]
+
+
+def _handler_with_probe(model, probe):
+    from beam_jobs import handlers
+
+    handler = handlers.SavedModelHandler("unused", max_batch_size=8, call_size="auto")
+    handlers._PROBES[model] = probe  # what handler._probe(model) would make, on a fake clock
+    return handler
 
 
 def test_the_handler_splits_batches_into_calls_of_the_probed_size():
-    from beam_jobs.handlers import SavedModelHandler
-    from beam_jobs.sources import ImageItem
-
-    handler = SavedModelHandler("unused", max_batch_size=8, call_size="auto")
     model = FakeSegmenter()
-    items = [ImageItem(path=f"k{i}", data=b"x") for i in range(8)]
-    results = handler.run_inference(items, model)
+    probe = batch_size.Probe()
+    probe.result = {"batch_size": 3, "seconds_per_image": {}}
+    handler = _handler_with_probe(model, probe)
+    results = handler.run_inference(_batches(1)[0], model)
     assert model.calls == [3, 3, 2] and len(results) == 8
-    assert [r.example.path for r in results] == [f"k{i}" for i in range(8)]
-    assert model.probes == 1
+    assert [r.example.path for r in results] == [f"k0_{i}" for i in range(8)]
+    assert all(r.inference.mask_png == r.example.data for r in results)
+
+
+def test_the_probe_measures_on_the_jobs_own_images_and_keeps_their_results():
+    model = FakeSegmenter()
+    probe = batch_size.Probe(clock=model.fake.clock)
+    handler = _handler_with_probe(model, probe)
+    results = [r for batch in _batches(7) for r in handler.run_inference(batch, model)]
+    # The plan (1, 1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8; the first of each size untimed) over
+    # batches of 8: what does not fit a batch's rest goes in one untimed call. Batch 1 costs
+    # least per image on this fake, so the seventh batch runs image by image.
+    assert model.calls == [1, 1, 1, 2, 2, 1,  2, 4, 2,  4, 4,  8,  8,  8,
+                           1, 1, 1, 1, 1, 1, 1, 1]
+    assert probe.batch_size == 1
+    assert probe.result["seconds_per_image"] == pytest.approx({1: 1.0, 2: 1 + 0.15 / 7,
+                                                               4: 1 + 0.45 / 7, 8: 1.15})
+    # every image was segmented exactly once, and its result is its own
+    assert [r.example.path for r in results] == [f"k{b}_{i}" for b in range(7) for i in range(8)]
+    assert all(r.inference.mask_png == r.example.data for r in results)
+
+
+def test_a_bad_image_while_probing_fails_alone_and_its_call_is_not_timed():
+    from beam_jobs.handlers import InferenceFailure
+
+    model = FakeSegmenter()
+    probe = batch_size.Probe(candidates=(1, 2), repeats=1, clock=model.fake.clock)
+    handler = _handler_with_probe(model, probe)
+    # plan: 1 untimed, 1 timed, 2 untimed, 2 timed; the timed 2 meets the bad image
+    batch = _batches(1, size=8, bad={(0, 4)})[0]
+    results = handler.run_inference(batch, model)
+    # 1, 1, 2, then the 2 holding the bad image fails and is retried image by image; the
+    # step is made again on the last two images.
+    assert model.calls == [1, 1, 2, 2, 1, 1, 2]
+    assert probe.batch_size in (1, 2) and probe.result["seconds_per_image"][2] == \
+        pytest.approx(1 + 0.15 / 7)
+    assert [isinstance(r.inference, InferenceFailure) for r in results] == \
+        [False, False, False, False, True, False, False, False]
+    assert all(r.inference.mask_png == r.example.data for i, r in enumerate(results) if i != 4)
 
 
 def test_beam_flags(tmp_path):
@@ -130,29 +181,3 @@ def test_beam_flags(tmp_path):
 
     with pytest.raises(UserError, match="--batch-size auto is for --mode inprocess"):
         segment._check_args(args, parser)
-
-
-def test_the_segmenter_probes_once_and_retries_after_a_bad_sample():
-    import threading
-
-    from beam_jobs.handlers import SavedModelSegmenter
-
-    calls = []
-
-    def segment(images):
-        calls.append(len(images))
-        if b"bad" in images:
-            raise ValueError("cannot decode")
-        return {}
-
-    segmenter = SavedModelSegmenter.__new__(SavedModelSegmenter)  # no model to load
-    segmenter._batch_size, segmenter._probe_lock = None, threading.Lock()
-    segmenter.segment = segment
-    assert segmenter.probed_batch_size([b"bad", b"ok"]) == 1  # failed: calls of 1 for now
-    assert calls == [1]
-    calls.clear()
-    chosen = segmenter.probed_batch_size([b"ok"])
-    assert chosen in batch_size.CANDIDATES
-    # one untimed and two timed calls at each candidate size, then never again
-    assert calls == [n for n in batch_size.CANDIDATES for _ in range(3)]
-    assert segmenter.probed_batch_size([b"ok"]) == chosen and len(calls) == 12
