@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smallest batch Beam's adaptive batching may send (default: "
                         "--batch-size, i.e. fixed batches; a bundle's last batch may be smaller)")
     p.add_argument("--max-batch-bytes", type=int, default=None,
-                   help="max encoded bytes per call (grpc default 3 MiB, under gRPC's 4 MiB "
-                        "message limit)")
+                   help="max encoded bytes per call (default: whole batches; grpc: a request "
+                        "refused as too large is split and later ones kept under the limit)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="images with more pixels are dead-lettered (default %(default)s)")
     p.add_argument("--model-copies", type=int, default=None,
@@ -434,14 +434,11 @@ def make_handler(args):
                                  max_batch_bytes=args.max_batch_bytes,
                                  model_copies=args.model_copies, device=args.device,
                                  backend=args.backend, call_size=args.call_size)
-    kwargs = {}
-    if args.max_batch_bytes:
-        kwargs["max_batch_bytes"] = args.max_batch_bytes
     return TFServingHandler(args.server, args.model_name, version=args.model_version,
                             version_label=args.model_label, timeout=args.timeout,
                             client_retries=args.retries, num_retries=args.batch_retries,
                             min_batch_size=args.min_batch_size,
-                            max_batch_size=args.batch_size, **kwargs)
+                            max_batch_size=args.batch_size, max_batch_bytes=args.max_batch_bytes)
 
 
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None,

@@ -36,12 +36,14 @@ class ServingError(Exception):
     """A request the server refused or could not answer.
 
     `code` is a `grpc.StatusCode` (REST errors are mapped to the same codes), `message` the
-    server's text, `attempts` how many times the request was sent.
+    server's text, `attempts` how many times the request was sent. `request_limit`: when the
+    request itself was over the receiving end's message limit, that limit in bytes.
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, attempts: int = 1,
-                 target: str = ""):
+                 target: str = "", request_limit: int | None = None):
         self.code = code
+        self.request_limit = request_limit
         self.message = message
         self.attempts = attempts
         self.target = target

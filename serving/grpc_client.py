@@ -95,23 +95,32 @@ class PredictionClient(SegmentationClient):
             return method(request, timeout=self.timeout if timeout is None else timeout,
                           metadata=self.metadata)
         except grpc.RpcError as err:
-            raise self._error(err) from None
+            raise self._error(err, request.ByteSize()) from None
 
-    def _error(self, err: grpc.RpcError) -> ServingError:
+    def _error(self, err: grpc.RpcError, request_bytes: int = -1) -> ServingError:
         code, details = err.code(), err.details() or ""
         trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") \
             else {}
         # gRPC reports the attempts made before this one when it retried.
         attempts = 1 + int(trailing.get("grpc-previous-rpc-attempts", 0) or 0)
         too_large = _TOO_LARGE.search(details)
+        request_limit = None
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and too_large:
-            size, limit = too_large.groups()
-            details = (f"the reply is {int(size):,} bytes, over this client's limit of "
-                       f"{int(limit):,} bytes (max_response_bytes). Raise it "
-                       f"(PredictionClient(..., max_response_bytes=N or -1), "
-                       f"--max-response-bytes N), ask for fewer outputs, or send fewer "
-                       f"images per request. [{details}]")
-        return ServingError(code, details, attempts=attempts, target=self.address)
+            size, limit = (int(g) for g in too_large.groups())
+            if size == request_bytes:  # the server, or a proxy before it, refused what we sent
+                request_limit = limit
+                details = (f"the request is {size:,} bytes, over the server's limit of "
+                           f"{limit:,} bytes (TF Serving's own is 2 GiB: a proxy in between, "
+                           f"or a server built with gRPC's default). Send fewer images per "
+                           f"request (max_request_bytes, --max-batch-bytes). [{details}]")
+            else:
+                details = (f"the reply is {size:,} bytes, over this client's limit of "
+                           f"{limit:,} bytes (max_response_bytes). Raise it "
+                           f"(PredictionClient(..., max_response_bytes=N or -1), "
+                           f"--max-response-bytes N), ask for fewer outputs, or send fewer "
+                           f"images per request. [{details}]")
+        return ServingError(code, details, attempts=attempts, target=self.address,
+                            request_limit=request_limit)
 
     # -- API
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = SERVING_DEFAULT,

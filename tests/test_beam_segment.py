@@ -413,6 +413,40 @@ def test_grpc_handler_isolates_an_image_the_server_refuses(grpc_server):
     client.close()
 
 
+def test_grpc_handler_splits_requests_a_message_limit_refuses(road_model, monkeypatch):
+    """A server that takes at most 1 MiB per message (gRPC's own limit check, as a proxy or
+    a server with gRPC's defaults would apply it): a batch over it is split until it
+    passes, later batches stay under it, and an image over it alone is a dead letter."""
+    from beam_jobs.handlers import InferenceFailure, TFServingHandler
+    from beam_jobs.sources import ImageItem
+    from tfserving_dev import server as dev_server
+
+    limit = 1 << 20
+    monkeypatch.setattr(dev_server, "MAX_MESSAGE_BYTES", limit)
+    server = dev_server.start_dev_server(road_model.parent, "fcn8s")
+    try:
+        # noise compresses badly: about 405 kB a PNG, so 4 of them are 1.6 MB
+        images = [_rgb(300, 450, seed) for seed in range(4)]
+        batch = [ImageItem(f"{i}.png", _png(a, compress_level=0)) for i, a in enumerate(images)]
+        assert sum(len(item.data) for item in batch) > limit
+        handler = TFServingHandler(server.address, "fcn8s", timeout=20)
+        client = handler.create_client()
+        out = handler.request(batch, client)
+        for result, image in zip(out, images):
+            np.testing.assert_array_equal(result.inference.class_ids, fakes.rule_class_ids(image))
+        assert 0 < handler._max_batch_bytes < limit  # learned: later requests stay under it
+        huge = _rgb(700, 700, 9)  # 1.47 MB alone
+        out = handler.request([batch[0], ImageItem("huge.png", _png(huge, compress_level=0))],
+                              client)
+        np.testing.assert_array_equal(out[0].inference.class_ids, fakes.rule_class_ids(images[0]))
+        assert isinstance(out[1].inference, InferenceFailure)
+        assert "RESOURCE_EXHAUSTED" in out[1].inference.reason
+        assert f"over the server's limit of {limit:,} bytes" in out[1].inference.reason
+        client.close()
+    finally:
+        server.stop()
+
+
 # A pinhole camera 1.6 m above a flat road (f = 50 px, principal point (100, 10)): the
 # bird's-eye grid (6..46 m ahead, +-10 m) lands in rows 11..24 of these small images.
 SMALL_CALIB = ("P2: 50 0 100 0 0 50 10 0 0 0 1 0\n"
