@@ -95,25 +95,48 @@ def probed_batch(mut, images, backend: str) -> int:
     return size
 
 
+def at_two_lengths(job, n: int) -> dict:
+    """job(k) -> a run_job row, run over n / 4 and over n images: the row of n, plus what a
+    line through both says of a long job ("at_scale": the fixed start-up seconds and the
+    marginal images/s and CPU ms per image, which is what millions of images cost)."""
+    short = job(max(n // 4, 1))
+    row = job(n)
+    ns = [short["images"], row["images"]]
+    wall, cpu = (fit_line(ns, [short[k], row[k]]) for k in ("wall_s", "cpu_s"))
+    row["short_run"] = {k: short[k] for k in ("images", "wall_s", "cpu_s", "images_per_s")}
+    row["at_scale"] = {"from_images": ns, "fixed_s": wall["fixed_s"],
+                       "images_per_s": wall["marginal_images_per_s"],
+                       "ms_per_image": wall["per_image_s"] * 1e3,
+                       "cpu_ms_per_image": cpu["per_image_s"] * 1e3}
+    return row
+
+
 def run(mut, images, args) -> dict:
     n, batch = args.beam_images, args.beam_batch
     runtime = args.backends[0] if getattr(args, "backends", None) else "tensorflow"
-    log(f"Beam: in-process mode ({runtime}) over {n} images")
-    rows = [run_job(mut, images, n, "inprocess", batch, backend=runtime)]
-    log(f"Beam in-process: {rows[-1]['images_per_s']:.2f} images/s end to end")
+    log(f"Beam: in-process mode ({runtime}) over {max(n // 4, 1)} and {n} images")
+    rows = [at_two_lengths(lambda k: run_job(mut, images, k, "inprocess", batch,
+                                             backend=runtime), n)]
+    log(f"Beam in-process: {rows[-1]['images_per_s']:.2f} images/s end to end, "
+        f"{_at_scale(rows[-1])}")
     # gRPC mode has no probe (the server runs the calls); it gets the size probed in process.
     grpc_batch = probed_batch(mut, images, runtime) if batch == AUTO else batch
     with serve(mut) as backend:
         with PredictionClient(backend.address, mut.name, timeout=600) as client:
             client.segment_encoded(images.blob_batch(1))  # the server's first-call warm-up
-        log(f"Beam: gRPC mode over {n} images ({backend.kind})")
-        rows.append(run_job(mut, images, n, "grpc", grpc_batch, backend.address))
+        log(f"Beam: gRPC mode over {max(n // 4, 1)} and {n} images ({backend.kind})")
+        rows.append(at_two_lengths(lambda k: run_job(mut, images, k, "grpc", grpc_batch,
+                                                     backend.address), n))
         backend_name = backend.description
-    log(f"Beam gRPC: {rows[-1]['images_per_s']:.2f} images/s end to end")
+    log(f"Beam gRPC: {rows[-1]['images_per_s']:.2f} images/s end to end, "
+        f"{_at_scale(rows[-1])}")
     reference = inprocess_same_images(mut, images, n, grpc_batch, runtime)
     for row in rows:
         row["vs_inprocess"] = row["images_per_s"] / reference["images_per_s"]
         row["cpu_vs_inprocess"] = reference["cpu_s"] / row["cpu_s"] if row["cpu_s"] else None
+        scale = row["at_scale"]
+        scale["cpu_vs_inprocess"] = (reference["cpu_ms_per_image"] / scale["cpu_ms_per_image"]
+                                     if scale["cpu_ms_per_image"] > 0 else None)
     job = rows[0]  # in-process mode: the same model in the same process, so comparable
     log(f"Beam in-process vs the bare model: {job['cpu_vs_inprocess']:.2f}x in CPU seconds "
         f"({job['cpu_s']:.1f} vs {reference['cpu_s']:.1f} s), {job['vs_inprocess']:.2f}x in "
@@ -122,6 +145,13 @@ def run(mut, images, args) -> dict:
             "inprocess_reference": reference, "cpu_ratio": job["cpu_vs_inprocess"],
             "wall_ratio": job["vs_inprocess"], "cpu_ratio_goal": CPU_RATIO_GOAL,
             "meets_cpu_ratio_goal": (job["cpu_vs_inprocess"] or 0) >= CPU_RATIO_GOAL}
+
+
+def _at_scale(row: dict) -> str:
+    scale = row["at_scale"]
+    rate = scale["images_per_s"]
+    return (f"{rate:.2f} images/s at scale" if rate else "no marginal rate") + \
+        f" (start-up {scale['fixed_s']:.1f} s)"
 
 
 def fit_line(ns, seconds) -> dict:

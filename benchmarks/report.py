@@ -51,6 +51,11 @@ def summary_rows(sections: dict) -> list[dict]:
     for r in beam.get("results", []):
         runtime = f" ({r['runtime']})" if r.get("runtime") else ""
         add("Beam", f"{r['mode']} mode{runtime}, {r['images']} images, batch {r['batch']}", r)
+        scale = r.get("at_scale") or {}
+        if scale.get("images_per_s"):  # the marginal rate: what a long job costs per image
+            first, last = scale["from_images"]
+            add("Beam", f"{r['mode']} mode{runtime}, at scale (line through {first} and "
+                f"{last} images; start-up {scale['fixed_s']:.1f} s)", scale)
     bf16 = sections.get("bf16", {})
     floor_section = sections.get("floor", {})
     if "bfloat16" in bf16:
@@ -300,16 +305,31 @@ def _md_grpc(s):
 
 def _md_beam(s):
     ref = s["inprocess_reference"]
-    rows = [[r["mode"], r["images"], r["batch"], _f(r["wall_s"], 1), _f(r.get("cpu_s"), 1),
-             _f(r["images_per_s"], 2), _f(r["ms_per_image"], 0),
-             _f(r["vs_inprocess"], 2, suffix="x"), _f(r.get("cpu_vs_inprocess"), 2, suffix="x")]
-            for r in s["results"]]
+    rows = []
+    for r in s["results"]:
+        short, scale = r.get("short_run"), r.get("at_scale") or {}
+        if short:
+            rows.append([r["mode"], short["images"], r["batch"], _f(short["wall_s"], 1),
+                         _f(short.get("cpu_s"), 1), _f(short["images_per_s"], 2), "", "", ""])
+        rows.append([r["mode"], r["images"], r["batch"], _f(r["wall_s"], 1),
+                     _f(r.get("cpu_s"), 1), _f(r["images_per_s"], 2), _f(r["ms_per_image"], 0),
+                     _f(r["vs_inprocess"], 2, suffix="x"),
+                     _f(r.get("cpu_vs_inprocess"), 2, suffix="x")])
+        if scale.get("images_per_s"):
+            rows.append([f"{r['mode']}, at scale", "per image", r["batch"],
+                         f"start-up {_f(scale['fixed_s'], 1)}", _f(scale["cpu_ms_per_image"] / 1e3, 3),
+                         _f(scale["images_per_s"], 2), _f(scale["ms_per_image"], 0),
+                         _f(scale["images_per_s"] / ref["images_per_s"], 2, suffix="x"),
+                         _f(scale.get("cpu_vs_inprocess"), 2, suffix="x")])
     rows.append([ref["mode"], ref["images"], ref["batch"], _f(ref["wall_s"], 1),
                  _f(ref.get("cpu_s"), 1), _f(ref["images_per_s"], 2), _f(ref["ms_per_image"], 0),
                  "1.00x", "1.00x"])
     return (f"End to end: pipeline start-up, model load and first-call warm-up (in-process "
             f"mode), reading, validating and writing files included; the gRPC server was "
-            f"warmed up by one request. gRPC backend: {s['backend']}.\n\n" +
+            f"warmed up by one request. Each mode runs over a quarter of the images and over "
+            f"all of them; the line through both splits its time into a start-up cost and a "
+            f"cost per image (\"at scale\": what a long job pays per image). gRPC backend: "
+            f"{s['backend']}.\n\n" +
             _table(["mode", "images", "batch", "wall s", "CPU s", "images/s", "ms/image",
                     "vs in-process (wall)", "vs in-process (CPU s)"], rows) +
             ("" if s.get("cpu_ratio") is None else

@@ -130,6 +130,8 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path, monkeypatch):
     assert {w["signature"] for w in result["grpc"]["wire"]} == {
         "serving_default", "segment_probabilities", "segment_encoded"}
     assert {r["mode"] for r in result["beam"]["results"]} == {"inprocess", "grpc"}
+    for r in result["beam"]["results"]:  # a quarter of the images (at least one), then all
+        assert r["short_run"]["images"] == 1 and r["at_scale"]["from_images"] == [1, 2]
     assert [r["images"] for r in result["scaling"]["by_images"]["results"]] == [1, 2]
     assert 0.0 <= result["bf16"]["pixel_agreement"] <= 1.0
     assert result["export"]["with_warmup"]["warmup_records"] == 3
@@ -155,3 +157,14 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path, monkeypatch):
     for png in ("throughput.png", "latency.png", "scaling.png", "wire_bytes.png",
                 "where_time_goes.png"):
         assert (out / png).stat().st_size > 0, png
+
+
+def test_a_line_through_two_job_lengths_splits_start_up_from_cost_per_image():
+    from benchmarks.beam import fit_line
+
+    # 54 images in 20 s, 216 in 60 s: 40 s for 162 more images, so 0.2469 s each, and
+    # 20 - 54 * 40 / 162 = 6.667 s of start-up (by hand).
+    fit = fit_line([54, 216], [20.0, 60.0])
+    assert fit["per_image_s"] == pytest.approx(40 / 162)
+    assert fit["fixed_s"] == pytest.approx(20 - 54 * 40 / 162)
+    assert fit["marginal_images_per_s"] == pytest.approx(162 / 40)
