@@ -18,8 +18,8 @@ import tensorflow as tf
 from benchmarks import beam, grpc_serving, inprocess
 from benchmarks.common import log
 from benchmarks.grpc_serving import WIRE_VARIANTS, serve
-from export.signatures import (PNG_COMPRESSION, class_ids_of, confidence_of, from_geometry,
-                               to_geometry)
+from contract.names import PNG_COMPRESSION
+from export.signatures import class_ids_of, confidence_of, from_geometry, to_geometry
 from export.wire import predict_request
 from serving.grpc_client import PredictionClient
 

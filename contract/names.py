@@ -36,6 +36,13 @@ EXPORT_FORMAT = 2
 # What a client asks serving_default for by default (TF Serving's output_filter).
 DEFAULT_OUTPUT_FILTER = (CLASS_IDS, CONFIDENCE)
 
+# zlib level of segment_encoded's PNGs (the export's graph, and every backend that answers
+# that signature). Level 1, as beam_jobs.outputs writes its PNGs: the encoding sits on every
+# request's critical path; at zlib's default (6) segment_encoded ran 0.93x of
+# serving_default at batch 8 on a 2-core CPU, at 1 0.99x. The files double (KITTI: mask +
+# confidence 9.8 -> 17.6 kB, 2 % of the input PNG; docs/results.md).
+PNG_COMPRESSION = 1
+
 # --- Message limits ---------------------------------------------------------------------------
 # gRPC's default limit on a received message, on clients and servers alike (4 MiB).
 GRPC_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024

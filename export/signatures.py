@@ -25,17 +25,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 from contract import names
-from contract.names import NATIVE, SIZE_MULTIPLE
+from contract.names import NATIVE, PNG_COMPRESSION, SIZE_MULTIPLE
 from model.data import pipeline
 from contract.names import SEGMENT_ENCODED, SEGMENT_PROBABILITIES, SERVING_DEFAULT
 
 # Padding value of the batched class_ids of segment_encoded: the project's 'ignore' label.
 PAD_CLASS_ID = names.IGNORE_LABEL
-# zlib level of the PNGs segment_encoded writes. Level 1, as beam_jobs.outputs writes its
-# PNGs: the encoding sits on every request's critical path; at zlib's default (6)
-# segment_encoded ran 0.93x of serving_default at batch 8 on a 2-core CPU, at 1 0.99x. The
-# files double (KITTI: mask + confidence 9.8 -> 17.6 kB, 2 % of the input PNG; results.md).
-PNG_COMPRESSION = 1
 
 
 def to_geometry(images, geometry):

@@ -86,7 +86,7 @@ def _decode_rgb(blob: bytes) -> np.ndarray:
 
 
 def _encode_png(array: np.ndarray) -> bytes:
-    return tf.io.encode_png(array[..., None]).numpy()
+    return tf.io.encode_png(array[..., None], compression=names.PNG_COMPRESSION).numpy()
 
 
 def load_exported(path, version: Optional[int] = None,
