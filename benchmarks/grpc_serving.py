@@ -78,7 +78,10 @@ def concurrent_run(address: str, mut, images, signature: str, output_filter, cli
 
     def worker(index: int):
         try:
-            with PredictionClient(address, mut.name, timeout=600, max_retries=0) as client:
+            # Replies of serving_default for several KITTI images pass gRPC's 4 MiB default
+            # (int_val varints: ~7 MB for 8): the bench times them rather than fail.
+            with PredictionClient(address, mut.name, timeout=600, max_retries=0,
+                                  max_response_bytes=-1) as client:
                 client.predict(_inputs(images, signature, batch, index), signature,
                                output_filter)
                 barrier.wait()  # everyone warmed up and connected: start together
@@ -132,7 +135,8 @@ def run(mut, images, args) -> dict:
                                      clients, args.grpc_requests, args.grpc_batch)
                 results.append(row)
                 log(f"gRPC {signature} {clients} client(s): {row['images_per_s'] or 0:.2f} "
-                    f"images/s, p50 {row.get('p50_ms', float('nan')):.0f} ms per request")
+                    f"images/s, p50 {row.get('p50_ms', float('nan')):.0f} ms per request"
+                    + (f"; FAILED: {row['errors'][0]}" if row["errors"] else ""))
         return {"backend": backend.kind, "backend_description": backend.description,
                 "image_size": list(images.arrays[0].shape[:2]), "wire": sizes,
                 "results": results}
