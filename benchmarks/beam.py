@@ -119,8 +119,9 @@ def run(mut, images, args) -> dict:
                                              backend=runtime), n)]
     log(f"Beam in-process: {rows[-1]['images_per_s']:.2f} images/s end to end, "
         f"{_at_scale(rows[-1])}")
-    # gRPC mode has no probe (the server runs the calls); it gets the size probed in process.
-    grpc_batch = probed_batch(mut, images, runtime) if batch == AUTO else batch
+    # gRPC mode has no probe (the server runs the calls): with auto it sends the job's batches
+    # of 8, since each request also pays the transport and the server's own work.
+    grpc_batch = max(CANDIDATES) if batch == AUTO else batch
     with serve(mut) as backend:
         with PredictionClient(backend.address, mut.name, timeout=600) as client:
             client.segment_encoded(images.blob_batch(1))  # the server's first-call warm-up
@@ -130,7 +131,7 @@ def run(mut, images, args) -> dict:
         backend_name = backend.description
     log(f"Beam gRPC: {rows[-1]['images_per_s']:.2f} images/s end to end, "
         f"{_at_scale(rows[-1])}")
-    reference = inprocess_same_images(mut, images, n, grpc_batch, runtime)
+    reference = inprocess_same_images(mut, images, n, batch, runtime)
     for row in rows:
         row["vs_inprocess"] = row["images_per_s"] / reference["images_per_s"]
         row["cpu_vs_inprocess"] = reference["cpu_s"] / row["cpu_s"] if row["cpu_s"] else None
