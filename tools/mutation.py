@@ -83,6 +83,16 @@ MUTATIONS = (
              "    return stacked[..., :3], tf.cast(tf.roll(stacked[..., 3:], 8, axis=1), tf.uint8)",
              ("tests/test_train.py", "-k", "crop"),
              "training windows carry labels cut 8 pixels to the left of their pixels"),
+    Mutation("probe-results-out-of-order", "model/batch_size.py",
+             "            results += part_results\n",
+             "            results = part_results + results\n",
+             ("tests/test_batch_size.py",),
+             "the batch size probe hands back its calls' results in the wrong order"),
+    Mutation("grpc-limit-split-drops-half", "beam_jobs/handlers.py",
+             "                    return run_part(part[:half]) + run_part(part[half:])",
+             "                    return run_part(part[:half]) + run_part(part[:half])",
+             ("tests/test_beam_segment.py", "-k", "message_limit"),
+             "a request refused as too large is split, and its first half answered twice"),
 )
 
 
