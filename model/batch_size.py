@@ -7,7 +7,7 @@ CPU, its cores and the runtime, so it is measured where the work runs, not assum
 
 A `Probe` makes a process's first calls at each candidate size in turn, on the images the job
 hands it, and keeps their results: the measurement costs only what the slower sizes lose
-against the chosen one, not extra calls (about 1 % of a 216-image job; docs/results.md).
+against the chosen one, not extra calls (about 1 s at full size on 2 cores; docs/results.md).
 """
 from __future__ import annotations
 
