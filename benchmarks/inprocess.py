@@ -36,3 +36,24 @@ def run(mut, images, args) -> dict:
 def best(section: dict, signature: str | None = None) -> dict:
     rows = [r for r in section["results"] if signature in (None, r["signature"])]
     return max(rows, key=lambda r: r["images_per_s"])
+
+
+def remeasure_best(mut, images, section: dict, args) -> None:
+    """Time the best configuration again at the end of the run: the other paths' ratios
+    divide by its first timing, and the distance between the two says how far the machine
+    (its clock, other work) moved in between, i.e. how precise those ratios are."""
+    first = best(section)
+    log(f"in-process: timing the best configuration ({first['backend']} "
+        f"{first['signature']} batch {first['batch']}) again at the end of the run")
+    counter = iter(range(10**9))
+    times = measure(lambda: call(mut, images, first["signature"], first["batch"],
+                                 next(counter) * first["batch"], first["backend"]),
+                    warmup=args.warmup, repeats=args.repeats, min_seconds=args.min_seconds,
+                    max_repeats=args.max_repeats)
+    again = throughput(times, first["batch"])
+    section["best_again"] = {"backend": first["backend"], "signature": first["signature"],
+                             "batch": first["batch"], **again,
+                             "vs_first": again["images_per_s"] / first["images_per_s"]}
+    log(f"in-process: {again['images_per_s']:.2f} images/s at the end against "
+        f"{first['images_per_s']:.2f} at first ({section['best_again']['vs_first']:.2f}x)")
+

@@ -177,6 +177,14 @@ def summary_markdown(result: dict) -> str:
                  f"{floor['peak_float32_flops_per_s'] / 1e9:.0f} GFLOP/s float32 = "
                  f"{floor['peak_ms_per_image']:.0f} ms per image; the best kernel reaches "
                  f"{floor['kernel_share_of_peak'] * 100:.0f} % of it.")
+    again = result.get("inprocess", {}).get("best_again")
+    if again:
+        runtime = "" if again["backend"] == "tensorflow" else f", {again['backend']}"
+        head += (f"\n\nThe best in-process configuration ({again['signature']} batch "
+                 f"{again['batch']}{runtime}), "
+                 f"timed again at the end of the run: {again['images_per_s']:.2f} images/s, "
+                 f"{again['vs_first']:.2f}x its first timing, against which the gRPC and Beam "
+                 f"rows are divided: the machine moved that much in between.")
     beam = result.get("beam", {})
     if beam.get("cpu_ratio") is not None:
         head += (f"\n\nBeam job vs the bare model on {beam['images']} images: "

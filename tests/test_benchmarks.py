@@ -130,6 +130,10 @@ def test_every_section_at_tiny_size(tiny_model, tmp_path, monkeypatch):
     assert {w["signature"] for w in result["grpc"]["wire"]} == {
         "serving_default", "segment_probabilities", "segment_encoded"}
     assert {r["mode"] for r in result["beam"]["results"]} == {"inprocess", "grpc"}
+    again = result["inprocess"]["best_again"]  # the best configuration, timed at the end too
+    first = max(result["inprocess"]["results"], key=lambda r: r["images_per_s"])
+    assert (again["signature"], again["batch"]) == (first["signature"], first["batch"])
+    assert again["vs_first"] == pytest.approx(again["images_per_s"] / first["images_per_s"])
     for r in result["beam"]["results"]:  # a quarter of the images (at least one), then all
         assert r["short_run"]["images"] == 1 and r["at_scale"]["from_images"] == [1, 2]
     assert [r["images"] for r in result["scaling"]["by_images"]["results"]] == [1, 2]
