@@ -328,6 +328,11 @@ def _is_retryable(exc: Exception) -> bool:
     return bool(getattr(exc, "retryable", False)) or code in ("CANCELLED", "ABORTED")
 
 
+def _refused_image(exc: Exception) -> bool:
+    """What one image can cause alone: bad input, or a request over a message limit."""
+    return _is_bad_input(exc) or bool(getattr(exc, "request_limit", None))
+
+
 def _is_bad_input(exc: Exception) -> bool:
     """The server refused what was sent (an image it cannot decode): worth splitting the batch.
     Other errors (NOT_FOUND model, UNIMPLEMENTED signature) fail every image alike."""
@@ -393,13 +398,13 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
                     self._learn_request_limit(limit)
                     half = len(part) // 2
                     return run_part(part[:half]) + run_part(part[half:])
-                if not (limit or _is_bad_input(exc)):
+                if not _refused_image(exc):
                     raise  # retryable: Beam retries with backoff; else dead-lettered as a batch
                 if len(part) == 1:
                     return [InferenceFailure(_short(exc))]
                 _LOGGER.warning("batch of %d refused (%s); retrying image by image",
                                 len(part), _short(exc))
-                return _one_by_one(part, call, _is_bad_input)
+                return _one_by_one(part, call, _refused_image)
 
         inferences = []
         for part in _calls_within(batch, self._max_batch_bytes):
