@@ -325,7 +325,8 @@ def _md_beam(s):
                      _f(r.get("cpu_vs_inprocess"), 2, suffix="x")])
         if scale.get("images_per_s"):
             rows.append([f"{r['mode']}, at scale", "per image", r["batch"],
-                         f"start-up {_f(scale['fixed_s'], 1)}", _f(scale["cpu_ms_per_image"] / 1e3, 3),
+                         f"start-up {_f(scale['fixed_s'], 1)}",
+                         _f(scale["cpu_ms_per_image"] / 1e3, 3),
                          _f(scale["images_per_s"], 2), _f(scale["ms_per_image"], 0),
                          _f(scale["images_per_s"] / ref["images_per_s"], 2, suffix="x"),
                          _f(scale.get("cpu_vs_inprocess"), 2, suffix="x")])
