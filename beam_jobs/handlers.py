@@ -240,7 +240,6 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
         # byte limit is applied here, by splitting a batch into calls (_calls_within).
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          model_copies=model_copies)
-        self._max_batch_size = max_batch_size
         self._max_batch_bytes = max_batch_bytes
         self._model_dir = model_dir
         self._device = device
@@ -289,7 +288,8 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
 
         with _PROBES_LOCK:
             if model not in _PROBES:
-                _PROBES[model] = Probe([n for n in CANDIDATES if n <= self._max_batch_size])
+                largest = self.batch_elements_kwargs()["max_batch_size"]
+                _PROBES[model] = Probe([n for n in CANDIDATES if n <= largest])
             return _PROBES[model]
 
     def get_num_bytes(self, batch: Sequence[ImageItem]) -> int:

@@ -136,6 +136,8 @@ def run(mut, images, args) -> dict:
         row["vs_inprocess"] = row["images_per_s"] / reference["images_per_s"]
         row["cpu_vs_inprocess"] = reference["cpu_s"] / row["cpu_s"] if row["cpu_s"] else None
         scale = row["at_scale"]
+        scale["vs_inprocess"] = (scale["images_per_s"] / reference["images_per_s"]
+                                 if scale["images_per_s"] else None)
         scale["cpu_vs_inprocess"] = (reference["cpu_ms_per_image"] / scale["cpu_ms_per_image"]
                                      if scale["cpu_ms_per_image"] > 0 else None)
     job = rows[0]  # in-process mode: the same model in the same process, so comparable

@@ -328,7 +328,7 @@ def _md_beam(s):
                          f"start-up {_f(scale['fixed_s'], 1)}",
                          _f(scale["cpu_ms_per_image"] / 1e3, 3),
                          _f(scale["images_per_s"], 2), _f(scale["ms_per_image"], 0),
-                         _f(scale["images_per_s"] / ref["images_per_s"], 2, suffix="x"),
+                         _f(scale.get("vs_inprocess"), 2, suffix="x"),
                          _f(scale.get("cpu_vs_inprocess"), 2, suffix="x")])
     rows.append([ref["mode"], ref["images"], ref["batch"], _f(ref["wall_s"], 1),
                  _f(ref.get("cpu_s"), 1), _f(ref["images_per_s"], 2), _f(ref["ms_per_image"], 0),
