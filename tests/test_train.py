@@ -135,6 +135,11 @@ def test_few_steps_reduce_loss_and_resume(tmp_path):
     train_run(common + ["--epochs", "5", "--resume"])
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
+    # A constant 50/50 prediction has a cross-entropy of ln 2; training must get well below
+    # it. (`loss` also holds the L2 term of the kernels; `xentropy` is the data term.) The
+    # best of the five epochs: training is not deterministic (parallel augmentation) and one
+    # epoch in several jumps back to ~0.7 before falling again.
+    assert min(float(r["xentropy"]) for r in rows) < math.log(2) - 0.1
     state = runs.read_json(run_dir / "checkpoints" / "state.json")
     assert state["epoch"] == 5
     resumed = runs.load_checkpoint(runs.checkpoint_path(run_dir, "last"), compile=True)
