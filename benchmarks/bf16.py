@@ -18,6 +18,11 @@ TARGET_AGREEMENT = 0.995
 
 
 def run(mut, images, args) -> dict:
+    cpu = this_machine()
+    if cpu.bfloat16_capped_away:
+        reason = f"oneDNN is capped at {cpu.isa_cap}, below this CPU's bfloat16 unit"
+        log(f"bfloat16: not measured: {reason}")
+        return {"skipped": reason}
     keras_model = mut.keras_model()
     config = mut.config()
     batch = args.bf16_batch

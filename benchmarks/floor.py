@@ -95,11 +95,16 @@ def conv_rate(dtype: str, repeats: int = 3) -> dict:
 
 
 def kernel_rates(args) -> dict:
-    """Matmul and convolution rates in float32 and bfloat16."""
-    return {"matmul_float32": matmul_rate(args.matmul_size, "float32", args.repeats),
-            "matmul_bfloat16": matmul_rate(args.matmul_size, "bfloat16", args.repeats),
-            "conv_float32": conv_rate("float32", args.repeats),
-            "conv_bfloat16": conv_rate("bfloat16", args.repeats)}
+    """Matmul and convolution rates in float32, and in bfloat16 where it can be measured."""
+    rates = {"matmul_float32": matmul_rate(args.matmul_size, "float32", args.repeats),
+             "conv_float32": conv_rate("float32", args.repeats)}
+    if not this_machine().bfloat16_capped_away:
+        rates.update(matmul_bfloat16=matmul_rate(args.matmul_size, "bfloat16", args.repeats),
+                     conv_bfloat16=conv_rate("bfloat16", args.repeats))
+    else:
+        log(f"floor: bfloat16 kernels not measured: oneDNN is capped at "
+            f"{this_machine().isa_cap}, below this CPU's bfloat16 unit (it would abort)")
+    return rates
 
 
 def _floor(flops: int, measurements: list[dict]) -> dict:
@@ -108,17 +113,18 @@ def _floor(flops: int, measurements: list[dict]) -> dict:
     def best(kind, dtype):
         return max(m[f"{kind}_{dtype}"]["best_flops_per_s"] for m in measurements)
     rate32 = max(best("matmul", "float32"), best("conv", "float32"))
-    rate16 = max(best("matmul", "bfloat16"), best("conv", "bfloat16"))
-    out = {"float32_flops_per_s": rate32, "bfloat16_flops_per_s": rate16,
-           "bf16_matmul_speedup": best("matmul", "bfloat16") / best("matmul", "float32"),
-           "bf16_speedup": rate16 / rate32,
-           "floor_ms_per_image": flops / rate32 * 1e3, "floor_images_per_s": rate32 / flops,
-           "floor_bf16_ms_per_image": flops / rate16 * 1e3}
-    out.update(_against_peak(flops, rate32, rate16))
+    out = {"float32_flops_per_s": rate32,
+           "floor_ms_per_image": flops / rate32 * 1e3, "floor_images_per_s": rate32 / flops}
+    if all("matmul_bfloat16" in m for m in measurements):
+        rate16 = max(best("matmul", "bfloat16"), best("conv", "bfloat16"))
+        out.update(bfloat16_flops_per_s=rate16, bf16_speedup=rate16 / rate32,
+                   bf16_matmul_speedup=best("matmul", "bfloat16") / best("matmul", "float32"),
+                   floor_bf16_ms_per_image=flops / rate16 * 1e3)
+    out.update(_against_peak(flops, rate32, out.get("bfloat16_flops_per_s")))
     return out
 
 
-def _against_peak(flops: int, rate32: float, rate16: float) -> dict:
+def _against_peak(flops: int, rate32: float, rate16: float | None) -> dict:
     """The machine's peak (from its CPU flags), the time per image it allows, and the best
     measured kernel's share of it (how much of the hardware TensorFlow reaches here)."""
     cpu = this_machine()
@@ -128,7 +134,7 @@ def _against_peak(flops: int, rate32: float, rate16: float) -> dict:
             "peak_ms_per_image": flops / peak32 * 1e3 if peak32 else None,
             "peak_bf16_ms_per_image": flops / peak16 * 1e3 if peak16 else None,
             "kernel_share_of_peak": rate32 / peak32 if peak32 else None,
-            "bf16_kernel_share_of_peak": rate16 / peak16 if peak16 else None}
+            "bf16_kernel_share_of_peak": rate16 / peak16 if peak16 and rate16 else None}
 
 
 def run(mut, args) -> dict:
@@ -136,12 +142,11 @@ def run(mut, args) -> dict:
     log(f"floor: counting FLOPs of the model at {h}x{w}")
     counted = flops_per_image(mut.keras_model(), mut.image_size)
     log(f"floor: {counted['flops_per_image'] / 1e9:.2f} GFLOP per image; matmul "
-        f"{args.matmul_size}^2 and 3x3 convolution, float32 and bfloat16")
+        f"{args.matmul_size}^2 and 3x3 convolution")
     rates = kernel_rates(args)
     floor = _floor(counted["flops_per_image"], [rates])
-    log(f"floor: float32 {floor['float32_flops_per_s'] / 1e9:.1f}, bfloat16 "
-        f"{floor['bfloat16_flops_per_s'] / 1e9:.1f} GFLOP/s -> best "
-        f"{floor['floor_ms_per_image']:.1f} ms per image")
+    log(f"floor: {_rates(floor)} GFLOP/s -> best {floor['floor_ms_per_image']:.1f} ms "
+        f"per image")
     _log_peak(floor)
     return {"image_size": [h, w], **counted, **rates, **floor}
 
@@ -156,9 +161,14 @@ def remeasure(section: dict, args) -> None:
     section["first_measurement"] = first
     section["second_measurement"] = again
     section.update(_floor(section["flops_per_image"], [first, again]))
-    log(f"floor: float32 {section['float32_flops_per_s'] / 1e9:.1f}, bfloat16 "
-        f"{section['bfloat16_flops_per_s'] / 1e9:.1f} GFLOP/s (best of both) -> best "
+    log(f"floor: {_rates(section)} GFLOP/s (best of both) -> best "
         f"{section['floor_ms_per_image']:.1f} ms per image")
+
+
+def _rates(floor: dict) -> str:
+    rate16 = floor.get("bfloat16_flops_per_s")
+    return (f"float32 {floor['float32_flops_per_s'] / 1e9:.1f}"
+            + (f", bfloat16 {rate16 / 1e9:.1f}" if rate16 else ""))
 
 
 def _log_peak(floor: dict) -> None:

@@ -13,7 +13,9 @@ import matplotlib
 import tensorflow as tf
 from matplotlib.figure import Figure
 
+from benchmarks import inprocess
 from benchmarks.breakdown import PATH_NAMES
+from common.cpu import this_machine
 
 SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "fc6": "fc6 as a matmul",
                   "grpc": "gRPC", "beam": "Beam", "training": "Training", "scaling": "Scaling",
@@ -61,7 +63,7 @@ def summary_rows(sections: dict) -> list[dict]:
     if "bfloat16" in bf16:
         # Against the bfloat16 floor (the hardware's bfloat16 rate), when it was measured.
         factor = (floor_section["floor_bf16_ms_per_image"] / floor_section["floor_ms_per_image"]
-                  if "floor_ms_per_image" in floor_section else 1)
+                  if "floor_bf16_ms_per_image" in floor_section else 1)
         peak_factor = (floor_section["peak_bf16_ms_per_image"] /
                        floor_section["peak_ms_per_image"]
                        if floor_section.get("peak_bf16_ms_per_image") else None)
@@ -106,6 +108,7 @@ def build(mut, images, args, sections: dict, started: float) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+                    "onednn_isa_cap": this_machine().isa_cap,
                     "platform": platform.platform(), "python": platform.python_version(),
                     "tensorflow": tf.__version__,
                     "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]},
@@ -132,8 +135,28 @@ def build(mut, images, args, sections: dict, started: float) -> dict:
                 PATH_NAMES[k]: peak / v for k, v in profile["paths_ms_per_image"].items()
                 if k in PATH_NAMES and v}
     return {"meta": meta, "summary": summary_rows(sections),
+            "same_clock_efficiency": same_clock_efficiency(sections),
             **{name: sections.get(name, {"skipped": "not in --sections"})
                for name in SECTION_TITLES}}
+
+
+def same_clock_efficiency(sections: dict) -> dict | None:
+    """The best in-process configuration against the floor measured next to it: its first
+    timing against the kernels at the start of the run, its timing at the end against the
+    kernels measured right after. The clock of a VM can climb during a run; the efficiency
+    column divides the better of the two floors by the first timing, two clocks apart."""
+    floor_section, inproc = sections.get("floor", {}), sections.get("inprocess", {})
+    again = inproc.get("best_again")
+    if not again or "second_measurement" not in floor_section:
+        return None
+
+    def floor_ms(kernels):
+        rate = max(kernels["matmul_float32"]["best_flops_per_s"],
+                   kernels["conv_float32"]["best_flops_per_s"])
+        return floor_section["flops_per_image"] / rate * 1e3
+    return {"start": floor_ms(floor_section["first_measurement"])
+            / inprocess.best(inproc)["ms_per_image"],
+            "end": floor_ms(floor_section["second_measurement"]) / again["ms_per_image"]}
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -160,7 +183,9 @@ def summary_markdown(result: dict) -> str:
             for r in result["summary"]]
     m = result["meta"]
     floor = result["floor"]
-    head = (f"{m['date']} on {m['machine']['cpu']} ({m['machine']['cores']} cores), TF "
+    cap = m["machine"].get("onednn_isa_cap")
+    head = (f"{m['date']} on {m['machine']['cpu']} ({m['machine']['cores']} cores"
+            + (f", oneDNN capped at {cap}" if cap else "") + "), TF "
             f"{m['machine']['tensorflow']}; model {m['model']['path']} at "
             f"{m['model']['image_size'][0]}x{m['model']['image_size'][1]}, fc_width "
             f"{m['model']['fc_width']}; images {m['images']['size'][1]}x"
@@ -177,6 +202,12 @@ def summary_markdown(result: dict) -> str:
                  f"{floor['peak_float32_flops_per_s'] / 1e9:.0f} GFLOP/s float32 = "
                  f"{floor['peak_ms_per_image']:.0f} ms per image; the best kernel reaches "
                  f"{floor['kernel_share_of_peak'] * 100:.0f} % of it.")
+    same = result.get("same_clock_efficiency")
+    if same:
+        head += (f"\n\nAt one clock, the best in-process configuration reaches "
+                 f"{same['start'] * 100:.1f} % of the floor measured before it at the start "
+                 f"and {same['end'] * 100:.1f} % of the one measured after it at the end (the "
+                 f"efficiency column holds every row to the better of the two floors).")
     again = result.get("inprocess", {}).get("best_again")
     if again:
         runtime = "" if again["backend"] == "tensorflow" else f", {again['backend']}"
@@ -204,6 +235,9 @@ def _section_md(name: str, s: dict) -> str:
 
 
 def _md_floor(s):
+    bf16 = "matmul_bfloat16" in s
+    kernels = ("matmul_float32", "conv_float32") + (
+        ("matmul_bfloat16", "conv_bfloat16") if bf16 else ())
     return "\n".join([
         _table(["quantity", "value"], [
             ["geometry (H x W)", f"{s['image_size'][0]} x {s['image_size'][1]}"],
@@ -218,30 +252,32 @@ def _md_floor(s):
             [f"float32 matmul {s['matmul_float32']['n']}^2 (best / median)",
              _f(s["matmul_float32"]["best_flops_per_s"] / 1e9, 1) + " / " +
              _f(s["matmul_float32"]["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s")],
-            [f"bfloat16 matmul {s['matmul_bfloat16']['n']}^2 (best / median)",
-             _f(s["matmul_bfloat16"]["best_flops_per_s"] / 1e9, 1) + " / " +
-             _f(s["matmul_bfloat16"]["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s") +
-             f" ({s['bf16_matmul_speedup']:.2f}x float32)"],
+            *([[f"bfloat16 matmul {s['matmul_bfloat16']['n']}^2 (best / median)",
+                _f(s["matmul_bfloat16"]["best_flops_per_s"] / 1e9, 1) + " / " +
+                _f(s["matmul_bfloat16"]["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s") +
+                f" ({s['bf16_matmul_speedup']:.2f}x float32)"]] if bf16 else
+              [["bfloat16 kernels", "not measured (oneDNN capped below the CPU's bfloat16 "
+                                    "unit)"]]),
             *[[f"{c['dtype']} {c['shape']} (best / median)",
                _f(c["best_flops_per_s"] / 1e9, 1) + " / " +
                _f(c["flops_per_s"] / 1e9, 1, suffix=" GFLOP/s")]
-              for c in (s["conv_float32"], s["conv_bfloat16"])],
-            ["rate used for the floor: float32 / bfloat16 (fastest kernel, best repetition"
+              for c in (s["conv_float32"], s.get("conv_bfloat16")) if c],
+            ["rate used for the floor: float32" + (" / bfloat16" if bf16 else "")
+             + " (fastest kernel, best repetition"
              + (", best of the measurements at the start and the end of the run)"
                 if "second_measurement" in s else ")"),
-             _f(s["float32_flops_per_s"] / 1e9, 1) + " / " +
-             _f(s["bfloat16_flops_per_s"] / 1e9, 1, suffix=" GFLOP/s") +
-             f" ({s['bf16_speedup']:.2f}x)"],
-            *([["kernels measured again at the end of the run (best): float32 matmul / conv, "
-                "bfloat16 matmul / conv",
+             _f(s["float32_flops_per_s"] / 1e9, 1)
+             + (" / " + _f(s["bfloat16_flops_per_s"] / 1e9, 1) if bf16 else "") + " GFLOP/s"
+             + (f" ({s['bf16_speedup']:.2f}x)" if bf16 else "")],
+            *([["kernels measured again at the end of the run (best): float32 matmul / conv"
+                + (", bfloat16 matmul / conv" if bf16 else ""),
                 " / ".join(_f(s["second_measurement"][k]["best_flops_per_s"] / 1e9, 1)
-                           for k in ("matmul_float32", "conv_float32", "matmul_bfloat16",
-                                     "conv_bfloat16")) + " GFLOP/s"]]
+                           for k in kernels) + " GFLOP/s"]]
               if "second_measurement" in s else []),
             ["floor: best time per image (float32)", _f(s["floor_ms_per_image"], 1,
                                                         suffix=" ms")],
-            ["floor: best time per image (bfloat16)", _f(s["floor_bf16_ms_per_image"], 1,
-                                                         suffix=" ms")],
+            *([["floor: best time per image (bfloat16)",
+                _f(s["floor_bf16_ms_per_image"], 1, suffix=" ms")]] if bf16 else []),
             *_peak_rows(s),
         ])])
 
@@ -256,7 +292,9 @@ def _peak_rows(s):
         ["CPU (flags read from /proc/cpuinfo)",
          f"{c['model_name']}: {c['cores']} cores ({c['logical_cpus']} CPUs, "
          f"{c['threads_per_core']} thread(s) per core), {c['clock_ghz']:.2f} GHz "
-         f"({c['clock_source']}), bfloat16 unit: {c['bfloat16_unit'] or 'none'}"],
+         f"({c['clock_source']}), bfloat16 unit: {c['bfloat16_unit'] or 'none'}"
+         + (f"; oneDNN capped at {c['isa_cap']}, so the flags above it do not count"
+            if c.get("isa_cap") else "")],
         ["machine peak float32: cores x FLOP/cycle x clock",
          f"{c['cores']} x {c['float32_flops_per_cycle']} x {c['clock_ghz']:.2f} GHz = "
          f"{s['peak_float32_flops_per_s'] / 1e9:.0f} GFLOP/s "

@@ -22,6 +22,9 @@ Optimization Guides for Zen 2/3/4/5):
 Caveats, written down instead of hidden: some Xeon Silver/Bronze parts have one 512-bit FMA
 unit (half the AVX-512 figure); the clock is the base or TSC clock (turbo runs higher,
 heavy AVX-512 lower), so a kernel can exceed the "peak" by a few per cent.
+
+With oneDNN capped (ONEDNN_MAX_CPU_ISA=AVX2, say) the flags above the cap are left out: the
+peak and the bfloat16 unit are those of the machine TensorFlow's kernels then emulate.
 """
 from __future__ import annotations
 
@@ -31,6 +34,15 @@ import re
 from typing import Optional
 
 CPUINFO = "/proc/cpuinfo"
+
+# oneDNN's dispatcher cap (its "CPU Dispatcher Control" guide): TensorFlow's convolutions and
+# matmuls use no instruction set above it, so the machine counts as the capped one. Both
+# names are read, the newer first.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+_ISA_LEVELS = {"SSE41": 0, "AVX": 1, "AVX2": 2, "AVX2_VNNI": 2, "AVX2_VNNI_2": 2,
+               "AVX512_CORE": 3, "AVX512_CORE_VNNI": 3, "AVX512_CORE_BF16": 4,
+               "AVX512_CORE_FP16": 4, "AVX10_1_512": 4, "AVX512_CORE_AMX": 5,
+               "AVX10_1_512_AMX": 5, "AVX512_CORE_AMX_FP16": 5, "AVX10_1_512_AMX_FP16": 5}
 
 
 @dataclasses.dataclass
@@ -43,6 +55,8 @@ class CpuInfo:
     threads_per_core: int
     clock_ghz: Optional[float]
     clock_source: str
+    isa_cap: Optional[str] = None  # oneDNN's cap, when one is set and narrows the flags
+    flags_above_cap: frozenset = frozenset()  # the CPU's flags that the cap leaves out
 
     @property
     def cores(self) -> int:
@@ -77,6 +91,12 @@ class CpuInfo:
             return "AVX512-BF16"
         return None
 
+    @property
+    def bfloat16_capped_away(self) -> bool:
+        """The CPU has a bfloat16 unit that oneDNN's cap forbids. TensorFlow reads the CPU,
+        not the cap, and still sends bfloat16 matmuls to oneDNN, which aborts the process."""
+        return bool({"avx512_bf16", "amx_bf16"} & self.flags_above_cap)
+
     def bfloat16_flops_per_cycle(self) -> Optional[int]:
         if not self.known:
             return None
@@ -97,6 +117,7 @@ class CpuInfo:
                 "clock_source": self.clock_source,
                 "vector_flags": sorted(f for f in self.flags if f.startswith(("avx", "amx",
                                                                               "fma", "sse"))),
+                "isa_cap": self.isa_cap,
                 "float32_flops_per_cycle": self.float32_flops_per_cycle(),
                 "bfloat16_unit": self.bfloat16_unit(),
                 "bfloat16_flops_per_cycle": self.bfloat16_flops_per_cycle(),
@@ -104,8 +125,10 @@ class CpuInfo:
                 "peak_bfloat16_flops_per_s": self.peak_flops("bfloat16")}
 
 
-def parse_cpuinfo(text: str, logical_cpus: Optional[int] = None) -> CpuInfo:
-    """CpuInfo from the text of /proc/cpuinfo (the first processor's block describes all)."""
+def parse_cpuinfo(text: str, logical_cpus: Optional[int] = None,
+                  isa_cap: Optional[str] = None) -> CpuInfo:
+    """CpuInfo from the text of /proc/cpuinfo (the first processor's block describes all),
+    without the flags above oneDNN's `isa_cap` (a ONEDNN_MAX_CPU_ISA value) when one is given."""
     first: dict[str, str] = {}
     siblings = cores_per_socket = None
     for line in text.splitlines():
@@ -127,11 +150,30 @@ def parse_cpuinfo(text: str, logical_cpus: Optional[int] = None) -> CpuInfo:
         # VMs often hide the brand clock; the kernel's current/TSC frequency stands in.
         clock, source = _float(first["cpu MHz"]) / 1000.0, "cpu MHz (current or TSC clock)"
     family = first.get("cpu family")
+    flags = frozenset(first.get("flags", "").split())
+    capped = _below_cap(flags, isa_cap)
     return CpuInfo(vendor=first.get("vendor_id"), model_name=model,
                    family=int(family) if family and family.isdigit() else None,
-                   flags=frozenset(first.get("flags", "").split()),
-                   logical_cpus=logical_cpus or _logical_cpus(), threads_per_core=threads,
-                   clock_ghz=clock, clock_source=source)
+                   flags=capped, logical_cpus=logical_cpus or _logical_cpus(),
+                   threads_per_core=threads, clock_ghz=clock, clock_source=source,
+                   isa_cap=isa_cap.upper() if capped != flags else None,
+                   flags_above_cap=flags - capped)
+
+
+def _below_cap(flags: frozenset, isa_cap: Optional[str]) -> frozenset:
+    """The flags oneDNN may use under `isa_cap`; all of them for no cap or an unknown one
+    (oneDNN ignores a value it does not know)."""
+    level = _ISA_LEVELS.get((isa_cap or "").upper())
+    if level is None:
+        return flags
+
+    def above(flag: str) -> bool:
+        return ((level < 5 and flag.startswith("amx")) or
+                (level < 4 and flag == "avx512_bf16") or
+                (level < 3 and flag.startswith("avx512")) or
+                (level < 2 and flag in ("avx2", "fma")) or
+                (level < 1 and flag.startswith("avx")))
+    return frozenset(f for f in flags if not above(f))
 
 
 def _float(value) -> Optional[float]:
@@ -151,9 +193,11 @@ def _logical_cpus() -> int:
 def this_machine() -> CpuInfo:
     try:
         with open(CPUINFO, encoding="utf-8", errors="replace") as f:
-            return parse_cpuinfo(f.read())
+            text = f.read()
     except OSError:  # not Linux: nothing is known
         return CpuInfo(None, None, None, frozenset(), _logical_cpus(), 1, None, "unknown")
+    cap = next((os.environ[v] for v in ISA_CAP_VARIABLES if os.environ.get(v)), None)
+    return parse_cpuinfo(text, isa_cap=cap)
 
 
 def bfloat16_advice(info: Optional[CpuInfo] = None) -> Optional[str]:
@@ -164,8 +208,10 @@ def bfloat16_advice(info: Optional[CpuInfo] = None) -> Optional[str]:
                 "AVX512-BF16 or AMX-BF16, bfloat16 runs slower than float32 on a CPU")
     if info.bfloat16_unit():
         return None
+    lacks = (f"with oneDNN capped at {info.isa_cap} it may use neither AVX512-BF16 nor "
+             f"AMX-BF16" if info.isa_cap else "it has neither AVX512-BF16 nor AMX-BF16")
     return (f"bfloat16 would be SLOWER than float32 on this CPU ({info.model_name or 'unknown'}"
-            f"): it has neither AVX512-BF16 nor AMX-BF16, so TensorFlow converts every "
+            f"): {lacks}, so TensorFlow converts every "
             f"bfloat16 operation to float32 and back. Export float32 for this machine, or "
             f"bfloat16 for servers that have one of them (Intel Cooper Lake / Sapphire Rapids "
             f"or later, AMD Zen 4 or later)")

@@ -94,11 +94,47 @@ def test_floor_and_inprocess_sections(tiny_model, tmp_path, capsys):
     floor_ms = result["floor"]["floor_ms_per_image"]
     for r in summary:  # efficiency is the floor's time over the path's time per image
         assert r["efficiency"] == pytest.approx(floor_ms * r["images_per_s"] / 1e3, rel=1e-12)
+    # At one clock: the best row's first timing against the kernels measured at the start,
+    # its timing at the end against those measured after it.
+    fl, best = result["floor"], max(rows, key=lambda r: r["images_per_s"])
+    again = result["inprocess"]["best_again"]
+    assert (again["signature"], again["batch"]) == (best["signature"], best["batch"])
+
+    def floor_ms(kernels):
+        return fl["flops_per_image"] * 1e3 / max(kernels["matmul_float32"]["best_flops_per_s"],
+                                                 kernels["conv_float32"]["best_flops_per_s"])
+    same = result["same_clock_efficiency"]
+    assert same["start"] == pytest.approx(floor_ms(fl["first_measurement"]) / best["ms_per_image"])
+    assert same["end"] == pytest.approx(floor_ms(fl["second_measurement"]) / again["ms_per_image"])
     printed = capsys.readouterr().out
     assert "| in-process | serving_default batch 1 |" in printed
+    assert f"reaches {same['start'] * 100:.1f} % of the floor" in printed
     md = (out / "bench.md").read_text()
     assert "## Floor" in md and "## gRPC" in md and "Skipped" in md
     assert (out / "throughput.png").stat().st_size > 0
+
+
+def test_a_onednn_cap_below_bfloat16_skips_the_bfloat16_kernels(tiny_model, tmp_path,
+                                                                 monkeypatch):
+    # Sapphire Rapids under ONEDNN_MAX_CPU_ISA=AVX2: bfloat16 would abort inside oneDNN, so
+    # neither the floor nor the bf16 section runs it, and the report names the cap.
+    from benchmarks import bf16, floor, report
+    from common import cpu
+    from tests.test_cpu_peak import SAPPHIRE_RAPIDS
+
+    capped = cpu.parse_cpuinfo(SAPPHIRE_RAPIDS, logical_cpus=4, isa_cap="AVX2")
+    for module in (floor, bf16, report):
+        monkeypatch.setattr(module, "this_machine", lambda: capped)
+    out = tmp_path / "out"
+    assert _run(["--model-dir", str(tiny_model.parent), "--output", str(out),
+                 "--sections", "floor", "bf16", *TINY]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert "matmul_bfloat16" not in result["floor"] and "conv_float32" in result["floor"]
+    assert result["floor"]["peak_float32_flops_per_s"] == pytest.approx(2 * 32 * 2.0e9)
+    assert "AVX2" in result["bf16"]["skipped"]
+    assert result["meta"]["machine"]["onednn_isa_cap"] == "AVX2"
+    md = (out / "bench.md").read_text()
+    assert "oneDNN capped at AVX2" in md and "bfloat16 kernels | not measured" in md
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):

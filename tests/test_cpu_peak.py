@@ -70,3 +70,27 @@ def test_bfloat16_export_warns_on_a_cpu_without_bfloat16(monkeypatch):
         assert precision.check_bfloat16_hardware()
     monkeypatch.setattr(cpu, "this_machine", lambda: cpu.parse_cpuinfo(SAPPHIRE_RAPIDS, 4))
     assert precision.check_bfloat16_hardware() is None
+
+
+def test_onednn_cap_narrows_the_machine(monkeypatch, tmp_path):
+    # Capped at AVX2, Sapphire Rapids counts as an AVX2 machine: 2 x 8 x 2 = 32 FLOP/cycle,
+    # 2 cores at 2.0 GHz = 128 GFLOP/s, and no bfloat16 unit.
+    info = cpu.parse_cpuinfo(SAPPHIRE_RAPIDS, logical_cpus=4, isa_cap="avx2")
+    assert info.isa_cap == "AVX2" and info.has("avx2", "fma") and not info.has("avx512f")
+    assert info.peak_flops("float32") == pytest.approx(128e9)
+    assert info.bfloat16_unit() is None and "capped at AVX2" in cpu.bfloat16_advice(info)
+    # Below AMX only: AVX512-BF16, 128 FLOP/cycle per core.
+    info = cpu.parse_cpuinfo(SAPPHIRE_RAPIDS, logical_cpus=4, isa_cap="AVX512_CORE_BF16")
+    assert info.bfloat16_unit() == "AVX512-BF16"
+    assert info.peak_flops("bfloat16") == pytest.approx(2 * 128 * 2.0e9)
+    # A cap above the machine, or one oneDNN does not know, changes nothing.
+    for cap in ("AVX512_CORE", "NOT_AN_ISA"):
+        info = cpu.parse_cpuinfo(ZEN3, logical_cpus=2, isa_cap=cap)
+        assert info.isa_cap is None and info.peak_flops("float32") == pytest.approx(156.8e9)
+    # this_machine reads the variable.
+    (tmp_path / "cpuinfo").write_text(SAPPHIRE_RAPIDS)
+    monkeypatch.setattr(cpu, "CPUINFO", str(tmp_path / "cpuinfo"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu.this_machine().as_dict()["isa_cap"] == "AVX2"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert cpu.this_machine().bfloat16_unit() == "AMX-BF16"
