@@ -4,11 +4,10 @@ The model's weights are re-exported twice (float32 and bfloat16) into a temporar
 from __future__ import annotations
 
 import tempfile
-import time
 
 import numpy as np
 
-from benchmarks.common import log, throughput
+from benchmarks.common import log, measure_in_turns, throughput
 from common.cpu import bfloat16_advice, this_machine
 from export.savedmodel import export_saved_model
 from model.exported import load_exported
@@ -35,19 +34,13 @@ def run(mut, images, args) -> dict:
             path = export_saved_model(keras_model, config, tmp, f"fcn8s_{dtype}",
                                       version=1, compute_dtype=dtype)
             loaded[dtype] = load_exported(path)
-        # The two are timed in alternation, so that both see the same machine load.
-        samples = {dtype: [] for dtype in loaded}
-        for dtype, model in loaded.items():
-            for _ in range(args.warmup):
-                model.segment(images.batch(batch))
-        rounds = 0
-        while rounds < args.repeats or (
-                sum(samples["float32"]) < args.min_seconds and rounds < args.max_repeats):
-            for dtype, model in loaded.items():
-                start = time.perf_counter()
-                model.segment(images.batch(batch, rounds * batch))
-                samples[dtype].append(time.perf_counter() - start)
-            rounds += 1
+        # The two are timed in turns, so that both see the same machine load.
+        def caller(model):
+            counter = iter(range(10**9))
+            return lambda: model.segment(images.batch(batch, next(counter) * batch))
+        samples = measure_in_turns({dtype: caller(m) for dtype, m in loaded.items()},
+                                   warmup=args.warmup, repeats=args.repeats,
+                                   min_seconds=args.min_seconds, max_repeats=args.max_repeats)
         for dtype, model in loaded.items():
             out[dtype] = throughput(samples[dtype], batch)
             log(f"bfloat16: {dtype} {out[dtype]['images_per_s']:.2f} images/s")

@@ -52,6 +52,30 @@ def measure(fn: Callable[[], object], warmup: int = 1, repeats: int = 5,
     return times
 
 
+def measure_in_turns(fns: dict, warmup: int = 1, repeats: int = 5, min_seconds: float = 0.0,
+                     max_repeats: int | None = None) -> dict:
+    """measure() for several functions at once, one call of each per round, so that a clock
+    that climbs during a section (as a VM's does) or a busy moment favours none of them.
+    Each gets at least `repeats` calls, more (up to max_repeats) until `min_seconds` of its
+    own timed work; {name: seconds per call}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {name: [] for name in fns}
+    cap = max_repeats or repeats
+
+    def wants_more(name) -> bool:
+        t = times[name]
+        return len(t) < repeats or (sum(t) < min_seconds and len(t) < cap)
+    while any(wants_more(name) for name in fns):
+        for name, fn in fns.items():
+            if wants_more(name):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def throughput(times, images_per_call: int) -> dict:
     """images/s from the median call time, plus the latency percentiles of the calls."""
     median = float(np.median(times))

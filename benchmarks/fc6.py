@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import log, measure, throughput
+from benchmarks.common import log, measure_in_turns, throughput
 
 
 def run(mut, args) -> dict:
@@ -26,11 +26,8 @@ def run(mut, args) -> dict:
     for batch in args.batch_sizes:
         x = tf.constant(rng.uniform(0, 255, (batch, h, w, 3)).astype(np.float32))
         outputs = {name: f(x).numpy() for name, f in calls.items()}  # traces, warms up
-        times: dict[str, list[float]] = {name: [] for name in calls}
-        for _ in range(max(args.repeats, 2)):
-            for name, f in calls.items():
-                times[name] += measure(lambda f=f: f(x).numpy(), warmup=0, repeats=1,
-                                       min_seconds=0, max_repeats=1)
+        times = measure_in_turns({name: (lambda f=f: f(x).numpy()) for name, f in calls.items()},
+                                 warmup=0, repeats=max(args.repeats, 2))
         row = {"batch": batch,
                "max_probability_difference": float(np.abs(outputs["convolution"] -
                                                           outputs["matmul"]).max())}

@@ -2,7 +2,7 @@
 loader), on KITTI-sized images, at several batch sizes, on each runtime of --backends."""
 from __future__ import annotations
 
-from benchmarks.common import log, measure, throughput
+from benchmarks.common import log, measure, measure_in_turns, throughput
 
 SIGNATURES = ("serving_default", "segment_encoded")
 
@@ -16,20 +16,25 @@ def call(mut, images, signature: str, batch: int, start: int = 0, backend: str =
 
 
 def run(mut, images, args) -> dict:
+    """Every configuration, timed in turns (benchmarks.common.measure_in_turns)."""
+    configs = [(backend, signature, batch)
+               for backend in getattr(args, "backends", ["tensorflow"])
+               for signature in SIGNATURES for batch in args.batch_sizes]
+
+    def caller(backend, signature, batch):
+        counter = iter(range(10**9))  # a different slice of images on every call
+        return lambda: call(mut, images, signature, batch, next(counter) * batch, backend)
+    log(f"in-process: {len(configs)} configurations, one call each in turn")
+    times = measure_in_turns({c: caller(*c) for c in configs}, warmup=args.warmup,
+                             repeats=args.repeats, min_seconds=args.min_seconds,
+                             max_repeats=args.max_repeats)
     results = []
-    for backend in getattr(args, "backends", ["tensorflow"]):
-        for signature in SIGNATURES:
-            for batch in args.batch_sizes:
-                counter = iter(range(10**9))  # a different slice of images on every call
-                times = measure(lambda: call(mut, images, signature, batch,
-                                             next(counter) * batch, backend),
-                                warmup=args.warmup, repeats=args.repeats,
-                                min_seconds=args.min_seconds, max_repeats=args.max_repeats)
-                row = {"backend": backend, "signature": signature, "batch": batch,
-                       **throughput(times, batch)}
-                results.append(row)
-                log(f"in-process {backend} {signature} batch {batch}: "
-                    f"{row['images_per_s']:.2f} images/s, p50 {row['p50_ms']:.0f} ms per call")
+    for (backend, signature, batch), t in times.items():
+        row = {"backend": backend, "signature": signature, "batch": batch,
+               **throughput(t, batch)}
+        results.append(row)
+        log(f"in-process {backend} {signature} batch {batch}: "
+            f"{row['images_per_s']:.2f} images/s, p50 {row['p50_ms']:.0f} ms per call")
     return {"image_size": list(images.arrays[0].shape[:2]), "results": results}
 
 

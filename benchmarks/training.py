@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from benchmarks import floor
-from benchmarks.common import KITTI_SIZE, SHARED_DATA, log, throughput
+from benchmarks.common import KITTI_SIZE, SHARED_DATA, log, measure_in_turns, throughput
 from model.data.kitti import list_pairs
 from model.data.pipeline import make_dataset
 from model.data.synthetic import generate
@@ -82,13 +82,9 @@ def training_steps(args) -> dict:
     b, (h, w) = args.train_batch, RECIPE_CROP
     x = rng.uniform(0, 255, (b, h, w, 3)).astype(np.float32)
     y = (rng.uniform(size=(b, h, w)) < 0.3).astype(np.uint8)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(max(args.warmup, 1) + args.train_steps):
-        for name, train_model in runs.items():
-            start = time.perf_counter()
-            train_model.train_on_batch(x, y)
-            if i >= max(args.warmup, 1):
-                times[name].append(time.perf_counter() - start)
+    times = measure_in_turns({name: (lambda m=m: m.train_on_batch(x, y))
+                              for name, m in runs.items()},
+                             warmup=max(args.warmup, 1), repeats=args.train_steps)
     out = {"batch": b, "image_size": [h, w], "whole_image_size": list(RECIPE_SIZE),
            "fc_width": RECIPE_FC_WIDTH, "step_gflop": step_flops / 1e9,
            "load_average": list(os.getloadavg()), "default": default}

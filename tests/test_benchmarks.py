@@ -208,3 +208,22 @@ def test_a_line_through_two_job_lengths_splits_start_up_from_cost_per_image():
     assert fit["per_image_s"] == pytest.approx(40 / 162)
     assert fit["fixed_s"] == pytest.approx(20 - 54 * 40 / 162)
     assert fit["marginal_images_per_s"] == pytest.approx(162 / 40)
+
+
+def test_configurations_are_timed_in_turns(monkeypatch):
+    # A fake clock: a call of "slow" takes 1 s, of "fast" 0.25 s. With 2 repeats and 1 s of
+    # timing each, slow needs 2 calls and fast 4; they alternate while both still need calls.
+    from benchmarks import common
+
+    now, order = [0.0], []
+
+    def call(name, seconds):
+        def fn():
+            order.append(name)
+            now[0] += seconds
+        return fn
+    monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
+    times = common.measure_in_turns({"slow": call("slow", 1.0), "fast": call("fast", 0.25)},
+                                    warmup=1, repeats=2, min_seconds=1.0, max_repeats=10)
+    assert order == ["slow", "fast", "slow", "fast", "slow", "fast", "fast", "fast"]
+    assert times == {"slow": [1.0, 1.0], "fast": [0.25] * 4}
