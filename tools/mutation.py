@@ -93,6 +93,18 @@ MUTATIONS = (
              "                    return run_part(part[:half]) + run_part(part[:half])",
              ("tests/test_beam_segment.py", "-k", "message_limit"),
              "a request refused as too large is split, and its first half answered twice"),
+    Mutation("onednn-cap-ignored", "common/cpu.py",
+             "                (level < 3 and flag.startswith(\"avx512\")) or\n",
+             "",
+             ("tests/test_cpu_peak.py", "tests/test_benchmarks.py", "-k", "cap"),
+             "under ONEDNN_MAX_CPU_ISA=AVX2 the AVX-512 flags still count (peak twice too high)"),
+    Mutation("bench-configurations-one-after-another", "benchmarks/common.py",
+             "    while any(wants_more(name) for name in fns):\n        for name, fn in fns.items():\n"
+             "            if wants_more(name):\n",
+             "    for name, fn in fns.items():\n        while wants_more(name):\n"
+             "            if True:\n",
+             ("tests/test_benchmarks.py", "-k", "turns"),
+             "the bench times each configuration to the end before the next (the clock drifts)"),
 )
 
 
