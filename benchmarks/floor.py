@@ -98,12 +98,13 @@ def kernel_rates(args) -> dict:
     """Matmul and convolution rates in float32, and in bfloat16 where it can be measured."""
     rates = {"matmul_float32": matmul_rate(args.matmul_size, "float32", args.repeats),
              "conv_float32": conv_rate("float32", args.repeats)}
-    if not this_machine().bfloat16_capped_away:
+    cpu = this_machine()
+    if cpu.bfloat16_capped_away:
+        log(f"floor: bfloat16 kernels not measured: oneDNN is capped at {cpu.isa_cap}, below "
+            f"this CPU's bfloat16 unit (it would abort)")
+    else:
         rates.update(matmul_bfloat16=matmul_rate(args.matmul_size, "bfloat16", args.repeats),
                      conv_bfloat16=conv_rate("bfloat16", args.repeats))
-    else:
-        log(f"floor: bfloat16 kernels not measured: oneDNN is capped at "
-            f"{this_machine().isa_cap}, below this CPU's bfloat16 unit (it would abort)")
     return rates
 
 

@@ -208,10 +208,13 @@ def bfloat16_advice(info: Optional[CpuInfo] = None) -> Optional[str]:
                 "AVX512-BF16 or AMX-BF16, bfloat16 runs slower than float32 on a CPU")
     if info.bfloat16_unit():
         return None
-    lacks = (f"with oneDNN capped at {info.isa_cap} it may use neither AVX512-BF16 nor "
-             f"AMX-BF16" if info.isa_cap else "it has neither AVX512-BF16 nor AMX-BF16")
+    if info.bfloat16_capped_away:
+        return (f"bfloat16 cannot run under ONEDNN_MAX_CPU_ISA={info.isa_cap}: this CPU has a "
+                f"bfloat16 unit, TensorFlow sends bfloat16 matmuls to oneDNN, and the cap makes "
+                f"oneDNN abort on them. On a real {info.isa_cap} machine bfloat16 would be "
+                f"slower than float32; export float32 for one")
     return (f"bfloat16 would be SLOWER than float32 on this CPU ({info.model_name or 'unknown'}"
-            f"): {lacks}, so TensorFlow converts every "
+            f"): it has neither AVX512-BF16 nor AMX-BF16, so TensorFlow converts every "
             f"bfloat16 operation to float32 and back. Export float32 for this machine, or "
             f"bfloat16 for servers that have one of them (Intel Cooper Lake / Sapphire Rapids "
             f"or later, AMD Zen 4 or later)")

@@ -78,7 +78,8 @@ def test_onednn_cap_narrows_the_machine(monkeypatch, tmp_path):
     info = cpu.parse_cpuinfo(SAPPHIRE_RAPIDS, logical_cpus=4, isa_cap="avx2")
     assert info.isa_cap == "AVX2" and info.has("avx2", "fma") and not info.has("avx512f")
     assert info.peak_flops("float32") == pytest.approx(128e9)
-    assert info.bfloat16_unit() is None and "capped at AVX2" in cpu.bfloat16_advice(info)
+    assert info.bfloat16_unit() is None and info.bfloat16_capped_away
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in cpu.bfloat16_advice(info)
     # Below AMX only: AVX512-BF16, 128 FLOP/cycle per core.
     info = cpu.parse_cpuinfo(SAPPHIRE_RAPIDS, logical_cpus=4, isa_cap="AVX512_CORE_BF16")
     assert info.bfloat16_unit() == "AVX512-BF16"
@@ -87,6 +88,7 @@ def test_onednn_cap_narrows_the_machine(monkeypatch, tmp_path):
     for cap in ("AVX512_CORE", "NOT_AN_ISA"):
         info = cpu.parse_cpuinfo(ZEN3, logical_cpus=2, isa_cap=cap)
         assert info.isa_cap is None and info.peak_flops("float32") == pytest.approx(156.8e9)
+        assert not info.bfloat16_capped_away and "SLOWER" in cpu.bfloat16_advice(info)
     # this_machine reads the variable.
     (tmp_path / "cpuinfo").write_text(SAPPHIRE_RAPIDS)
     monkeypatch.setattr(cpu, "CPUINFO", str(tmp_path / "cpuinfo"))
