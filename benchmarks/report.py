@@ -214,8 +214,8 @@ def summary_markdown(result: dict) -> str:
         head += (f"\n\nThe best in-process configuration ({again['signature']} batch "
                  f"{again['batch']}{runtime}), "
                  f"timed again at the end of the run: {again['images_per_s']:.2f} images/s, "
-                 f"{again['vs_first']:.2f}x its first timing, against which the gRPC and Beam "
-                 f"rows are divided: the machine moved that much in between.")
+                 f"{again['vs_first']:.2f}x its first timing (the one every \"vs best "
+                 f"in-process\" divides by): the machine moved that much in between.")
     beam = result.get("beam", {})
     if beam.get("cpu_ratio") is not None:
         head += (f"\n\nBeam job vs the bare model on {beam['images']} images: "
