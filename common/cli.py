@@ -87,7 +87,13 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]],
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose command-line errors are the same one line: `error: --flag: why`
     (or `error: <prog>: why` when no flag is to blame) and exit status 2, through `run`;
-    the usage stays in --help. Subcommand parsers made by add_subparsers are of this class too."""
+    the usage stays in --help. Subcommand parsers made by add_subparsers are of this class too.
+    Every one takes `--verbose`, which quiet_tensorflow reads from the command line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--verbose", action="store_true",
+                          help="show TensorFlow's start-up log (hidden otherwise)")
 
     def error(self, message: str):
         what, sep, why = message.partition(": ")

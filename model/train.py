@@ -86,7 +86,8 @@ def parse_args(argv=None):
                    help="continue from <run-dir>/checkpoints/last.keras")
     p.add_argument("--eval-overlays", type=int, default=4,
                    help="overlay images written by the final evaluation")
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    p.add_argument("--progress", type=int, default=1, choices=[0, 1, 2],
+                   help="Keras' training output: 0 none, 1 a progress bar, 2 a line per epoch")
     args = p.parse_args(argv)
     if args.encoder_weights.lower() == "none":
         args.encoder_weights = None
@@ -342,7 +343,7 @@ def run(argv=None) -> dict:
     start = time.time()
     train_model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, shuffle=False,
                     initial_epoch=initial_epoch, steps_per_epoch=args.steps_per_epoch,
-                    callbacks=make_callbacks(run_dir, model, best), verbose=args.verbose)
+                    callbacks=make_callbacks(run_dir, model, best), verbose=args.progress)
     train_seconds = time.time() - start
 
     metrics = finish_run(run_dir, config, val_pairs, overlays=args.eval_overlays)

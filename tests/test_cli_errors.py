@@ -207,8 +207,14 @@ def test_errors_from_a_shell_are_one_line(tmp_path):
         2, f"error: 127.0.0.1:{port}: cannot connect: connection refused\n")
 
 
-def test_verbose_keeps_tensorflow_log():
-    # The C++ start-up lines are TensorFlow's; `--verbose` asks for them (a flag every
-    # parser here refuses after the log is out, which is all this checks).
-    result = _shell("export", "--help", "--verbose")
+def test_verbose_keeps_tensorflow_log(tmp_path):
+    # The C++ start-up lines are TensorFlow's; `--verbose`, which every command takes, asks
+    # for them, and the command goes on to its usual answer (here the one-line error).
+    result = _shell("export", "--run-dir", str(tmp_path / "none"), "--model-dir", "m",
+                    "--verbose")
     assert "cpu_feature_guard" in result.stderr or "oneDNN" in result.stderr, result.stderr
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"error: {tmp_path / 'none'}: no such run folder\n")
+    port = closed_port()
+    result = _shell("serving.client", "status", "--server", f"127.0.0.1:{port}", "--verbose")
+    assert result.returncode == 2 and result.stderr.endswith("connection refused\n")

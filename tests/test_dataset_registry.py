@@ -80,7 +80,7 @@ def test_toy_dataset_trains_evaluates_and_runs_in_beam(toy, tmp_path):
     metrics = train.run(["--dataset", "toy", "--data-root", str(toy), "--encoder-weights",
                          "none", "--fc-width", "16", "--batch-size", "2", "--epochs", "1",
                          "--steps-per-epoch", "1", "--val-fraction", "0.34",
-                         "--eval-overlays", "0", "--verbose", "0", "--run-dir", str(run_dir),
+                         "--eval-overlays", "0", "--progress", "0", "--run-dir", str(run_dir),
                          "--cache-dir", str(tmp_path / "cache")])
     config = runs.load_run_config(run_dir)
     assert config["dataset"] == "toy" and config["class_names"] == ["sky", "ground"]

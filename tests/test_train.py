@@ -107,7 +107,7 @@ def _history(run_dir):
 
 TINY = ["--dataset", "synthetic", "--encoder-weights", "none", "--image-size", "64", "128",
         "--num-synthetic", "12", "--fc-width", "16", "--batch-size", "4",
-        "--learning-rate", "3e-4", "--eval-overlays", "1", "--verbose", "0"]
+        "--learning-rate", "3e-4", "--eval-overlays", "1", "--progress", "0"]
 
 
 def test_few_steps_reduce_loss_and_resume(tmp_path):
