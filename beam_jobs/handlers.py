@@ -377,6 +377,20 @@ class TFServingHandler(RemoteModelHandler[ImageItem, PredictionResult, Any]):
                                 version_label=self._version_label, timeout=self._timeout,
                                 max_retries=self._client_retries)
 
+    def check_model(self) -> None:
+        """One GetModelMetadata call, as the job's requests will ask (model, version or
+        label): raises ServingError where the server does not answer or has no such model,
+        ValueError where the model has no segment_encoded signature."""
+        client = self.create_client()
+        try:
+            signatures = client.get_model_metadata()["signature_def"]
+        finally:
+            client.close()
+        if SIGNATURE not in signatures:
+            raise ValueError(f"{self._address}/{self._model_name}: the served model has no "
+                             f"{SIGNATURE} signature (it has {', '.join(sorted(signatures))}): "
+                             f"serve a model exported by fcnseg")
+
     def request(self, batch: Sequence[ImageItem], model,
                 inference_args: Optional[dict] = None) -> list[PredictionResult]:
         def call(images: list[bytes]) -> list:

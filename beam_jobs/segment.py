@@ -441,6 +441,22 @@ def make_handler(args):
                             max_batch_size=args.batch_size, max_batch_bytes=args.max_batch_bytes)
 
 
+def _check_serving(args, handler: TFServingHandler) -> None:
+    """gRPC mode on a runner of this machine: the server and the model answer before the
+    pipeline starts, so a wrong address, model name or version is one line now instead of
+    every batch retried and then dead-lettered. Workers elsewhere (Dataflow, Flink, Spark,
+    Dask) may reach a server this machine cannot, so those runs are not checked here."""
+    from serving.channel import check_server
+    from serving.client import serving_error
+    from serving.errors import ServingError
+
+    check_server(args.server, "grpc", timeout=min(args.timeout, 5.0))
+    try:
+        handler.check_model()
+    except ServingError as err:
+        raise serving_error(err, args.server) from None
+
+
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None,
         handler=None, inspect=None) -> dict:
     """Run the job; returns the summary (also written to <output>/summary.json).
@@ -489,10 +505,14 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         raise ValueError("scoring against --labels-dir in grpc mode needs --model-dir (for "
                          "the class names)")
 
+    if handler is None:
+        handler = make_handler(args)
+        if args.mode == "grpc" and runners.is_local(runner_name):
+            _check_serving(args, handler)
+
     # Nothing of an earlier run is touched until this one has finished (outputs.publish).
     run_id = outputs.new_run_id()
     output = outputs.run_folder(args.output, run_id)
-    handler = handler if handler is not None else make_handler(args)
 
     # DirectRunner: Beam 2.77 skips Prism for pipelines with with_exception_handling (ours)
     # and runs them on the FnApiRunner; --runner BundleBasedDirectRunner retries failed

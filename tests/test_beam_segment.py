@@ -397,6 +397,43 @@ def test_grpc_folder_with_bad_files(tmp_path, grpc_server):
                class_names=["0", "1"])  # no --model-dir: the job knows ids, not names
 
 
+def test_grpc_job_checks_the_server_and_the_model_before_it_starts(tmp_path, grpc_server,
+                                                                    capsys):
+    # On a runner of this machine a wrong address, model name or version is one line and exit
+    # 2 before any image is read, not every batch retried and dead-lettered.
+    from beam_jobs.segment import main
+    from tests.test_cli_errors import closed_port, one_error
+
+    make_mixed_folder(tmp_path / "in")
+    common = ["--input", f"{tmp_path / 'in'}/*", "--output", str(tmp_path / "out"),
+              "--mode", "grpc"]
+    port = closed_port()
+    assert one_error(capsys, main, common + ["--server", f"127.0.0.1:{port}",
+                                             "--model-name", "fcn8s"]) == \
+        f"error: 127.0.0.1:{port}: cannot connect: connection refused"
+    for wrong in (["--model-name", "fcn9s"], ["--model-name", "fcn8s", "--model-version", "7"]):
+        line = one_error(capsys, main, common + ["--server", grpc_server.address, *wrong])
+        assert line.startswith(f"error: {grpc_server.address}: NOT_FOUND: "), line
+        assert wrong[1] in line and wrong[-1] in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_grpc_handler_needs_the_segment_encoded_signature(monkeypatch):
+    from beam_jobs.handlers import TFServingHandler
+
+    class Client:  # a server whose model has only serving_default
+        def get_model_metadata(self):
+            return {"signature_def": {"serving_default": {}}}
+
+        def close(self):
+            pass
+    handler = TFServingHandler("127.0.0.1:1", "plain", timeout=1)
+    monkeypatch.setattr(handler, "create_client", Client)
+    with pytest.raises(ValueError, match="127.0.0.1:1/plain: the served model has no "
+                                         "segment_encoded signature .*serving_default"):
+        handler.check_model()
+
+
 def test_grpc_handler_isolates_an_image_the_server_refuses(grpc_server):
     from beam_jobs.handlers import InferenceFailure, Segmentation, TFServingHandler
     from beam_jobs.sources import ImageItem

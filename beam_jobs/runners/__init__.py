@@ -8,3 +8,13 @@ RUNNERS = {"DaskRunner": "beam_jobs.runners.dask.DaskRunner"}
 def resolve(name):
     """The runner `--runner` should load: our class path for names in RUNNERS, else `name`."""
     return RUNNERS.get(name, name)
+
+
+# Runners whose workers are processes of this machine: a server this machine reaches, they
+# reach (and one it cannot reach, they cannot).
+LOCAL = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+         "PrismRunner")
+
+
+def is_local(name) -> bool:
+    return name in LOCAL
