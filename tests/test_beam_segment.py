@@ -405,8 +405,9 @@ def test_grpc_job_checks_the_server_and_the_model_before_it_starts(tmp_path, grp
     from tests.test_cli_errors import closed_port, one_error
 
     make_mixed_folder(tmp_path / "in")
+    # (no retries: without the check the job would end soon, every image a dead letter)
     common = ["--input", f"{tmp_path / 'in'}/*", "--output", str(tmp_path / "out"),
-              "--mode", "grpc"]
+              "--mode", "grpc", "--timeout", "5", "--retries", "0", "--batch-retries", "0"]
     port = closed_port()
     assert one_error(capsys, main, common + ["--server", f"127.0.0.1:{port}",
                                              "--model-name", "fcn8s"]) == \

@@ -105,6 +105,10 @@ MUTATIONS = (
              "            if True:\n",
              ("tests/test_benchmarks.py", "-k", "turns"),
              "the bench times each configuration to the end before the next (the clock drifts)"),
+    Mutation("grpc-job-starts-unchecked", "beam_jobs/runners/__init__.py",
+             "    return name in LOCAL\n", "    return False\n",
+             ("tests/test_beam_segment.py", "-k", "before_it_starts"),
+             "a local gRPC job starts without asking the server for the model"),
 )
 
 
