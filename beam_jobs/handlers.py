@@ -301,19 +301,14 @@ class SavedModelHandler(ModelHandler[ImageItem, PredictionResult, SavedModelSegm
 
 def _calls_within(batch: Sequence[ImageItem], max_bytes: Optional[int]) -> list[list]:
     """Split a batch into consecutive parts of at most max_bytes of encoded images each (an
-    image bigger than that goes alone)."""
+    image bigger than that goes alone): the clients' rule (serving.chunking), on the images'
+    bytes alone."""
+    from serving.chunking import chunk_slices
+
+    items = list(batch)
     if not max_bytes:
-        return [list(batch)]
-    parts, current, size = [], [], 0
-    for item in batch:
-        if current and size + len(item.data) > max_bytes:
-            parts.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += len(item.data)
-    if current:
-        parts.append(current)
-    return parts
+        return [items]
+    return [items[s] for s in chunk_slices([len(i.data) for i in items], max_bytes, overhead=0)]
 
 
 # --- TF Serving over gRPC ---------------------------------------------------------------

@@ -13,14 +13,16 @@ PAD_CLASS_ID = IGNORE_LABEL
 REQUEST_OVERHEAD_BYTES = 4096
 
 
-def chunk_slices(item_sizes: Sequence[int], limit: int) -> list[slice]:
-    """Consecutive slices whose item sizes add up to at most `limit` bytes.
+def chunk_slices(item_sizes: Sequence[int], limit: int,
+                 overhead: int = REQUEST_OVERHEAD_BYTES) -> list[slice]:
+    """Consecutive slices whose item sizes add up to at most `limit` bytes less `overhead`
+    (what a request carries besides the items; 0 where `limit` counts the items only).
 
     An item larger than the limit on its own goes alone in its slice: it cannot be split,
     and the channel is opened with room for it.
     """
     slices, start, total = [], 0, 0
-    budget = max(1, limit - REQUEST_OVERHEAD_BYTES)
+    budget = max(1, limit - overhead)
     for i, size in enumerate(item_sizes):
         if i > start and total + size > budget:
             slices.append(slice(start, i))
