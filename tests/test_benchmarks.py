@@ -4,6 +4,7 @@ No timing assertions: only that every section ran and reported what it promises.
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
@@ -222,7 +223,7 @@ def test_configurations_are_timed_in_turns(monkeypatch):
             order.append(name)
             now[0] += seconds
         return fn
-    monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     times = common.measure_in_turns({"slow": call("slow", 1.0), "fast": call("fast", 0.25)},
                                     warmup=1, repeats=2, min_seconds=1.0, max_repeats=10)
     assert order == ["slow", "fast", "slow", "fast", "slow", "fast", "fast", "fast"]
