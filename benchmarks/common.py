@@ -41,15 +41,7 @@ def measure(fn: Callable[[], object], warmup: int = 1, repeats: int = 5,
             min_seconds: float = 0.0, max_repeats: int | None = None) -> list[float]:
     """Seconds per call of fn after `warmup` untimed calls: at least `repeats` calls, more
     (up to max_repeats) until `min_seconds` of timed work have passed."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    cap = max_repeats or repeats
-    while len(times) < repeats or (sum(times) < min_seconds and len(times) < cap):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return measure_in_turns({0: fn}, warmup, repeats, min_seconds, max_repeats)[0]
 
 
 def measure_in_turns(fns: dict, warmup: int = 1, repeats: int = 5, min_seconds: float = 0.0,

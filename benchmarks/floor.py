@@ -108,12 +108,19 @@ def kernel_rates(args) -> dict:
     return rates
 
 
+def float32_rate(measurements: list[dict]) -> float:
+    """FLOP/s of the floor: the best repetition of the faster float32 kernel over
+    `measurements` (kernel_rates results)."""
+    return max(m[f"{kind}_float32"]["best_flops_per_s"]
+               for m in measurements for kind in ("matmul", "conv"))
+
+
 def _floor(flops: int, measurements: list[dict]) -> dict:
     """The floor from every measurement of the kernels: the best repetition of the fastest
     kernel, in whichever measurement the machine was quietest."""
     def best(kind, dtype):
         return max(m[f"{kind}_{dtype}"]["best_flops_per_s"] for m in measurements)
-    rate32 = max(best("matmul", "float32"), best("conv", "float32"))
+    rate32 = float32_rate(measurements)
     out = {"float32_flops_per_s": rate32,
            "floor_ms_per_image": flops / rate32 * 1e3, "floor_images_per_s": rate32 / flops}
     if all("matmul_bfloat16" in m for m in measurements):

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from benchmarks import inprocess
 from benchmarks.breakdown import PATH_NAMES
+from benchmarks.floor import float32_rate
 from common.cpu import this_machine
 
 SECTION_TITLES = {"floor": "Floor", "inprocess": "In process", "fc6": "fc6 as a matmul",
@@ -151,9 +152,7 @@ def same_clock_efficiency(sections: dict) -> dict | None:
         return None
 
     def floor_ms(kernels):
-        rate = max(kernels["matmul_float32"]["best_flops_per_s"],
-                   kernels["conv_float32"]["best_flops_per_s"])
-        return floor_section["flops_per_image"] / rate * 1e3
+        return floor_section["flops_per_image"] / float32_rate([kernels]) * 1e3
     return {"start": floor_ms(floor_section["first_measurement"])
             / inprocess.best(inproc)["ms_per_image"],
             "end": floor_ms(floor_section["second_measurement"]) / again["ms_per_image"]}
